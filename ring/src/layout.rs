@@ -1,0 +1,199 @@
+//! The shared-memory ABI: every byte another process reads or writes.
+//!
+//! A segment is laid out as follows (offsets in bytes from the start of the mapping):
+//!
+//! | offset | size | what |
+//! |-------:|-----:|------|
+//! | 0      | 128  | [`SegmentHeader`]: magic, layout version, kind, sizes, creator, schema |
+//! | 128    | 256  | two [`EndpointSlot`]s: producer (0) and consumer (1) |
+//! | 384    | 512  | [`RingControl`]: tail, head and the two parked words, 128 bytes each |
+//! | 1080   | cap  | the data area (records), so that record payloads are 64-byte aligned |
+//!
+//! The header is written by the creator first; `magic` is stored last with `Release`
+//! (an opener that loads it with `Acquire` sees the rest). Everything an opener or a peer reads
+//! afterwards may still be scribbled on by a buggy or hostile process, so the header fields are
+//! atomics read with `Relaxed` loads and checked before use.
+//!
+//! Record format (follows Aeron's `aeron_rb.h`): each record starts at a position that is a
+//! multiple of [`RECORD_ALIGN`] with an 8-byte [`RecordHeader`] `{len: i32, kind: u32}`; `len`
+//! counts header and payload, and is negative while the record is claimed but not committed.
+//! The payload follows the header, so with the data area at an address `≡ 8 (mod 16)` every
+//! payload is 16-byte aligned (rkyv needs it). A record never wraps: when it does not fit before
+//! the end of the data area, a padding record (kind [`PADDING`]) fills the rest.
+
+use crate::sync::{AtomicU32, AtomicU64};
+
+/// `b"SHMESH\0\x01"` read as a little-endian `u64`: the segment is initialized.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMESH\0\x01");
+/// The version of this layout; bumped on any change of this module.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Alignment and granularity of record positions, in bytes.
+pub const RECORD_ALIGN: u64 = 16;
+/// Size of a record header, in bytes.
+pub const RECORD_HEADER: u64 = 8;
+/// The record kind of a padding record, skipped by readers.
+pub const PADDING: u32 = u32::MAX;
+/// Size of one cache-line-padded block. 128 bytes: adjacent-line prefetch on x86-64 pulls
+/// pairs of 64-byte lines (crossbeam `CachePadded`).
+pub const LINE: usize = 128;
+
+/// Offset of the endpoint slots.
+pub const SLOTS_OFFSET: usize = 128;
+/// Offset of the ring control block.
+pub const CONTROL_OFFSET: usize = 384;
+/// Offset of the data area: `≡ 56 (mod 64)` so the first payload (after an 8-byte record
+/// header) starts on a cache line.
+pub const DATA_OFFSET: usize = 1080;
+
+/// Segment header. Written once by the creator, then read-only.
+#[repr(C)]
+#[derive(Debug)]
+pub struct SegmentHeader {
+    /// [`MAGIC`] once initialized; 0 while the creator is still writing. Stored last.
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`] of the creator.
+    pub layout_version: AtomicU32,
+    /// What the segment holds: a `SegmentKind` code (1 = SPSC ring, 2 = probe).
+    pub kind: AtomicU32,
+    /// Size of the whole shared-memory object in bytes (equals `fstat` size).
+    pub total_size: AtomicU64,
+    /// Size of the data area in bytes: a power of two (0 for kinds without one).
+    pub capacity: AtomicU64,
+    /// Offset of the data area from the start of the mapping ([`DATA_OFFSET`]).
+    pub data_offset: AtomicU64,
+    /// Pid of the creator in its own pid namespace. Display only.
+    pub creator_pid: AtomicU32,
+    /// Reserved, zero.
+    pub reserved0: AtomicU32,
+    /// Start time of the creator (clock ticks since boot, `/proc/self/stat` field 22). Display only.
+    pub creator_start_time: AtomicU64,
+    /// Creation time, nanoseconds since the Unix epoch. Display only.
+    pub created_unix_ns: AtomicU64,
+    /// Schema fingerprint of the message type (all zero for byte rings).
+    pub schema: [AtomicU64; 4],
+    /// Reserved, zero.
+    pub reserved: [AtomicU64; 4],
+}
+
+/// Endpoint slot state: no endpoint has attached yet.
+pub const SLOT_NEVER: u32 = 0;
+/// Endpoint slot state: an endpoint attached; it is alive while it holds its liveness token.
+pub const SLOT_ATTACHED: u32 = 1;
+/// Endpoint slot state: the endpoint detached cleanly.
+pub const SLOT_CLOSED: u32 = 2;
+
+/// One endpoint (producer or consumer) of a ring. Written by that endpoint when it attaches
+/// and detaches; read by its peer and by tools.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct EndpointSlot {
+    /// [`SLOT_NEVER`], [`SLOT_ATTACHED`] or [`SLOT_CLOSED`]. Any other value is treated as
+    /// "ask the liveness token".
+    pub state: AtomicU32,
+    /// Pid of the endpoint's process in its own pid namespace. Display only.
+    pub pid: AtomicU32,
+    /// Start time of that process (clock ticks since boot). Display only.
+    pub start_time: AtomicU64,
+    /// How many endpoints have attached to this slot so far (takeovers included).
+    pub attach_count: AtomicU64,
+}
+
+/// A value alone on its own 128-byte block, so that two sides never share a line.
+#[repr(C, align(128))]
+#[derive(Debug, Default)]
+pub struct Padded<T>(pub T);
+
+/// Ring control block: the indices and the wait words.
+#[repr(C)]
+#[derive(Debug)]
+pub struct RingControl {
+    /// Next position the producer will write: everything below it is committed. Written by the
+    /// producer only (`Release`), read by the consumer (`Acquire`). Positions are 64-bit byte
+    /// counts that never wrap in practice; the offset in the data area is `pos & (cap - 1)`.
+    pub tail: Padded<AtomicU64>,
+    /// Next position the consumer will read: everything below it is released. Written by the
+    /// consumer only (`Release`), read by the producer (`Acquire`).
+    pub head: Padded<AtomicU64>,
+    /// 1 while the consumer sleeps (futex) waiting for data, else 0. The consumer sets it; the
+    /// producer clears it with a swap and wakes the futex on this word.
+    pub consumer_parked: Padded<AtomicU32>,
+    /// 1 while the producer sleeps (futex) waiting for space, else 0.
+    pub producer_parked: Padded<AtomicU32>,
+}
+
+impl RingControl {
+    /// A control block with both indices at `start`.
+    pub fn new(start: u64) -> Self {
+        Self {
+            tail: Padded(AtomicU64::new(start)),
+            head: Padded(AtomicU64::new(start)),
+            consumer_parked: Padded(AtomicU32::new(0)),
+            producer_parked: Padded(AtomicU32::new(0)),
+        }
+    }
+}
+
+impl EndpointSlot {
+    /// An empty slot.
+    pub fn new() -> Self {
+        Self {
+            state: AtomicU32::new(SLOT_NEVER),
+            pid: AtomicU32::new(0),
+            start_time: AtomicU64::new(0),
+            attach_count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Default for EndpointSlot {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The 8-byte header in front of every record (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Header plus payload length in bytes; negative while claimed and not yet committed.
+    pub len: i32,
+    /// Record kind: [`PADDING`] or a user value.
+    pub kind: u32,
+}
+
+/// Rounds `n` up to a multiple of [`RECORD_ALIGN`].
+#[inline]
+pub const fn align_record(n: u64) -> u64 {
+    (n + (RECORD_ALIGN - 1)) & !(RECORD_ALIGN - 1)
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use std::mem::{align_of, offset_of, size_of};
+    assert!(size_of::<SegmentHeader>() == 128);
+    assert!(offset_of!(SegmentHeader, magic) == 0);
+    assert!(offset_of!(SegmentHeader, layout_version) == 8);
+    assert!(offset_of!(SegmentHeader, kind) == 12);
+    assert!(offset_of!(SegmentHeader, total_size) == 16);
+    assert!(offset_of!(SegmentHeader, capacity) == 24);
+    assert!(offset_of!(SegmentHeader, data_offset) == 32);
+    assert!(offset_of!(SegmentHeader, creator_pid) == 40);
+    assert!(offset_of!(SegmentHeader, creator_start_time) == 48);
+    assert!(offset_of!(SegmentHeader, created_unix_ns) == 56);
+    assert!(offset_of!(SegmentHeader, schema) == 64);
+    assert!(size_of::<EndpointSlot>() == LINE);
+    assert!(align_of::<EndpointSlot>() == LINE);
+    assert!(offset_of!(EndpointSlot, state) == 0);
+    assert!(offset_of!(EndpointSlot, pid) == 4);
+    assert!(offset_of!(EndpointSlot, start_time) == 8);
+    assert!(offset_of!(EndpointSlot, attach_count) == 16);
+    assert!(size_of::<RingControl>() == 4 * LINE);
+    assert!(offset_of!(RingControl, tail) == 0);
+    assert!(offset_of!(RingControl, head) == LINE);
+    assert!(offset_of!(RingControl, consumer_parked) == 2 * LINE);
+    assert!(offset_of!(RingControl, producer_parked) == 3 * LINE);
+    assert!(SLOTS_OFFSET == size_of::<SegmentHeader>());
+    assert!(CONTROL_OFFSET == SLOTS_OFFSET + 2 * size_of::<EndpointSlot>());
+    assert!(CONTROL_OFFSET % LINE == 0);
+    assert!(DATA_OFFSET >= CONTROL_OFFSET + size_of::<RingControl>());
+    assert!((DATA_OFFSET as u64 + RECORD_HEADER) % 64 == 0);
+};

@@ -1,0 +1,55 @@
+//! Lock-free byte rings in POSIX shared memory: the bottom layer of shmesh.
+//!
+//! This crate knows bytes, not types, and owns every `unsafe` that touches shared memory.
+//!
+//! - [`segment`]: named shared-memory segments ([`SegmentBuilder`], [`Segment`]) with a
+//!   validated header and kernel-released liveness tokens.
+//! - [`spsc`]: the single-producer/single-consumer byte ring ([`Producer`], [`Consumer`],
+//!   [`Grant`], [`Record`]), generic over its memory ([`RingMemory`]: [`HeapMemory`] or
+//!   [`ShmMemory`]).
+//! - [`wait`]: how blocking calls wait ([`WaitStrategy`]: spin, yield, futex).
+//! - [`layout`]: the shared-memory ABI.
+//! - [`probe`]: the cache-line ping-pong that measures the machine's floor.
+//!
+//! # Examples
+//!
+//! Two ends of a ring in one process (the same code works across processes with
+//! [`SegmentBuilder`]):
+//!
+//! ```
+//! use shmesh_ring::spsc;
+//!
+//! let (mut tx, mut rx) = spsc::channel(1 << 12)?;
+//! for word in ["zero", "copy"] {
+//!     let mut grant = tx.claim(word.len())?;
+//!     grant.copy_from_slice(word.as_bytes());
+//!     grant.commit(word.len());
+//! }
+//! assert_eq!(&*rx.read()?, b"zero");
+//! assert_eq!(&*rx.read()?, b"copy");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![deny(unsafe_op_in_unsafe_fn, missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+pub mod error;
+pub mod layout;
+pub mod memory;
+#[cfg(not(loom))]
+mod os;
+#[cfg(not(loom))]
+pub mod probe;
+#[cfg(not(loom))]
+pub mod segment;
+pub mod spsc;
+mod sync;
+pub mod wait;
+
+pub use error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
+pub use memory::{HeapMemory, PeerState, RingMemory, Side};
+#[cfg(not(loom))]
+pub use probe::CacheLineProbe;
+#[cfg(not(loom))]
+pub use segment::{Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory};
+pub use spsc::{Consumer, Grant, Producer, ReadBatch, Record, WriteBatch};
+pub use wait::WaitStrategy;

@@ -1,0 +1,281 @@
+//! Where a ring's bytes live.
+//!
+//! The ring protocol ([`crate::spsc`]) is written once against [`RingMemory`]; it runs on
+//! [`HeapMemory`] inside one process (unit tests, miri, loom models) and on
+//! [`crate::segment::ShmMemory`] between processes. iceoryx2 builds each concept as both a
+//! process-local and a POSIX-shared-memory variant for the same reason: loom cannot see across
+//! processes, so the protocol is model-checked on the heap and used for real in shared memory.
+
+use std::fmt;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::layout::{EndpointSlot, RingControl, SLOT_ATTACHED};
+use crate::sync::{AtomicU32, Ordering};
+
+/// One of the two ends of an SPSC ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The writer.
+    Producer,
+    /// The reader.
+    Consumer,
+}
+
+impl Side {
+    /// The other side.
+    pub fn peer(self) -> Side {
+        match self {
+            Side::Producer => Side::Consumer,
+            Side::Consumer => Side::Producer,
+        }
+    }
+
+    /// Index of this side's endpoint slot (0 = producer, 1 = consumer).
+    pub fn index(self) -> usize {
+        match self {
+            Side::Producer => 0,
+            Side::Consumer => 1,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Producer => "producer",
+            Side::Consumer => "consumer",
+        })
+    }
+}
+
+/// What one endpoint knows of the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerState {
+    /// No peer has attached yet.
+    NotYet,
+    /// A peer is attached and its process holds its liveness token.
+    Alive,
+    /// The peer detached, or its process died (the kernel released its token).
+    Gone,
+}
+
+/// Memory that holds one ring: a control block, two endpoint slots and a data area.
+///
+/// # Safety
+///
+/// Implementors guarantee, for as long as the value lives:
+/// - [`control`](Self::control) and [`slot`](Self::slot) refer to memory that stays mapped;
+/// - [`data`](Self::data) points to [`capacity`](Self::capacity) bytes that stay mapped and
+///   are valid for reads and writes, at an address `≡ 8 (mod 16)`;
+/// - [`capacity`](Self::capacity) is a power of two, at least 128, and never changes;
+/// - no other Rust reference to the data area exists outside the ring protocol.
+pub unsafe trait RingMemory {
+    /// The ring's control block.
+    fn control(&self) -> &RingControl;
+    /// The endpoint slot of `side`.
+    fn slot(&self, side: Side) -> &EndpointSlot;
+    /// Start of the data area.
+    fn data(&self) -> NonNull<u8>;
+    /// Size of the data area in bytes.
+    fn capacity(&self) -> u64;
+    /// Whether the liveness token of `side` is held by a live endpoint. Called only when the
+    /// slot says attached, and never on the fast path (it may be a syscall).
+    fn token_held(&self, side: Side) -> bool;
+    /// Sleeps while `word == expected`, up to `timeout`; may return early or spuriously.
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
+    /// Wakes every thread sleeping in [`futex_wait`](Self::futex_wait) on `word`.
+    fn futex_wake(&self, word: &AtomicU32);
+    /// Shadow cells (one per 16-byte record granule) through which loom checks that the
+    /// protocol never lets the two sides touch the same bytes concurrently.
+    #[cfg(loom)]
+    fn shadow(&self) -> Option<&[loom::cell::UnsafeCell<()>]> {
+        None
+    }
+}
+
+/// Access tracking for the data area: a zero-sized no-op outside loom; under loom it holds
+/// loom's access guards on the shadow cells, so a race in the protocol fails the model.
+#[derive(Default)]
+pub(crate) struct Track {
+    #[cfg(loom)]
+    guards: Vec<Guard>,
+}
+
+#[cfg(loom)]
+#[allow(dead_code)] // the guards are held only for their drop
+enum Guard {
+    Read(loom::cell::ConstPtr<()>),
+    Write(loom::cell::MutPtr<()>),
+}
+
+impl Track {
+    /// Records an access to `[off, off + len)` of the data area, held until `self` drops.
+    #[inline]
+    #[allow(unused_variables)]
+    pub(crate) fn add<M: RingMemory>(&mut self, mem: &M, off: u64, len: u64, write: bool) {
+        #[cfg(loom)]
+        if let Some(cells) = mem.shadow() {
+            let first = (off / crate::layout::RECORD_ALIGN) as usize;
+            let last = ((off + len).div_ceil(crate::layout::RECORD_ALIGN)) as usize;
+            for cell in &cells[first..last.min(cells.len())] {
+                self.guards.push(if write {
+                    Guard::Write(cell.get_mut())
+                } else {
+                    Guard::Read(cell.get())
+                });
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Track {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Track")
+    }
+}
+
+/// A ring's memory on the heap of one process: for tests, miri and loom models, and for
+/// threads of one process that want the same protocol.
+///
+/// Liveness on the heap is the slot state: an endpoint is alive until it is dropped.
+#[derive(Clone)]
+pub struct HeapMemory {
+    inner: Arc<HeapInner>,
+}
+
+struct HeapInner {
+    control: RingControl,
+    slots: [EndpointSlot; 2],
+    base: NonNull<u8>,
+    layout: std::alloc::Layout,
+    capacity: u64,
+    #[cfg(loom)]
+    futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
+    #[cfg(loom)]
+    shadow: Vec<loom::cell::UnsafeCell<()>>,
+}
+
+/// Offset of the data area inside the heap allocation: `≡ 56 (mod 64)`, like the segment
+/// layout, so record payloads land on cache lines.
+const HEAP_DATA_OFFSET: usize = 120;
+
+// SAFETY: the raw allocation is owned by `HeapInner` and only accessed through the ring
+// protocol, which is what makes concurrent access from the two endpoints sound; everything
+// else in `HeapInner` is atomics.
+unsafe impl Send for HeapInner {}
+// SAFETY: as above: shared access goes through atomics and the ring protocol.
+unsafe impl Sync for HeapInner {}
+
+impl HeapMemory {
+    /// Allocates a zeroed ring of `capacity` bytes with both positions at `start`.
+    ///
+    /// `capacity` must be a power of two of at least 128 and `start` a multiple of 16; the
+    /// callers ([`crate::spsc::channel`]) check both.
+    pub(crate) fn new(capacity: u64, start: u64) -> Self {
+        debug_assert!(capacity.is_power_of_two() && capacity >= 128 && start % 16 == 0);
+        let layout = std::alloc::Layout::from_size_align(HEAP_DATA_OFFSET + capacity as usize, 128)
+            .expect("ring capacity overflows the address space");
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { std::alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        HeapMemory {
+            inner: Arc::new(HeapInner {
+                control: RingControl::new(start),
+                slots: [EndpointSlot::new(), EndpointSlot::new()],
+                base,
+                layout,
+                capacity,
+                #[cfg(loom)]
+                futex: (loom::sync::Mutex::new(()), loom::sync::Condvar::new()),
+                #[cfg(loom)]
+                shadow: (0..capacity / crate::layout::RECORD_ALIGN)
+                    .map(|_| loom::cell::UnsafeCell::new(()))
+                    .collect(),
+            }),
+        }
+    }
+
+    /// Marks `side` attached (heap endpoints are created attached).
+    pub(crate) fn attach(&self, side: Side) {
+        let slot = &self.inner.slots[side.index()];
+        slot.pid.store(std::process::id(), Ordering::Relaxed);
+        slot.attach_count.fetch_add(1, Ordering::Relaxed);
+        slot.state.store(SLOT_ATTACHED, Ordering::Release);
+    }
+}
+
+impl Drop for HeapInner {
+    fn drop(&mut self) {
+        // SAFETY: `base` was allocated in `HeapMemory::new` with exactly this layout, and this
+        // is the last owner.
+        unsafe { std::alloc::dealloc(self.base.as_ptr(), self.layout) };
+    }
+}
+
+impl fmt::Debug for HeapMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeapMemory").field("capacity", &self.inner.capacity).finish()
+    }
+}
+
+// SAFETY: `data()` points `HEAP_DATA_OFFSET` (≡ 8 mod 16) bytes into a 128-aligned allocation
+// of `HEAP_DATA_OFFSET + capacity` bytes owned by the `Arc`, which lives as long as `self`;
+// the capacity was checked by the constructor's callers and never changes.
+unsafe impl RingMemory for HeapMemory {
+    fn control(&self) -> &RingControl {
+        &self.inner.control
+    }
+
+    fn slot(&self, side: Side) -> &EndpointSlot {
+        &self.inner.slots[side.index()]
+    }
+
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: the offset is inside the allocation (its size is HEAP_DATA_OFFSET + capacity).
+        unsafe { self.inner.base.add(HEAP_DATA_OFFSET) }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    fn token_held(&self, side: Side) -> bool {
+        self.inner.slots[side.index()].state.load(Ordering::Acquire) == SLOT_ATTACHED
+    }
+
+    #[cfg(not(loom))]
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        crate::wait::futex_wait(word, expected, timeout, false);
+    }
+
+    #[cfg(not(loom))]
+    fn futex_wake(&self, word: &AtomicU32) {
+        crate::wait::futex_wake(word, false);
+    }
+
+    // Under loom a futex is a mutex and a condition variable: the value check and the sleep
+    // are atomic with respect to the wake, exactly the guarantee FUTEX_WAIT gives. A lost
+    // wake-up in the protocol then shows up as a deadlock in the model.
+    #[cfg(loom)]
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, _timeout: Option<Duration>) {
+        let (lock, cvar) = &self.inner.futex;
+        let guard = lock.lock().unwrap();
+        if word.load(Ordering::SeqCst) == expected {
+            drop(cvar.wait(guard).unwrap());
+        }
+    }
+
+    #[cfg(loom)]
+    fn futex_wake(&self, _word: &AtomicU32) {
+        let (lock, cvar) = &self.inner.futex;
+        let _guard = lock.lock().unwrap();
+        cvar.notify_all();
+    }
+
+    #[cfg(loom)]
+    fn shadow(&self) -> Option<&[loom::cell::UnsafeCell<()>]> {
+        Some(&self.inner.shadow)
+    }
+}

@@ -1,0 +1,857 @@
+//! Named POSIX shared-memory segments: creation, opening with validation, removal, and the
+//! shared-memory endpoints of the rings inside them.
+//!
+//! A segment named `demo` is the POSIX shared-memory object `/shmesh.demo`, that is the file
+//! `/dev/shm/shmesh.demo` on Linux. Names are 1 to [`MAX_NAME_LEN`] characters from
+//! `[A-Za-z0-9._-]`, not starting with a dot.
+//!
+//! # Lifecycle
+//!
+//! - [`SegmentBuilder::create`] makes the object with `O_CREAT | O_EXCL`, sets its mode with
+//!   `fchmod` (0600 unless widened, whatever the umask), reserves its memory with `fallocate`
+//!   (so a full `/dev/shm` is [`SegmentError::NoSpace`] now, not a `SIGBUS` later), writes the
+//!   header and publishes the magic last with `Release` (iceoryx2
+//!   `dynamic_storage/posix_shared_memory.rs`, Aeron's cnc file).
+//! - [`SegmentBuilder::open`] checks owner and mode with `fstat`, waits (bounded) for a header
+//!   still being written, then validates magic, layout version, kind, sizes, capacity and
+//!   schema. Every mismatch is a [`SegmentError`] naming the field, expected and found values.
+//! - The creating handle unlinks the name when its last clone (and every endpoint made from
+//!   it) is dropped; [`Segment::remove`] unlinks explicitly.
+//!
+//! # Liveness tokens
+//!
+//! Every handle holds a shared OFD lock on byte 0 of the object ("in use"); every endpoint holds
+//! an exclusive OFD lock on its own byte (1 = producer, 2 = consumer) through its own open file
+//! description. The kernel releases them when the process dies, however it dies. So:
+//! - a peer is alive exactly while it holds its byte (see [`crate::os`]);
+//! - a second producer or consumer is refused while the first is alive, and may take over after;
+//! - `create` of a name whose object no live process holds (left behind by a crash, even one
+//!   in the middle of creation) removes it and creates afresh; a name in use is
+//!   [`SegmentError::AlreadyExists`].
+
+use std::fmt;
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use memmap2::{MmapOptions, MmapRaw};
+use rustix::fs::{Mode, OFlags};
+use rustix::io::Errno;
+use rustix::shm::OFlags as ShmOFlags;
+use thiserror::Error;
+
+use crate::error::AttachError;
+use crate::layout::{
+    EndpointSlot, RingControl, SegmentHeader, CONTROL_OFFSET, DATA_OFFSET, LAYOUT_VERSION, MAGIC,
+    SLOTS_OFFSET, SLOT_ATTACHED,
+};
+use crate::memory::{RingMemory, Side};
+use crate::os::{self, LockKind};
+use crate::spsc::{self, Consumer, Producer};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Prefix of every shmesh object name in `/dev/shm`.
+pub const NAME_PREFIX: &str = "shmesh.";
+/// Longest segment name (without the prefix).
+pub const MAX_NAME_LEN: usize = 200;
+/// Default mode of a new segment: owner read/write only.
+pub const DEFAULT_MODE: u32 = 0o600;
+/// How long [`SegmentBuilder::open`] waits by default for a creator to finish the header.
+pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Byte of the "in use" lock held shared by every handle.
+const USERS_BYTE: u64 = 0;
+
+/// Byte of the liveness lock of an endpoint.
+fn endpoint_byte(side: Side) -> u64 {
+    1 + side.index() as u64
+}
+
+/// What a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SegmentKind {
+    /// A single-producer/single-consumer byte ring ([`crate::spsc`]).
+    SpscRing,
+    /// A cache-line ping-pong probe ([`crate::probe`]): no data area.
+    Probe,
+}
+
+impl SegmentKind {
+    /// The code stored in the header.
+    pub fn code(self) -> u32 {
+        match self {
+            SegmentKind::SpscRing => 1,
+            SegmentKind::Probe => 2,
+        }
+    }
+
+    /// The kind with this header code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            1 => Some(SegmentKind::SpscRing),
+            2 => Some(SegmentKind::Probe),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for SegmentKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SegmentKind::SpscRing => "spsc ring",
+            SegmentKind::Probe => "cache-line probe",
+        })
+    }
+}
+
+/// Why a segment could not be created, opened or removed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SegmentError {
+    /// The name is not a valid segment name.
+    #[error(
+        "invalid segment name '{name}': {reason} (use 1 to {MAX_NAME_LEN} characters from \
+         [A-Za-z0-9._-], not starting with '.')"
+    )]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// A live process holds a segment of this name.
+    #[error(
+        "segment '{name}' already exists and a live process uses it: pick another name, or stop \
+         the processes using it"
+    )]
+    AlreadyExists {
+        /// Segment name.
+        name: String,
+    },
+    /// No segment of this name exists.
+    #[error("segment '{name}' does not exist (no /dev/shm/{NAME_PREFIX}{name}): create it first")]
+    NotFound {
+        /// Segment name.
+        name: String,
+    },
+    /// The operating system refused access.
+    #[error(
+        "permission denied for segment '{name}': it belongs to another user or its mode does \
+         not let you in"
+    )]
+    PermissionDenied {
+        /// Segment name.
+        name: String,
+    },
+    /// `/dev/shm` has not enough free memory.
+    #[error(
+        "no space in /dev/shm for segment '{name}' of {size} bytes: free memory in /dev/shm \
+         (`shmesh gc`, or remove old segments) or ask for a smaller capacity"
+    )]
+    NoSpace {
+        /// Segment name.
+        name: String,
+        /// Bytes asked for.
+        size: u64,
+    },
+    /// The object belongs to another user: it may have been squatted.
+    #[error(
+        "segment '{name}' belongs to uid {found}, expected uid {expected}: refusing a name that \
+         another user may have squatted; remove it or use another name"
+    )]
+    NotOwner {
+        /// Segment name.
+        name: String,
+        /// The uid expected.
+        expected: u32,
+        /// The uid found.
+        found: u32,
+    },
+    /// The object's mode lets in more than the opener allows.
+    #[error(
+        "segment '{name}' has mode {found:o}, wider than the allowed {allowed:o}: others could \
+         read or write it; recreate it, or widen the allowed mode with .mode(..) if intended"
+    )]
+    ModeTooWide {
+        /// Segment name.
+        name: String,
+        /// The widest mode accepted.
+        allowed: u32,
+        /// The mode found.
+        found: u32,
+    },
+    /// A header field differs from what was expected.
+    #[error("segment '{name}': {field} is {found}, expected {expected}")]
+    Mismatch {
+        /// Segment name.
+        name: String,
+        /// Which field.
+        field: &'static str,
+        /// What the opener expected.
+        expected: String,
+        /// What the header says.
+        found: String,
+    },
+    /// The header was still not published after the open timeout.
+    #[error(
+        "segment '{name}' was not initialized within {waited:?}: its creator is slow or died \
+         while creating it (a new create() of the name reclaims it)"
+    )]
+    NotInitialized {
+        /// Segment name.
+        name: String,
+        /// How long the opener waited.
+        waited: Duration,
+    },
+    /// The capacity is not usable.
+    #[error(transparent)]
+    Capacity(#[from] AttachError),
+    /// Another operating-system call failed.
+    #[error("{op} failed for segment '{name}': {source}")]
+    Os {
+        /// What was being done.
+        op: &'static str,
+        /// Segment name.
+        name: String,
+        /// The errno.
+        source: Errno,
+    },
+}
+
+/// Checks a segment name and returns the POSIX object name (`/shmesh.<name>`).
+///
+/// # Errors
+///
+/// [`SegmentError::InvalidName`] saying what is wrong.
+pub fn object_name(name: &str) -> Result<String, SegmentError> {
+    let invalid = |reason| SegmentError::InvalidName { name: name.to_owned(), reason };
+    if name.is_empty() {
+        return Err(invalid("it is empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(invalid("it is too long"));
+    }
+    if name.starts_with('.') {
+        return Err(invalid("it starts with '.'"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(invalid("it has a character outside [A-Za-z0-9._-]"));
+    }
+    Ok(format!("/{NAME_PREFIX}{name}"))
+}
+
+fn os_err<'a>(op: &'static str, name: &'a str) -> impl FnOnce(Errno) -> SegmentError + 'a {
+    move |source| SegmentError::Os { op, name: name.to_owned(), source }
+}
+
+/// Builds a [`Segment`]: `SegmentBuilder::new(name).capacity(..).mode(..).create()` or
+/// `.open()`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use shmesh_ring::SegmentBuilder;
+///
+/// let seg = SegmentBuilder::new("doc-example").capacity(1 << 16).create()?;
+/// let mut tx = seg.producer()?;
+/// // in another process:
+/// let mut rx = SegmentBuilder::new("doc-example").open()?.consumer()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct SegmentBuilder {
+    name: String,
+    kind: SegmentKind,
+    capacity: Option<u64>,
+    mode: u32,
+    owner: Option<u32>,
+    schema: Option<[u64; 4]>,
+    open_timeout: Duration,
+    start: u64,
+}
+
+impl SegmentBuilder {
+    /// A builder for the segment `name` (see the module docs for valid names).
+    pub fn new(name: impl Into<String>) -> Self {
+        SegmentBuilder {
+            name: name.into(),
+            kind: SegmentKind::SpscRing,
+            capacity: None,
+            mode: DEFAULT_MODE,
+            owner: None,
+            schema: None,
+            open_timeout: DEFAULT_OPEN_TIMEOUT,
+            start: 0,
+        }
+    }
+
+    /// The kind of segment; an SPSC ring by default.
+    pub fn kind(mut self, kind: SegmentKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Data capacity in bytes, a power of two (create: required for rings; open: checked when
+    /// given).
+    pub fn capacity(mut self, capacity: u64) -> Self {
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Create: the permission bits of the new object (0600 by default; the umask does not
+    /// apply). Open: the widest mode accepted.
+    pub fn mode(mut self, mode: u32) -> Self {
+        self.mode = mode & 0o777;
+        self
+    }
+
+    /// Open: the uid that must own the object (the effective uid by default).
+    pub fn owner(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
+    }
+
+    /// Create: the schema fingerprint stored in the header. Open: the fingerprint required.
+    pub fn schema(mut self, fingerprint: [u64; 4]) -> Self {
+        self.schema = Some(fingerprint);
+        self
+    }
+
+    /// Open: how long to wait for a creator to finish writing the header.
+    pub fn open_timeout(mut self, timeout: Duration) -> Self {
+        self.open_timeout = timeout;
+        self
+    }
+
+    /// Create: the position the ring starts at (a multiple of 16; 0 by default). For tests of
+    /// 64-bit position wrap-around.
+    pub fn start_position(mut self, start: u64) -> Self {
+        self.start = start;
+        self
+    }
+
+    fn total_size(&self, capacity: u64) -> u64 {
+        let bytes = match self.kind {
+            SegmentKind::SpscRing => DATA_OFFSET as u64 + capacity,
+            SegmentKind::Probe => DATA_OFFSET as u64,
+        };
+        let page = rustix::param::page_size() as u64;
+        bytes.div_ceil(page) * page
+    }
+
+    /// Creates the segment.
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentError::InvalidName`], `Capacity` (not a power of two in range, or missing for
+    /// a ring), `AlreadyExists` (a live process uses the name), `NotOwner` (the name is held by
+    /// another user's object), `PermissionDenied`, `NoSpace`, `Os`.
+    pub fn create(&self) -> Result<Segment, SegmentError> {
+        let path = object_name(&self.name)?;
+        let capacity = match self.kind {
+            SegmentKind::SpscRing => {
+                let capacity = self.capacity.unwrap_or(0);
+                spsc::check_capacity(capacity)?;
+                if self.start % 16 != 0 {
+                    return Err(AttachError::StartPosition(self.start).into());
+                }
+                capacity
+            }
+            SegmentKind::Probe => 0,
+        };
+        let total = self.total_size(capacity);
+        for _ in 0..16 {
+            let flags = ShmOFlags::CREATE | ShmOFlags::EXCL | ShmOFlags::RDWR;
+            let fd = match rustix::shm::open(path.as_str(), flags, Mode::from_raw_mode(self.mode)) {
+                Ok(fd) => fd,
+                Err(Errno::EXIST) => {
+                    if self.reclaim(&path)? {
+                        continue;
+                    }
+                    return Err(SegmentError::AlreadyExists { name: self.name.clone() });
+                }
+                Err(Errno::ACCESS) => {
+                    return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+                }
+                Err(e) => return Err(os_err("shm_open", &self.name)(e)),
+            };
+            // Take the "in use" lock at once. If a reclaimer holds it exclusively it is about to
+            // unlink this brand-new object: start again.
+            match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
+                Ok(true) => {}
+                Ok(false) => continue,
+                Err(e) => {
+                    let _ = rustix::shm::unlink(path.as_str());
+                    return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e));
+                }
+            }
+            return self.initialize(fd, &path, capacity, total).inspect_err(|_| {
+                let _ = rustix::shm::unlink(path.as_str());
+            });
+        }
+        Err(SegmentError::AlreadyExists { name: self.name.clone() })
+    }
+
+    /// Removes an existing object of our name if no live process uses it. `Ok(true)`: removed
+    /// or already gone, try creating again; `Ok(false)`: in use.
+    fn reclaim(&self, path: &str) -> Result<bool, SegmentError> {
+        let fd = match rustix::shm::open(path, ShmOFlags::RDWR, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(true),
+            Err(Errno::ACCESS) => {
+                return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+            }
+            Err(e) => return Err(os_err("shm_open", &self.name)(e)),
+        };
+        let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
+        let me = rustix::process::geteuid().as_raw();
+        if stat.st_uid != me {
+            return Err(SegmentError::NotOwner { name: self.name.clone(), expected: me, found: stat.st_uid });
+        }
+        match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Exclusive) {
+            Ok(true) => {}
+            Ok(false) => return Ok(false),
+            Err(e) => return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e)),
+        }
+        // Nobody alive uses it. Unlink it if the name still refers to this very object.
+        if same_object(path, &fd) {
+            match rustix::shm::unlink(path) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(os_err("shm_unlink", &self.name)(e)),
+            }
+        }
+        Ok(true)
+    }
+
+    fn initialize(&self, fd: OwnedFd, path: &str, capacity: u64, total: u64) -> Result<Segment, SegmentError> {
+        // fchmod: the mode given to shm_open was filtered by the umask.
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(self.mode)).map_err(os_err("fchmod", &self.name))?;
+        match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, total) {
+            Ok(()) => {}
+            Err(Errno::NOSPC) => return Err(SegmentError::NoSpace { name: self.name.clone(), size: total }),
+            Err(Errno::OPNOTSUPP) => {
+                rustix::fs::ftruncate(&fd, total).map_err(os_err("ftruncate", &self.name))?
+            }
+            Err(e) => return Err(os_err("fallocate", &self.name)(e)),
+        }
+        let file = File::from(fd);
+        let map = MmapOptions::new()
+            .len(total as usize)
+            .map_raw(&file)
+            .map_err(|e| os_err("mmap", &self.name)(io_errno(&e)))?;
+        let inner = Inner {
+            name: self.name.clone(),
+            path: path.to_owned(),
+            kind: self.kind,
+            capacity,
+            total_size: total,
+            creator: true,
+            map,
+            file,
+        };
+        let h = inner.header();
+        h.layout_version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        h.kind.store(self.kind.code(), Ordering::Relaxed);
+        h.total_size.store(total, Ordering::Relaxed);
+        h.capacity.store(capacity, Ordering::Relaxed);
+        h.data_offset.store(DATA_OFFSET as u64, Ordering::Relaxed);
+        h.creator_pid.store(std::process::id(), Ordering::Relaxed);
+        h.creator_start_time.store(os::process_start_time(), Ordering::Relaxed);
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+        h.created_unix_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
+        for (word, value) in h.schema.iter().zip(self.schema.unwrap_or_default()) {
+            word.store(value, Ordering::Relaxed);
+        }
+        let control = inner.control();
+        control.tail.0.store(self.start, Ordering::Relaxed);
+        control.head.0.store(self.start, Ordering::Relaxed);
+        // Published last: an opener that sees the magic (Acquire) sees everything above.
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(Segment { inner: Arc::new(inner) })
+    }
+
+    /// Opens an existing segment, checking owner, mode and every header field.
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentError::InvalidName`], `NotFound`, `PermissionDenied`, `NotOwner`,
+    /// `ModeTooWide`, `NotInitialized` (the header was not published within the open timeout),
+    /// `Mismatch` (magic, layout version, kind, total size, data offset, capacity or schema),
+    /// `Os`.
+    pub fn open(&self) -> Result<Segment, SegmentError> {
+        let path = object_name(&self.name)?;
+        let started = Instant::now();
+        let deadline = started + self.open_timeout;
+        let not_initialized = || SegmentError::NotInitialized { name: self.name.clone(), waited: started.elapsed() };
+        let fd = loop {
+            let fd = match rustix::shm::open(path.as_str(), ShmOFlags::RDWR, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => return Err(SegmentError::NotFound { name: self.name.clone() }),
+                Err(Errno::ACCESS) => {
+                    return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+                }
+                Err(e) => return Err(os_err("shm_open", &self.name)(e)),
+            };
+            self.check_owner_and_mode(&fd)?;
+            match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
+                Ok(true) => break fd,
+                // A reclaimer is removing a dead object of this name: look again.
+                Ok(false) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Ok(false) => return Err(SegmentError::NotFound { name: self.name.clone() }),
+                Err(e) => return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e)),
+            }
+        };
+        // The creator sizes the object right after creating it: wait for that (bounded).
+        let size = loop {
+            let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
+            let size = stat.st_size as u64;
+            if size >= DATA_OFFSET as u64 {
+                break size;
+            }
+            if Instant::now() >= deadline {
+                return Err(not_initialized());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        let file = File::from(fd);
+        let map = MmapOptions::new()
+            .len(size as usize)
+            .map_raw(&file)
+            .map_err(|e| os_err("mmap", &self.name)(io_errno(&e)))?;
+        let mut inner = Inner {
+            name: self.name.clone(),
+            path,
+            kind: self.kind,
+            capacity: 0,
+            total_size: size,
+            creator: false,
+            map,
+            file,
+        };
+        let h = inner.header();
+        loop {
+            match h.magic.load(Ordering::Acquire) {
+                MAGIC => break,
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                0 => return Err(not_initialized()),
+                other => return Err(self.mismatch("magic", format!("{MAGIC:#018x}"), format!("{other:#018x}"))),
+            }
+        }
+        let version = h.layout_version.load(Ordering::Relaxed);
+        if version != LAYOUT_VERSION {
+            return Err(self.mismatch("layout version", LAYOUT_VERSION, version));
+        }
+        let code = h.kind.load(Ordering::Relaxed);
+        if code != self.kind.code() {
+            let found = SegmentKind::from_code(code).map_or(format!("unknown kind {code}"), |k| k.to_string());
+            return Err(self.mismatch("kind", self.kind, found));
+        }
+        let total = h.total_size.load(Ordering::Relaxed);
+        if total != size {
+            return Err(self.mismatch("total size (header vs fstat)", size, total));
+        }
+        let data_offset = h.data_offset.load(Ordering::Relaxed);
+        if data_offset != DATA_OFFSET as u64 {
+            return Err(self.mismatch("data offset", DATA_OFFSET, data_offset));
+        }
+        let capacity = h.capacity.load(Ordering::Relaxed);
+        match self.kind {
+            SegmentKind::SpscRing => {
+                if spsc::check_capacity(capacity).is_err() || DATA_OFFSET as u64 + capacity > size {
+                    return Err(self.mismatch(
+                        "capacity",
+                        format!("a power of two that fits the {size}-byte object"),
+                        capacity,
+                    ));
+                }
+            }
+            SegmentKind::Probe if capacity != 0 => return Err(self.mismatch("capacity", 0, capacity)),
+            SegmentKind::Probe => {}
+        }
+        if let Some(expected) = self.capacity {
+            if expected != capacity {
+                return Err(self.mismatch("capacity", expected, capacity));
+            }
+        }
+        if let Some(expected) = self.schema {
+            let found: Vec<u64> = h.schema.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+            if found != expected {
+                return Err(self.mismatch("schema fingerprint", hex(&expected), hex(&found)));
+            }
+        }
+        inner.capacity = capacity;
+        Ok(Segment { inner: Arc::new(inner) })
+    }
+
+    fn check_owner_and_mode(&self, fd: &OwnedFd) -> Result<(), SegmentError> {
+        let stat = rustix::fs::fstat(fd).map_err(os_err("fstat", &self.name))?;
+        let expected = self.owner.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        if stat.st_uid != expected {
+            return Err(SegmentError::NotOwner { name: self.name.clone(), expected, found: stat.st_uid });
+        }
+        let mode = stat.st_mode & 0o777;
+        if mode & !self.mode != 0 {
+            return Err(SegmentError::ModeTooWide { name: self.name.clone(), allowed: self.mode, found: mode });
+        }
+        Ok(())
+    }
+
+    fn mismatch(&self, field: &'static str, expected: impl fmt::Display, found: impl fmt::Display) -> SegmentError {
+        SegmentError::Mismatch {
+            name: self.name.clone(),
+            field,
+            expected: expected.to_string(),
+            found: found.to_string(),
+        }
+    }
+}
+
+fn hex(words: &[u64]) -> String {
+    words.iter().map(|w| format!("{w:016x}")).collect()
+}
+
+fn io_errno(e: &std::io::Error) -> Errno {
+    Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Whether the object `path` names now is the one `fd` refers to.
+fn same_object(path: &str, fd: &impl AsFd) -> bool {
+    let Ok(ours) = rustix::fs::fstat(fd) else { return false };
+    let file = format!("/dev/shm{path}");
+    match rustix::fs::stat(file.as_str()) {
+        Ok(theirs) => theirs.st_dev == ours.st_dev && theirs.st_ino == ours.st_ino,
+        Err(_) => false,
+    }
+}
+
+struct Inner {
+    name: String,
+    path: String,
+    kind: SegmentKind,
+    /// Validated once at create/open; never re-read from shared memory.
+    capacity: u64,
+    total_size: u64,
+    creator: bool,
+    map: MmapRaw,
+    /// Holds the shared "in use" lock while open.
+    file: File,
+}
+
+impl Inner {
+    fn base(&self) -> NonNull<u8> {
+        NonNull::new(self.map.as_mut_ptr()).expect("mmap never returns null")
+    }
+
+    fn header(&self) -> &SegmentHeader {
+        // SAFETY: the mapping is at least DATA_OFFSET bytes (checked at create/open), page
+        // aligned, and lives as long as `self`; `SegmentHeader` is all atomics, valid for any
+        // bit pattern and safe to share across processes.
+        unsafe { self.base().cast::<SegmentHeader>().as_ref() }
+    }
+
+    fn slot(&self, side: Side) -> &EndpointSlot {
+        let off = SLOTS_OFFSET + side.index() * std::mem::size_of::<EndpointSlot>();
+        // SAFETY: as in `header`: the slots lie below DATA_OFFSET, 128-aligned, all atomics.
+        unsafe { self.base().add(off).cast::<EndpointSlot>().as_ref() }
+    }
+
+    fn control(&self) -> &RingControl {
+        // SAFETY: as in `header`: the control block lies below DATA_OFFSET, 128-aligned, all
+        // atomics (with padding that is never read).
+        unsafe { self.base().add(CONTROL_OFFSET).cast::<RingControl>().as_ref() }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if self.creator && same_object(&self.path, &self.file) {
+            let _ = rustix::shm::unlink(self.path.as_str());
+        }
+    }
+}
+
+/// An open shared-memory segment. Cloning is cheap and shares the mapping; the creating
+/// handle's last clone unlinks the name.
+#[derive(Clone)]
+pub struct Segment {
+    inner: Arc<Inner>,
+}
+
+impl Segment {
+    /// Removes the segment's name now (existing mappings stay valid until unmapped).
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentError::InvalidName`], `NotFound`, `PermissionDenied`, `Os`.
+    pub fn remove(name: &str) -> Result<(), SegmentError> {
+        let path = object_name(name)?;
+        rustix::shm::unlink(path.as_str()).map_err(|e| match e {
+            Errno::NOENT => SegmentError::NotFound { name: name.to_owned() },
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied { name: name.to_owned() },
+            e => os_err("shm_unlink", name)(e),
+        })
+    }
+
+    /// The segment name (without prefix).
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// What the segment holds.
+    pub fn kind(&self) -> SegmentKind {
+        self.inner.kind
+    }
+
+    /// Capacity of the data area in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.capacity
+    }
+
+    /// Size of the shared-memory object in bytes.
+    pub fn total_size(&self) -> u64 {
+        self.inner.total_size
+    }
+
+    /// Whether this handle created the segment (and will unlink it).
+    pub fn is_creator(&self) -> bool {
+        self.inner.creator
+    }
+
+    /// Attaches as the producer of the SPSC ring.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::Busy`] while another live process is the producer, `NotARing`, `Corrupt`
+    /// (impossible indices), `Os`.
+    pub fn producer(&self) -> Result<Producer<ShmMemory>, AttachError> {
+        Producer::new(self.attach(Side::Producer)?)
+    }
+
+    /// Attaches as the consumer of the SPSC ring.
+    ///
+    /// # Errors
+    ///
+    /// As [`producer`](Self::producer).
+    pub fn consumer(&self) -> Result<Consumer<ShmMemory>, AttachError> {
+        Consumer::new(self.attach(Side::Consumer)?)
+    }
+
+    fn attach(&self, side: Side) -> Result<ShmMemory, AttachError> {
+        let inner = &self.inner;
+        if inner.kind != SegmentKind::SpscRing {
+            return Err(AttachError::NotARing { name: inner.name.clone(), kind: inner.kind.to_string() });
+        }
+        let os = |op| move |source| AttachError::Os { op, name: inner.name.clone(), source };
+        let lock = self.reopen().map_err(os("reopen"))?;
+        let slot = inner.slot(side);
+        if !os::try_lock(lock.as_fd(), endpoint_byte(side), LockKind::Exclusive).map_err(os("fcntl(F_OFD_SETLK)"))? {
+            return Err(AttachError::Busy {
+                name: inner.name.clone(),
+                side,
+                pid: slot.pid.load(Ordering::Relaxed),
+            });
+        }
+        slot.pid.store(std::process::id(), Ordering::Relaxed);
+        slot.start_time.store(os::process_start_time(), Ordering::Relaxed);
+        slot.attach_count.fetch_add(1, Ordering::Relaxed);
+        slot.state.store(SLOT_ATTACHED, Ordering::Release);
+        Ok(ShmMemory { seg: Arc::clone(inner), lock, side })
+    }
+
+    /// A new open file description of the same object, for an endpoint's own lock.
+    fn reopen(&self) -> Result<OwnedFd, Errno> {
+        let proc_path = format!("/proc/self/fd/{}", self.inner.file.as_raw_fd());
+        match rustix::fs::open(proc_path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+            Ok(fd) => Ok(fd),
+            Err(_) => {
+                // No /proc: open by name and make sure it is the same object.
+                let fd = rustix::shm::open(self.inner.path.as_str(), ShmOFlags::RDWR, Mode::empty())?;
+                if same_object(&self.inner.path, &self.inner.file) {
+                    Ok(fd)
+                } else {
+                    Err(Errno::STALE)
+                }
+            }
+        }
+    }
+
+    /// The probe word of a [`SegmentKind::Probe`] segment.
+    pub(crate) fn probe_word(&self) -> Option<&AtomicU64> {
+        (self.inner.kind == SegmentKind::Probe).then(|| &self.inner.control().tail.0)
+    }
+
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("name", &self.inner.name)
+            .field("kind", &self.inner.kind)
+            .field("capacity", &self.inner.capacity)
+            .field("total_size", &self.inner.total_size)
+            .field("creator", &self.inner.creator)
+            .finish()
+    }
+}
+
+/// The memory of one endpoint of a ring in a shared-memory segment: the mapping, and the
+/// endpoint's own open file description holding its liveness lock.
+pub struct ShmMemory {
+    seg: Arc<Inner>,
+    lock: OwnedFd,
+    side: Side,
+}
+
+impl fmt::Debug for ShmMemory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmMemory").field("segment", &self.seg.name).field("side", &self.side).finish()
+    }
+}
+
+// SAFETY: the mapping is at least DATA_OFFSET + capacity bytes (validated at create/open,
+// `capacity` kept in process memory, never re-read from the segment) and stays mapped while the
+// `Arc<Inner>` lives; DATA_OFFSET ≡ 8 (mod 16) on a page-aligned mapping.
+unsafe impl RingMemory for ShmMemory {
+    fn control(&self) -> &RingControl {
+        self.seg.control()
+    }
+
+    fn slot(&self, side: Side) -> &EndpointSlot {
+        self.seg.slot(side)
+    }
+
+    fn data(&self) -> NonNull<u8> {
+        // SAFETY: DATA_OFFSET is inside the mapping (see the impl's SAFETY).
+        unsafe { self.seg.base().add(DATA_OFFSET) }
+    }
+
+    fn capacity(&self) -> u64 {
+        self.seg.capacity
+    }
+
+    fn token_held(&self, side: Side) -> bool {
+        // An error here (there should be none) must not declare a live peer dead.
+        os::is_locked(self.lock.as_fd(), endpoint_byte(side)).unwrap_or(true)
+    }
+
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        crate::wait::futex_wait(word, expected, timeout, true);
+    }
+
+    fn futex_wake(&self, word: &AtomicU32) {
+        crate::wait::futex_wake(word, true);
+    }
+}
+
+impl ShmMemory {
+    /// Which endpoint this is.
+    pub fn side(&self) -> Side {
+        self.side
+    }
+
+    /// The segment's name.
+    pub fn segment_name(&self) -> &str {
+        &self.seg.name
+    }
+}
