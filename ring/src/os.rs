@@ -78,11 +78,13 @@ mod tests {
     use std::os::fd::AsFd;
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri cannot read /proc")]
     fn start_time_is_read() {
         assert!(process_start_time() > 0);
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "miri does not emulate OFD locks")]
     fn ofd_locks_conflict_between_descriptions_of_one_process() {
         let dir = std::env::temp_dir().join(format!("shmesh-ofd-{}", std::process::id()));
         std::fs::write(&dir, b"x").unwrap();

@@ -394,7 +394,7 @@ impl<M: RingMemory> Producer<M> {
             unsafe {
                 store_header(&self.mem, off, RecordHeader { len: to_end as i32, kind: PADDING })
             };
-            pos += to_end;
+            pos = pos.wrapping_add(to_end);
         }
         Ok(Reserved { start, pos, len })
     }
@@ -505,7 +505,8 @@ pub struct Grant<'a, M: RingMemory> {
     publish: bool,
     kind: u32,
     done: bool,
-    _track: Track,
+    /// Held while the producer may write these bytes; ended before they are published.
+    track: Track,
 }
 
 impl<'a, M: RingMemory> Grant<'a, M> {
@@ -517,7 +518,7 @@ impl<'a, M: RingMemory> Grant<'a, M> {
         // SAFETY: `off` is 16-aligned and the record (header included) fits before the end of
         // the data area (`try_reserve` padded otherwise); the space is the producer's.
         unsafe { store_header(&producer.mem, off, RecordHeader { len: claimed, kind: 0 }) };
-        Grant { producer, reserved, publish, kind: 0, done: false, _track: track }
+        Grant { producer, reserved, publish, kind: 0, done: false, track }
     }
 
     /// Sets the record kind, a user value below `u32::MAX` (reserved for padding); 0 by default.
@@ -550,6 +551,7 @@ impl<'a, M: RingMemory> Grant<'a, M> {
         unsafe { store_header(&producer.mem, off, header) };
         producer.tail = self.reserved.pos.wrapping_add(align_record(RECORD_HEADER + len));
         self.done = true;
+        drop(std::mem::take(&mut self.track));
         if self.publish {
             producer.publish();
         }
@@ -912,14 +914,15 @@ pub struct Record<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
     next: Next,
     release: bool,
-    _track: Track,
+    /// Held while the consumer may read these bytes; ended before they are released.
+    track: Track,
 }
 
 impl<'a, M: RingMemory> Record<'a, M> {
     fn new(consumer: &'a mut Consumer<M>, next: Next, release: bool) -> Self {
         let mut track = Track::default();
         track.add(&consumer.mem, next.pos & consumer.mask, next.end.wrapping_sub(next.pos), false);
-        Record { consumer, next, release, _track: track }
+        Record { consumer, next, release, track }
     }
 
     /// The record kind set by the producer ([`Grant::set_kind`]).
@@ -952,6 +955,7 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
+        drop(std::mem::take(&mut self.track));
         self.consumer.head = self.next.end;
         if self.release {
             self.consumer.release();

@@ -1,0 +1,156 @@
+//! Why a benchmark failed.
+
+use std::io;
+use std::time::Duration;
+
+use shmesh_ring::probe::ProbeError;
+use shmesh_ring::{AttachError, ClaimError, ReadError, SegmentError};
+use thiserror::Error;
+
+use super::transport::Transport;
+
+/// Why `shmesh bench` (or its peer process) failed.
+///
+/// Messages say what went wrong and what to do; the cause, when there is one, is the
+/// [`source`](std::error::Error::source) (the `shmesh` binary prints the whole chain).
+#[derive(Debug, Error)]
+pub enum BenchError {
+    /// One measurement failed; the source says why.
+    #[error("benchmark {bench} over {transport} with {size}-byte messages failed")]
+    Measurement {
+        /// `pingpong` or `throughput`.
+        bench: &'static str,
+        /// The transport measured.
+        transport: Transport,
+        /// The message size in bytes.
+        size: usize,
+        /// What went wrong.
+        #[source]
+        source: Box<BenchError>,
+    },
+    /// A shared-memory segment could not be created or opened.
+    #[error(
+        "could not create or open the shared-memory segment '{name}' (is /dev/shm mounted, \
+         writable and large enough?)"
+    )]
+    Segment {
+        /// Segment name.
+        name: String,
+        /// The segment layer's error.
+        #[source]
+        source: SegmentError,
+    },
+    /// An end of a ring could not be attached.
+    #[error("could not attach to the ring '{name}'")]
+    Attach {
+        /// Segment name.
+        name: String,
+        /// The ring layer's error.
+        #[source]
+        source: AttachError,
+    },
+    /// Claiming space in the ring failed.
+    #[error("claiming space in the shared-memory ring failed")]
+    Claim(#[source] ClaimError),
+    /// Reading the ring failed.
+    #[error("reading the shared-memory ring failed")]
+    Read(#[source] ReadError),
+    /// A cache-line probe round trip failed.
+    #[error("the cache-line ping-pong with the peer process failed")]
+    Probe(#[source] ProbeError),
+    /// An I/O call failed.
+    #[error("{what} failed")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A system call made through `nix` failed.
+    #[error("{what} failed")]
+    Os {
+        /// What was being done.
+        what: String,
+        /// The errno.
+        #[source]
+        source: nix::Error,
+    },
+    /// The other end closed the transport before the benchmark was over.
+    #[error(
+        "the peer closed the connection after {seq} messages, before the benchmark was over \
+         (it probably failed: see its error)"
+    )]
+    Closed {
+        /// Messages received before the end of file.
+        seq: u64,
+    },
+    /// A message failed its sanity check: the transport lost, reordered or mangled data.
+    #[error(
+        "message {seq} failed its sanity check: {detail}; the transport lost, reordered or \
+         mangled data, so no figure is reported (this is a bug: please report it)"
+    )]
+    Corrupt {
+        /// The sequence number expected.
+        seq: u64,
+        /// What differs.
+        detail: String,
+    },
+    /// The peer process could not be started.
+    #[error("could not start the benchmark peer process '{exe}' (is the shmesh binary still there?)")]
+    Spawn {
+        /// The executable.
+        exe: String,
+        /// The error from `spawn`.
+        #[source]
+        source: io::Error,
+    },
+    /// The peer process failed.
+    #[error("the benchmark peer process {status}{}", peer_output(.stderr))]
+    PeerFailed {
+        /// How it ended (`exited with exit status: 1`, `was killed by signal 9`...).
+        status: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
+    /// Neither side made progress for too long; the peer was killed.
+    #[error(
+        "no progress for {0:?}: the benchmark stalled, the peer process was killed (is the \
+         machine overloaded, or a process stopped?)"
+    )]
+    Stalled(Duration),
+    /// Something did not happen in time.
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout {
+        /// What was awaited.
+        what: &'static str,
+        /// How long.
+        waited: Duration,
+    },
+    /// A bad combination of options (those clap cannot check by itself).
+    #[error("{0}")]
+    Usage(String),
+}
+
+fn peer_output(stderr: &str) -> String {
+    let text = stderr.trim();
+    if text.is_empty() {
+        String::new()
+    } else {
+        format!("; it said:\n{text}")
+    }
+}
+
+impl BenchError {
+    /// An [`Io`](Self::Io) error maker for `map_err`.
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Io { what, source }
+    }
+
+    /// An [`Os`](Self::Os) error maker for `map_err`.
+    pub(crate) fn os(what: impl Into<String>) -> impl FnOnce(nix::Error) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Os { what, source }
+    }
+}
