@@ -197,6 +197,23 @@ impl HeapMemory {
         }
     }
 
+    /// Overwrites data-area bytes starting at `offset` (wrapping at the capacity), the way a
+    /// buggy or hostile peer could: for tests and fuzzing of everything the ring reads back.
+    /// The stores are atomic byte stores, so a concurrent reader sees junk, never undefined
+    /// behaviour on this side.
+    pub fn scribble(&self, offset: u64, bytes: &[u8]) {
+        use std::sync::atomic::AtomicU8;
+        let cap = self.inner.capacity;
+        for (i, &b) in bytes.iter().enumerate() {
+            let off = (offset.wrapping_add(i as u64) & (cap - 1)) as usize;
+            // SAFETY: `off < capacity`, so the byte is inside the data area, which is valid
+            // for writes while `self` lives; an atomic store races with nothing.
+            unsafe {
+                AtomicU8::from_ptr(self.data().as_ptr().add(off)).store(b, Ordering::Relaxed)
+            };
+        }
+    }
+
     /// Marks `side` attached (heap endpoints are created attached).
     pub(crate) fn attach(&self, side: Side) {
         let slot = &self.inner.slots[side.index()];
