@@ -82,7 +82,9 @@ pub enum TryReadError {
     #[error("ring empty")]
     Empty,
     /// The producer is gone and every record it committed has been read.
-    #[error("producer gone: it detached or its process died, and every record it committed was read")]
+    #[error(
+        "producer gone: it detached or its process died, and every record it committed was read"
+    )]
     PeerGone,
     /// The ring's shared state is corrupt.
     #[error(transparent)]
@@ -97,7 +99,9 @@ pub enum ReadError {
     #[error("timed out waiting for a record")]
     Timeout,
     /// The producer is gone and every record it committed has been read.
-    #[error("producer gone: it detached or its process died, and every record it committed was read")]
+    #[error(
+        "producer gone: it detached or its process died, and every record it committed was read"
+    )]
     PeerGone,
     /// The ring's shared state is corrupt.
     #[error(transparent)]

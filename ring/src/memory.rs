@@ -130,6 +130,15 @@ impl Track {
     }
 }
 
+impl Track {
+    /// Ends the recorded accesses now.
+    #[inline]
+    pub(crate) fn end(&mut self) {
+        #[cfg(loom)]
+        self.guards.clear();
+    }
+}
+
 impl fmt::Debug for Track {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Track")
@@ -233,7 +242,9 @@ impl Drop for HeapInner {
 
 impl fmt::Debug for HeapMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("HeapMemory").field("capacity", &self.inner.capacity).finish()
+        f.debug_struct("HeapMemory")
+            .field("capacity", &self.inner.capacity)
+            .finish()
     }
 }
 

@@ -65,11 +65,18 @@ pub(crate) fn is_locked(fd: BorrowedFd<'_>, byte: u64) -> Result<bool, Errno> {
 /// This process's start time in clock ticks since boot (`/proc/self/stat` field 22), or 0
 /// when `/proc` is not readable. Display only: with the pid it tells a reused pid apart.
 pub(crate) fn process_start_time() -> u64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return 0 };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0;
+    };
     // The command name (field 2) is in parentheses and may contain spaces: split after it.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else { return 0 };
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return 0;
+    };
     // `rest` starts at field 3 (state); field 22 is the 20th from there.
-    rest.split_whitespace().nth(19).and_then(|s| s.parse().ok()).unwrap_or(0)
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -88,8 +95,16 @@ mod tests {
     fn ofd_locks_conflict_between_descriptions_of_one_process() {
         let dir = std::env::temp_dir().join(format!("shmesh-ofd-{}", std::process::id()));
         std::fs::write(&dir, b"x").unwrap();
-        let a = std::fs::OpenOptions::new().read(true).write(true).open(&dir).unwrap();
-        let b = std::fs::OpenOptions::new().read(true).write(true).open(&dir).unwrap();
+        let a = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .unwrap();
+        let b = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&dir)
+            .unwrap();
         assert!(!is_locked(b.as_fd(), 3).unwrap());
         assert!(try_lock(a.as_fd(), 3, LockKind::Exclusive).unwrap());
         assert!(is_locked(b.as_fd(), 3).unwrap());
@@ -97,7 +112,10 @@ mod tests {
         assert!(try_lock(b.as_fd(), 4, LockKind::Shared).unwrap());
         assert!(try_lock(a.as_fd(), 4, LockKind::Shared).unwrap());
         drop(a);
-        assert!(!is_locked(b.as_fd(), 3).unwrap(), "closing the description releases its lock");
+        assert!(
+            !is_locked(b.as_fd(), 3).unwrap(),
+            "closing the description releases its lock"
+        );
         std::fs::remove_file(&dir).unwrap();
     }
 }

@@ -21,7 +21,9 @@ pub enum ProbeError {
     #[error("the cache-line probe peer did not answer within {0:?}")]
     Timeout(Duration),
     /// The word holds a value the protocol never writes.
-    #[error("the cache-line probe word holds {found}, expected {expected}: another process wrote it")]
+    #[error(
+        "the cache-line probe word holds {found}, expected {expected}: another process wrote it"
+    )]
     Protocol {
         /// What was read.
         found: u64,
@@ -47,7 +49,9 @@ impl CacheLineProbe {
     ///
     /// As [`SegmentBuilder::create`].
     pub fn create(name: &str) -> Result<Self, SegmentError> {
-        let seg = SegmentBuilder::new(name).kind(SegmentKind::Probe).create()?;
+        let seg = SegmentBuilder::new(name)
+            .kind(SegmentKind::Probe)
+            .create()?;
         Ok(CacheLineProbe { seg, last: 0 })
     }
 
@@ -63,7 +67,9 @@ impl CacheLineProbe {
     }
 
     fn word(&self) -> &AtomicU64 {
-        self.seg.probe_word().expect("a probe handle is only made from a probe segment")
+        self.seg
+            .probe_word()
+            .expect("a probe handle is only made from a probe segment")
     }
 
     /// One round trip: write, then spin until the responder answers.
@@ -86,7 +92,10 @@ impl CacheLineProbe {
                 return Ok(());
             }
             if v != ping {
-                return Err(ProbeError::Protocol { found: v, expected: pong });
+                return Err(ProbeError::Protocol {
+                    found: v,
+                    expected: pong,
+                });
             }
             spin_check(&mut spins, &mut deadline, timeout)?;
         }
@@ -127,7 +136,11 @@ impl CacheLineProbe {
 
 /// Spins once; reads the clock every 4096 spins and fails after `timeout`.
 #[inline]
-fn spin_check(spins: &mut u32, deadline: &mut Option<Instant>, timeout: Duration) -> Result<(), ProbeError> {
+fn spin_check(
+    spins: &mut u32,
+    deadline: &mut Option<Instant>,
+    timeout: Duration,
+) -> Result<(), ProbeError> {
     *spins = spins.wrapping_add(1);
     if *spins % 4096 == 0 {
         let now = Instant::now();
@@ -143,6 +156,9 @@ fn spin_check(spins: &mut u32, deadline: &mut Option<Instant>, timeout: Duration
 
 impl fmt::Debug for CacheLineProbe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CacheLineProbe").field("segment", &self.seg).field("last", &self.last).finish()
+        f.debug_struct("CacheLineProbe")
+            .field("segment", &self.seg)
+            .field("last", &self.last)
+            .finish()
     }
 }

@@ -225,7 +225,10 @@ pub enum SegmentError {
 ///
 /// [`SegmentError::InvalidName`] saying what is wrong.
 pub fn object_name(name: &str) -> Result<String, SegmentError> {
-    let invalid = |reason| SegmentError::InvalidName { name: name.to_owned(), reason };
+    let invalid = |reason| SegmentError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    };
     if name.is_empty() {
         return Err(invalid("it is empty"));
     }
@@ -235,14 +238,21 @@ pub fn object_name(name: &str) -> Result<String, SegmentError> {
     if name.starts_with('.') {
         return Err(invalid("it starts with '.'"));
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
         return Err(invalid("it has a character outside [A-Za-z0-9._-]"));
     }
     Ok(format!("/{NAME_PREFIX}{name}"))
 }
 
 fn os_err<'a>(op: &'static str, name: &'a str) -> impl FnOnce(Errno) -> SegmentError + 'a {
-    move |source| SegmentError::Os { op, name: name.to_owned(), source }
+    move |source| SegmentError::Os {
+        op,
+        name: name.to_owned(),
+        source,
+    }
 }
 
 /// Builds a [`Segment`]: `SegmentBuilder::new(name).capacity(..).mode(..).create()` or
@@ -369,10 +379,14 @@ impl SegmentBuilder {
                     if self.reclaim(&path)? {
                         continue;
                     }
-                    return Err(SegmentError::AlreadyExists { name: self.name.clone() });
+                    return Err(SegmentError::AlreadyExists {
+                        name: self.name.clone(),
+                    });
                 }
                 Err(Errno::ACCESS) => {
-                    return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+                    return Err(SegmentError::PermissionDenied {
+                        name: self.name.clone(),
+                    })
                 }
                 Err(e) => return Err(os_err("shm_open", &self.name)(e)),
             };
@@ -386,11 +400,15 @@ impl SegmentBuilder {
                     return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e));
                 }
             }
-            return self.initialize(fd, &path, capacity, total).inspect_err(|_| {
-                let _ = rustix::shm::unlink(path.as_str());
-            });
+            return self
+                .initialize(fd, &path, capacity, total)
+                .inspect_err(|_| {
+                    let _ = rustix::shm::unlink(path.as_str());
+                });
         }
-        Err(SegmentError::AlreadyExists { name: self.name.clone() })
+        Err(SegmentError::AlreadyExists {
+            name: self.name.clone(),
+        })
     }
 
     /// Removes an existing object of our name if no live process uses it. `Ok(true)`: removed
@@ -400,14 +418,20 @@ impl SegmentBuilder {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(true),
             Err(Errno::ACCESS) => {
-                return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+                return Err(SegmentError::PermissionDenied {
+                    name: self.name.clone(),
+                })
             }
             Err(e) => return Err(os_err("shm_open", &self.name)(e)),
         };
         let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
         let me = rustix::process::geteuid().as_raw();
         if stat.st_uid != me {
-            return Err(SegmentError::NotOwner { name: self.name.clone(), expected: me, found: stat.st_uid });
+            return Err(SegmentError::NotOwner {
+                name: self.name.clone(),
+                expected: me,
+                found: stat.st_uid,
+            });
         }
         match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Exclusive) {
             Ok(true) => {}
@@ -424,12 +448,24 @@ impl SegmentBuilder {
         Ok(true)
     }
 
-    fn initialize(&self, fd: OwnedFd, path: &str, capacity: u64, total: u64) -> Result<Segment, SegmentError> {
+    fn initialize(
+        &self,
+        fd: OwnedFd,
+        path: &str,
+        capacity: u64,
+        total: u64,
+    ) -> Result<Segment, SegmentError> {
         // fchmod: the mode given to shm_open was filtered by the umask.
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(self.mode)).map_err(os_err("fchmod", &self.name))?;
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(self.mode))
+            .map_err(os_err("fchmod", &self.name))?;
         match rustix::fs::fallocate(&fd, rustix::fs::FallocateFlags::empty(), 0, total) {
             Ok(()) => {}
-            Err(Errno::NOSPC) => return Err(SegmentError::NoSpace { name: self.name.clone(), size: total }),
+            Err(Errno::NOSPC) => {
+                return Err(SegmentError::NoSpace {
+                    name: self.name.clone(),
+                    size: total,
+                })
+            }
             Err(Errno::OPNOTSUPP) => {
                 rustix::fs::ftruncate(&fd, total).map_err(os_err("ftruncate", &self.name))?
             }
@@ -457,9 +493,13 @@ impl SegmentBuilder {
         h.capacity.store(capacity, Ordering::Relaxed);
         h.data_offset.store(DATA_OFFSET as u64, Ordering::Relaxed);
         h.creator_pid.store(std::process::id(), Ordering::Relaxed);
-        h.creator_start_time.store(os::process_start_time(), Ordering::Relaxed);
-        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-        h.created_unix_ns.store(now.as_nanos() as u64, Ordering::Relaxed);
+        h.creator_start_time
+            .store(os::process_start_time(), Ordering::Relaxed);
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        h.created_unix_ns
+            .store(now.as_nanos() as u64, Ordering::Relaxed);
         for (word, value) in h.schema.iter().zip(self.schema.unwrap_or_default()) {
             word.store(value, Ordering::Relaxed);
         }
@@ -468,7 +508,9 @@ impl SegmentBuilder {
         control.head.0.store(self.start, Ordering::Relaxed);
         // Published last: an opener that sees the magic (Acquire) sees everything above.
         h.magic.store(MAGIC, Ordering::Release);
-        Ok(Segment { inner: Arc::new(inner) })
+        Ok(Segment {
+            inner: Arc::new(inner),
+        })
     }
 
     /// Opens an existing segment, checking owner, mode and every header field.
@@ -483,13 +525,22 @@ impl SegmentBuilder {
         let path = object_name(&self.name)?;
         let started = Instant::now();
         let deadline = started + self.open_timeout;
-        let not_initialized = || SegmentError::NotInitialized { name: self.name.clone(), waited: started.elapsed() };
+        let not_initialized = || SegmentError::NotInitialized {
+            name: self.name.clone(),
+            waited: started.elapsed(),
+        };
         let fd = loop {
             let fd = match rustix::shm::open(path.as_str(), ShmOFlags::RDWR, Mode::empty()) {
                 Ok(fd) => fd,
-                Err(Errno::NOENT) => return Err(SegmentError::NotFound { name: self.name.clone() }),
+                Err(Errno::NOENT) => {
+                    return Err(SegmentError::NotFound {
+                        name: self.name.clone(),
+                    })
+                }
                 Err(Errno::ACCESS) => {
-                    return Err(SegmentError::PermissionDenied { name: self.name.clone() })
+                    return Err(SegmentError::PermissionDenied {
+                        name: self.name.clone(),
+                    })
                 }
                 Err(e) => return Err(os_err("shm_open", &self.name)(e)),
             };
@@ -497,8 +548,14 @@ impl SegmentBuilder {
             match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
                 Ok(true) => break fd,
                 // A reclaimer is removing a dead object of this name: look again.
-                Ok(false) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                Ok(false) => return Err(SegmentError::NotFound { name: self.name.clone() }),
+                Ok(false) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(1))
+                }
+                Ok(false) => {
+                    return Err(SegmentError::NotFound {
+                        name: self.name.clone(),
+                    })
+                }
                 Err(e) => return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e)),
             }
         };
@@ -535,7 +592,13 @@ impl SegmentBuilder {
                 MAGIC => break,
                 0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
                 0 => return Err(not_initialized()),
-                other => return Err(self.mismatch("magic", format!("{MAGIC:#018x}"), format!("{other:#018x}"))),
+                other => {
+                    return Err(self.mismatch(
+                        "magic",
+                        format!("{MAGIC:#018x}"),
+                        format!("{other:#018x}"),
+                    ))
+                }
             }
         }
         let version = h.layout_version.load(Ordering::Relaxed);
@@ -544,7 +607,8 @@ impl SegmentBuilder {
         }
         let code = h.kind.load(Ordering::Relaxed);
         if code != self.kind.code() {
-            let found = SegmentKind::from_code(code).map_or(format!("unknown kind {code}"), |k| k.to_string());
+            let found = SegmentKind::from_code(code)
+                .map_or(format!("unknown kind {code}"), |k| k.to_string());
             return Err(self.mismatch("kind", self.kind, found));
         }
         let total = h.total_size.load(Ordering::Relaxed);
@@ -566,7 +630,9 @@ impl SegmentBuilder {
                     ));
                 }
             }
-            SegmentKind::Probe if capacity != 0 => return Err(self.mismatch("capacity", 0, capacity)),
+            SegmentKind::Probe if capacity != 0 => {
+                return Err(self.mismatch("capacity", 0, capacity))
+            }
             SegmentKind::Probe => {}
         }
         if let Some(expected) = self.capacity {
@@ -581,23 +647,40 @@ impl SegmentBuilder {
             }
         }
         inner.capacity = capacity;
-        Ok(Segment { inner: Arc::new(inner) })
+        Ok(Segment {
+            inner: Arc::new(inner),
+        })
     }
 
     fn check_owner_and_mode(&self, fd: &OwnedFd) -> Result<(), SegmentError> {
         let stat = rustix::fs::fstat(fd).map_err(os_err("fstat", &self.name))?;
-        let expected = self.owner.unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        let expected = self
+            .owner
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw());
         if stat.st_uid != expected {
-            return Err(SegmentError::NotOwner { name: self.name.clone(), expected, found: stat.st_uid });
+            return Err(SegmentError::NotOwner {
+                name: self.name.clone(),
+                expected,
+                found: stat.st_uid,
+            });
         }
         let mode = stat.st_mode & 0o777;
         if mode & !self.mode != 0 {
-            return Err(SegmentError::ModeTooWide { name: self.name.clone(), allowed: self.mode, found: mode });
+            return Err(SegmentError::ModeTooWide {
+                name: self.name.clone(),
+                allowed: self.mode,
+                found: mode,
+            });
         }
         Ok(())
     }
 
-    fn mismatch(&self, field: &'static str, expected: impl fmt::Display, found: impl fmt::Display) -> SegmentError {
+    fn mismatch(
+        &self,
+        field: &'static str,
+        expected: impl fmt::Display,
+        found: impl fmt::Display,
+    ) -> SegmentError {
         SegmentError::Mismatch {
             name: self.name.clone(),
             field,
@@ -617,7 +700,9 @@ fn io_errno(e: &std::io::Error) -> Errno {
 
 /// Whether the object `path` names now is the one `fd` refers to.
 fn same_object(path: &str, fd: &impl AsFd) -> bool {
-    let Ok(ours) = rustix::fs::fstat(fd) else { return false };
+    let Ok(ours) = rustix::fs::fstat(fd) else {
+        return false;
+    };
     let file = format!("/dev/shm{path}");
     match rustix::fs::stat(file.as_str()) {
         Ok(theirs) => theirs.st_dev == ours.st_dev && theirs.st_ino == ours.st_ino,
@@ -659,7 +744,12 @@ impl Inner {
     fn control(&self) -> &RingControl {
         // SAFETY: as in `header`: the control block lies below DATA_OFFSET, 128-aligned, all
         // atomics (with padding that is never read).
-        unsafe { self.base().add(CONTROL_OFFSET).cast::<RingControl>().as_ref() }
+        unsafe {
+            self.base()
+                .add(CONTROL_OFFSET)
+                .cast::<RingControl>()
+                .as_ref()
+        }
     }
 }
 
@@ -687,8 +777,12 @@ impl Segment {
     pub fn remove(name: &str) -> Result<(), SegmentError> {
         let path = object_name(name)?;
         rustix::shm::unlink(path.as_str()).map_err(|e| match e {
-            Errno::NOENT => SegmentError::NotFound { name: name.to_owned() },
-            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied { name: name.to_owned() },
+            Errno::NOENT => SegmentError::NotFound {
+                name: name.to_owned(),
+            },
+            Errno::ACCESS | Errno::PERM => SegmentError::PermissionDenied {
+                name: name.to_owned(),
+            },
             e => os_err("shm_unlink", name)(e),
         })
     }
@@ -740,12 +834,23 @@ impl Segment {
     fn attach(&self, side: Side) -> Result<ShmMemory, AttachError> {
         let inner = &self.inner;
         if inner.kind != SegmentKind::SpscRing {
-            return Err(AttachError::NotARing { name: inner.name.clone(), kind: inner.kind.to_string() });
+            return Err(AttachError::NotARing {
+                name: inner.name.clone(),
+                kind: inner.kind.to_string(),
+            });
         }
-        let os = |op| move |source| AttachError::Os { op, name: inner.name.clone(), source };
+        let os = |op| {
+            move |source| AttachError::Os {
+                op,
+                name: inner.name.clone(),
+                source,
+            }
+        };
         let lock = self.reopen().map_err(os("reopen"))?;
         let slot = inner.slot(side);
-        if !os::try_lock(lock.as_fd(), endpoint_byte(side), LockKind::Exclusive).map_err(os("fcntl(F_OFD_SETLK)"))? {
+        if !os::try_lock(lock.as_fd(), endpoint_byte(side), LockKind::Exclusive)
+            .map_err(os("fcntl(F_OFD_SETLK)"))?
+        {
             return Err(AttachError::Busy {
                 name: inner.name.clone(),
                 side,
@@ -753,20 +858,30 @@ impl Segment {
             });
         }
         slot.pid.store(std::process::id(), Ordering::Relaxed);
-        slot.start_time.store(os::process_start_time(), Ordering::Relaxed);
+        slot.start_time
+            .store(os::process_start_time(), Ordering::Relaxed);
         slot.attach_count.fetch_add(1, Ordering::Relaxed);
         slot.state.store(SLOT_ATTACHED, Ordering::Release);
-        Ok(ShmMemory { seg: Arc::clone(inner), lock, side })
+        Ok(ShmMemory {
+            seg: Arc::clone(inner),
+            lock,
+            side,
+        })
     }
 
     /// A new open file description of the same object, for an endpoint's own lock.
     fn reopen(&self) -> Result<OwnedFd, Errno> {
         let proc_path = format!("/proc/self/fd/{}", self.inner.file.as_raw_fd());
-        match rustix::fs::open(proc_path.as_str(), OFlags::RDWR | OFlags::CLOEXEC, Mode::empty()) {
+        match rustix::fs::open(
+            proc_path.as_str(),
+            OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) {
             Ok(fd) => Ok(fd),
             Err(_) => {
                 // No /proc: open by name and make sure it is the same object.
-                let fd = rustix::shm::open(self.inner.path.as_str(), ShmOFlags::RDWR, Mode::empty())?;
+                let fd =
+                    rustix::shm::open(self.inner.path.as_str(), ShmOFlags::RDWR, Mode::empty())?;
                 if same_object(&self.inner.path, &self.inner.file) {
                     Ok(fd)
                 } else {
@@ -780,7 +895,6 @@ impl Segment {
     pub(crate) fn probe_word(&self) -> Option<&AtomicU64> {
         (self.inner.kind == SegmentKind::Probe).then(|| &self.inner.control().tail.0)
     }
-
 }
 
 impl fmt::Debug for Segment {
@@ -805,7 +919,10 @@ pub struct ShmMemory {
 
 impl fmt::Debug for ShmMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ShmMemory").field("segment", &self.seg.name).field("side", &self.side).finish()
+        f.debug_struct("ShmMemory")
+            .field("segment", &self.seg.name)
+            .field("side", &self.side)
+            .finish()
     }
 }
 

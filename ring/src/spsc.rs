@@ -49,9 +49,7 @@ use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::time::{Duration, Instant};
 
-use crate::error::{
-    AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError,
-};
+use crate::error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
 use crate::layout::{
     align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED, SLOT_NEVER,
 };
@@ -75,7 +73,11 @@ pub fn check_capacity(capacity: u64) -> Result<(), AttachError> {
     if capacity.is_power_of_two() && (MIN_CAPACITY..=MAX_CAPACITY).contains(&capacity) {
         Ok(())
     } else {
-        Err(AttachError::Capacity { capacity, min: MIN_CAPACITY, max: MAX_CAPACITY })
+        Err(AttachError::Capacity {
+            capacity,
+            min: MIN_CAPACITY,
+            max: MAX_CAPACITY,
+        })
     }
 }
 
@@ -107,9 +109,7 @@ const MAX_RECORD: u64 = 1 << 30;
 /// # drop(rx);
 /// # Ok::<(), shmesh_ring::AttachError>(())
 /// ```
-pub fn channel(
-    capacity: u64,
-) -> Result<(Producer<HeapMemory>, Consumer<HeapMemory>), AttachError> {
+pub fn channel(capacity: u64) -> Result<(Producer<HeapMemory>, Consumer<HeapMemory>), AttachError> {
     channel_at(capacity, 0)
 }
 
@@ -344,7 +344,11 @@ impl<M: RingMemory> Producer<M> {
     /// # Errors
     ///
     /// As [`claim`](Self::claim), and [`ClaimError::Timeout`].
-    pub fn claim_timeout(&mut self, len: usize, timeout: Duration) -> Result<Grant<'_, M>, ClaimError> {
+    pub fn claim_timeout(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<Grant<'_, M>, ClaimError> {
         let reserved = self.reserve_until(len as u64, Some(Instant::now() + timeout))?;
         Ok(Grant::new(self, reserved, true))
     }
@@ -362,13 +366,20 @@ impl<M: RingMemory> Producer<M> {
 
     fn try_reserve(&mut self, len: u64) -> Result<Reserved, TryClaimError> {
         if len > self.max_payload {
-            return Err(TryClaimError::TooLarge { len, max: self.max_payload });
+            return Err(TryClaimError::TooLarge {
+                len,
+                max: self.max_payload,
+            });
         }
         let cap = self.capacity();
         let footprint = align_record(RECORD_HEADER + len);
         let off = self.tail & self.mask;
         let to_end = cap - off;
-        let needed = if footprint <= to_end { footprint } else { to_end + footprint };
+        let needed = if footprint <= to_end {
+            footprint
+        } else {
+            to_end + footprint
+        };
         if self.free_cached() < needed {
             // SYNC POINT B (Acquire): pairs with the consumer's Release store of `head`.
             let head = self.mem.control().head.0.load(Ordering::Acquire);
@@ -376,7 +387,8 @@ impl<M: RingMemory> Producer<M> {
             self.cached_head = head;
             let free = self.free_cached();
             if free < needed {
-                if self.peer_check.due() && peer_state(&self.mem, Side::Producer) == PeerState::Gone {
+                if self.peer_check.due() && peer_state(&self.mem, Side::Producer) == PeerState::Gone
+                {
                     return Err(TryClaimError::PeerGone);
                 }
                 return Err(TryClaimError::Full { needed, free });
@@ -392,14 +404,25 @@ impl<M: RingMemory> Producer<M> {
             // SAFETY: `off` is a multiple of 16 below the capacity, so the 8 header bytes are in
             // the data area; the space is ours (checked free above).
             unsafe {
-                store_header(&self.mem, off, RecordHeader { len: to_end as i32, kind: PADDING })
+                store_header(
+                    &self.mem,
+                    off,
+                    RecordHeader {
+                        len: to_end as i32,
+                        kind: PADDING,
+                    },
+                )
             };
             pos = pos.wrapping_add(to_end);
         }
         Ok(Reserved { start, pos, len })
     }
 
-    fn reserve_until(&mut self, len: u64, deadline: Option<Instant>) -> Result<Reserved, ClaimError> {
+    fn reserve_until(
+        &mut self,
+        len: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Reserved, ClaimError> {
         match self.try_reserve(len) {
             Err(TryClaimError::Full { .. }) => {}
             other => return other.map_err(ClaimError::from),
@@ -413,14 +436,24 @@ impl<M: RingMemory> Producer<M> {
                 Step::TimedOut => return Err(ClaimError::Timeout),
                 Step::CheckPeer => {
                     if self.peer() == PeerState::Gone {
-                        return self.try_reserve(len).map_err(|_| ClaimError::PeerGone);
+                        return self.reserve_or_gone(len);
                     }
                 }
                 Step::Park(slice) => {
-                    self.mem.control().producer_parked.0.store(1, Ordering::Relaxed);
+                    self.mem
+                        .control()
+                        .producer_parked
+                        .0
+                        .store(1, Ordering::Relaxed);
                     // SYNC POINT C: pairs with the fence in the consumer's `wake_if_parked`.
                     fence(Ordering::SeqCst);
-                    let unpark = |p: &Self| p.mem.control().producer_parked.0.store(0, Ordering::Relaxed);
+                    let unpark = |p: &Self| {
+                        p.mem
+                            .control()
+                            .producer_parked
+                            .0
+                            .store(0, Ordering::Relaxed)
+                    };
                     match self.try_reserve(len) {
                         Err(TryClaimError::Full { .. }) => {}
                         other => {
@@ -430,7 +463,7 @@ impl<M: RingMemory> Producer<M> {
                     }
                     if self.peer() == PeerState::Gone {
                         unpark(self);
-                        return self.try_reserve(len).map_err(|_| ClaimError::PeerGone);
+                        return self.reserve_or_gone(len);
                     }
                     let word = &self.mem.control().producer_parked.0;
                     self.mem.futex_wait(word, 1, Some(slice));
@@ -444,13 +477,26 @@ impl<M: RingMemory> Producer<M> {
         }
     }
 
+    /// The last try once the consumer is known gone: space it released before leaving can still
+    /// be used; a full ring is final.
+    fn reserve_or_gone(&mut self, len: u64) -> Result<Reserved, ClaimError> {
+        self.try_reserve(len).map_err(|e| match e {
+            TryClaimError::Full { .. } => ClaimError::PeerGone,
+            other => other.into(),
+        })
+    }
+
     /// Stores the tail if records were committed since the last store, and wakes a sleeping
     /// consumer.
     fn publish(&mut self) {
         if self.tail != self.published {
             self.published = self.tail;
             // SYNC POINT A (Release): pairs with the consumer's Acquire load of `tail`.
-            self.mem.control().tail.0.store(self.tail, Ordering::Release);
+            self.mem
+                .control()
+                .tail
+                .0
+                .store(self.tail, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0);
         }
     }
@@ -513,12 +559,33 @@ impl<'a, M: RingMemory> Grant<'a, M> {
     fn new(producer: &'a mut Producer<M>, reserved: Reserved, publish: bool) -> Self {
         let off = reserved.pos & producer.mask;
         let mut track = Track::default();
-        track.add(&producer.mem, off, align_record(RECORD_HEADER + reserved.len), true);
+        track.add(
+            &producer.mem,
+            off,
+            align_record(RECORD_HEADER + reserved.len),
+            true,
+        );
         let claimed = -((RECORD_HEADER + reserved.len) as i32);
         // SAFETY: `off` is 16-aligned and the record (header included) fits before the end of
         // the data area (`try_reserve` padded otherwise); the space is the producer's.
-        unsafe { store_header(&producer.mem, off, RecordHeader { len: claimed, kind: 0 }) };
-        Grant { producer, reserved, publish, kind: 0, done: false, track }
+        unsafe {
+            store_header(
+                &producer.mem,
+                off,
+                RecordHeader {
+                    len: claimed,
+                    kind: 0,
+                },
+            )
+        };
+        Grant {
+            producer,
+            reserved,
+            publish,
+            kind: 0,
+            done: false,
+            track,
+        }
     }
 
     /// Sets the record kind, a user value below `u32::MAX` (reserved for padding); 0 by default.
@@ -527,7 +594,10 @@ impl<'a, M: RingMemory> Grant<'a, M> {
     ///
     /// If `kind == u32::MAX`.
     pub fn set_kind(&mut self, kind: u32) {
-        assert!(kind != PADDING, "record kind u32::MAX is reserved for padding records");
+        assert!(
+            kind != PADDING,
+            "record kind u32::MAX is reserved for padding records"
+        );
         self.kind = kind;
     }
 
@@ -546,12 +616,18 @@ impl<'a, M: RingMemory> Grant<'a, M> {
         );
         let producer = &mut *self.producer;
         let off = self.reserved.pos & producer.mask;
-        let header = RecordHeader { len: (RECORD_HEADER + len) as i32, kind: self.kind };
+        let header = RecordHeader {
+            len: (RECORD_HEADER + len) as i32,
+            kind: self.kind,
+        };
         // SAFETY: as in `Grant::new`.
         unsafe { store_header(&producer.mem, off, header) };
-        producer.tail = self.reserved.pos.wrapping_add(align_record(RECORD_HEADER + len));
+        producer.tail = self
+            .reserved
+            .pos
+            .wrapping_add(align_record(RECORD_HEADER + len));
         self.done = true;
-        drop(std::mem::take(&mut self.track));
+        self.track.end();
         if self.publish {
             producer.publish();
         }
@@ -655,7 +731,9 @@ impl<M: RingMemory> Drop for WriteBatch<'_, M> {
 
 impl<M: RingMemory> fmt::Debug for WriteBatch<'_, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WriteBatch").field("producer", &self.producer).finish()
+        f.debug_struct("WriteBatch")
+            .field("producer", &self.producer)
+            .finish()
     }
 }
 
@@ -785,7 +863,7 @@ impl<M: RingMemory> Consumer<M> {
             // SAFETY: `head` is 16-aligned (checked by `check_span` and kept so below) and
             // masked, so the 8 header bytes are inside the data area.
             let header = unsafe { load_header(&self.mem, off) };
-            drop(track);
+            track.end();
             if header.len < RECORD_HEADER as i32 {
                 return Err(Corruption {
                     what: "record length",
@@ -856,11 +934,19 @@ impl<M: RingMemory> Consumer<M> {
                     // SYNC POINT C: pairs with the fence in the producer's `wake_if_parked`.
                     fence(Ordering::SeqCst);
                     if let Some(next) = self.poll()? {
-                        self.mem.control().consumer_parked.0.store(0, Ordering::Relaxed);
+                        self.mem
+                            .control()
+                            .consumer_parked
+                            .0
+                            .store(0, Ordering::Relaxed);
                         return Ok(next);
                     }
                     if self.peer() == PeerState::Gone {
-                        self.mem.control().consumer_parked.0.store(0, Ordering::Relaxed);
+                        self.mem
+                            .control()
+                            .consumer_parked
+                            .0
+                            .store(0, Ordering::Relaxed);
                         return self.poll()?.ok_or(ReadError::PeerGone);
                     }
                     let word = &self.mem.control().consumer_parked.0;
@@ -880,7 +966,11 @@ impl<M: RingMemory> Consumer<M> {
         if self.head != self.released {
             self.released = self.head;
             // SYNC POINT B (Release): pairs with the producer's Acquire load of `head`.
-            self.mem.control().head.0.store(self.head, Ordering::Release);
+            self.mem
+                .control()
+                .head
+                .0
+                .store(self.head, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().producer_parked.0);
         }
     }
@@ -921,8 +1011,18 @@ pub struct Record<'a, M: RingMemory> {
 impl<'a, M: RingMemory> Record<'a, M> {
     fn new(consumer: &'a mut Consumer<M>, next: Next, release: bool) -> Self {
         let mut track = Track::default();
-        track.add(&consumer.mem, next.pos & consumer.mask, next.end.wrapping_sub(next.pos), false);
-        Record { consumer, next, release, track }
+        track.add(
+            &consumer.mem,
+            next.pos & consumer.mask,
+            next.end.wrapping_sub(next.pos),
+            false,
+        );
+        Record {
+            consumer,
+            next,
+            release,
+            track,
+        }
     }
 
     /// The record kind set by the producer ([`Grant::set_kind`]).
@@ -955,7 +1055,7 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
-        drop(std::mem::take(&mut self.track));
+        self.track.end();
         self.consumer.head = self.next.end;
         if self.release {
             self.consumer.release();
@@ -1011,6 +1111,8 @@ impl<M: RingMemory> Drop for ReadBatch<'_, M> {
 
 impl<M: RingMemory> fmt::Debug for ReadBatch<'_, M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ReadBatch").field("consumer", &self.consumer).finish()
+        f.debug_struct("ReadBatch")
+            .field("consumer", &self.consumer)
+            .finish()
     }
 }

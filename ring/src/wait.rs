@@ -85,7 +85,12 @@ pub(crate) struct Waiter {
 
 impl Waiter {
     pub(crate) fn new(strategy: WaitStrategy, deadline: Option<Instant>) -> Self {
-        Waiter { strategy, deadline, iter: 0, next_peer_check: None }
+        Waiter {
+            strategy,
+            deadline,
+            iter: 0,
+            next_peer_check: None,
+        }
     }
 
     /// What to do next. Spin and yield steps have already spun or yielded when this returns.
@@ -128,14 +133,13 @@ impl Waiter {
 /// true for memory mapped into more than one process. Interruptions, timeouts and value
 /// changes all just return: callers re-check their condition.
 #[cfg(not(loom))]
-pub(crate) fn futex_wait(
-    word: &AtomicU32,
-    expected: u32,
-    timeout: Option<Duration>,
-    shared: bool,
-) {
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>, shared: bool) {
     use rustix::thread::futex;
-    let flags = if shared { futex::Flags::empty() } else { futex::Flags::PRIVATE };
+    let flags = if shared {
+        futex::Flags::empty()
+    } else {
+        futex::Flags::PRIVATE
+    };
     let ts = timeout.map(|t| rustix::time::Timespec {
         tv_sec: t.as_secs().min(i64::MAX as u64) as i64,
         tv_nsec: i64::from(t.subsec_nanos()),
@@ -148,7 +152,11 @@ pub(crate) fn futex_wait(
 #[cfg(not(loom))]
 pub(crate) fn futex_wake(word: &AtomicU32, shared: bool) {
     use rustix::thread::futex;
-    let flags = if shared { futex::Flags::empty() } else { futex::Flags::PRIVATE };
+    let flags = if shared {
+        futex::Flags::empty()
+    } else {
+        futex::Flags::PRIVATE
+    };
     let _ = futex::wake(word, flags, i32::MAX as u32);
 }
 
@@ -176,10 +184,14 @@ mod tests {
     #[test]
     fn spinner_checks_its_peer_only_after_a_while() {
         let mut w = Waiter::new(WaitStrategy::Spin, None);
-        let early = (0..CLOCK_EVERY).filter(|_| w.next() == Step::CheckPeer).count();
+        let early = (0..CLOCK_EVERY)
+            .filter(|_| w.next() == Step::CheckPeer)
+            .count();
         assert_eq!(early, 0, "a short wait must not make a syscall");
         std::thread::sleep(PEER_CHECK_EVERY);
-        let later = (0..CLOCK_EVERY).filter(|_| w.next() == Step::CheckPeer).count();
+        let later = (0..CLOCK_EVERY)
+            .filter(|_| w.next() == Step::CheckPeer)
+            .count();
         assert_eq!(later, 1);
     }
 }

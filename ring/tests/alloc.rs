@@ -78,7 +78,12 @@ fn no_allocations<M: RingMemory>(mut tx: Producer<M>, mut rx: Consumer<M>) {
     let sum = messages(&mut tx, &mut rx, n);
     let after = allocations();
     assert!(sum > 0);
-    assert_eq!(after - before, 0, "the fast path allocated {} times", after - before);
+    assert_eq!(
+        after - before,
+        0,
+        "the fast path allocated {} times",
+        after - before
+    );
 }
 
 #[test]
@@ -91,8 +96,15 @@ fn heap_ring_fast_path_does_not_allocate() {
 #[cfg_attr(miri, ignore = "miri cannot use POSIX shared memory")]
 fn shm_ring_fast_path_does_not_allocate() {
     let name = format!("alloc-test.{}", std::process::id());
-    let seg = shmesh_ring::SegmentBuilder::new(&name).capacity(4096).create().unwrap();
+    let seg = shmesh_ring::SegmentBuilder::new(&name)
+        .capacity(4096)
+        .create()
+        .unwrap();
     let tx = seg.producer().unwrap();
-    let rx = shmesh_ring::SegmentBuilder::new(&name).open().unwrap().consumer().unwrap();
+    let rx = shmesh_ring::SegmentBuilder::new(&name)
+        .open()
+        .unwrap()
+        .consumer()
+        .unwrap();
     no_allocations(tx, rx);
 }

@@ -6,8 +6,8 @@ use std::thread;
 use std::time::Duration;
 
 use shmesh_ring::{
-    ClaimError, Consumer, PeerState, Producer, ReadError, RingMemory, TryClaimError,
-    TryReadError, WaitStrategy,
+    ClaimError, Consumer, PeerState, Producer, ReadError, RingMemory, TryClaimError, TryReadError,
+    WaitStrategy,
 };
 
 /// Payload of record `seq`: its length and bytes derived from `seq`, so a reader can tell a
@@ -25,13 +25,17 @@ fn payload(seq: u64, max: usize) -> Vec<u8> {
 }
 
 fn send<M: RingMemory>(tx: &mut Producer<M>, bytes: &[u8]) {
-    let mut grant = tx.claim_timeout(bytes.len(), Duration::from_secs(30)).expect("claim");
+    let mut grant = tx
+        .claim_timeout(bytes.len(), Duration::from_secs(30))
+        .expect("claim");
     grant.copy_from_slice(bytes);
     grant.commit(bytes.len());
 }
 
 fn recv<M: RingMemory>(rx: &mut Consumer<M>) -> Vec<u8> {
-    rx.read_timeout(Duration::from_secs(30)).expect("read").to_vec()
+    rx.read_timeout(Duration::from_secs(30))
+        .expect("read")
+        .to_vec()
 }
 
 fn fifo_across_threads<M: RingMemory + Send + 'static>(
@@ -52,7 +56,10 @@ fn fifo_across_threads<M: RingMemory + Send + 'static>(
         assert_eq!(recv(&mut rx), payload(seq, max), "record {seq}");
     }
     writer.join().unwrap();
-    assert_eq!(rx.read_timeout(Duration::from_secs(10)).unwrap_err(), ReadError::PeerGone);
+    assert_eq!(
+        rx.read_timeout(Duration::from_secs(10)).unwrap_err(),
+        ReadError::PeerGone
+    );
 }
 
 fn wrap_around_single_thread<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<M>)) {
@@ -126,7 +133,10 @@ fn full_and_empty<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<M>)) {
         g.commit(8);
     }
     match tx.try_claim(0) {
-        Err(TryClaimError::Full { needed: 16, free: 0 }) => {}
+        Err(TryClaimError::Full {
+            needed: 16,
+            free: 0,
+        }) => {}
         other => panic!("expected Full, got {other:?}"),
     }
     assert_eq!(
@@ -137,7 +147,10 @@ fn full_and_empty<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<M>)) {
         assert_eq!(*rx.try_read().unwrap(), seq.to_le_bytes());
     }
     assert_eq!(rx.try_read().unwrap_err(), TryReadError::Empty);
-    assert_eq!(rx.read_timeout(Duration::from_millis(20)).unwrap_err(), ReadError::Timeout);
+    assert_eq!(
+        rx.read_timeout(Duration::from_millis(20)).unwrap_err(),
+        ReadError::Timeout
+    );
 }
 
 fn too_large_is_an_error<M: RingMemory>((mut tx, _rx): (Producer<M>, Consumer<M>)) {
@@ -145,8 +158,14 @@ fn too_large_is_an_error<M: RingMemory>((mut tx, _rx): (Producer<M>, Consumer<M>
     assert_eq!(max, tx.capacity() / 2 - 8);
     let err = tx.try_claim(max as usize + 1).unwrap_err();
     assert_eq!(err, TryClaimError::TooLarge { len: max + 1, max });
-    assert!(err.to_string().contains(&max.to_string()), "the error names the maximum: {err}");
-    assert_eq!(tx.claim(max as usize + 1).unwrap_err(), ClaimError::TooLarge { len: max + 1, max });
+    assert!(
+        err.to_string().contains(&max.to_string()),
+        "the error names the maximum: {err}"
+    );
+    assert_eq!(
+        tx.claim(max as usize + 1).unwrap_err(),
+        ClaimError::TooLarge { len: max + 1, max }
+    );
     // The largest record fits an empty ring wherever its positions stand.
     let mut rx = _rx;
     for round in 0..5u8 {
@@ -208,7 +227,10 @@ fn producer_gone_after_drain<M: RingMemory>((mut tx, mut rx): (Producer<M>, Cons
     for seq in 0..3u64 {
         assert_eq!(recv(&mut rx), seq.to_le_bytes());
     }
-    assert_eq!(rx.read_timeout(Duration::from_secs(10)).unwrap_err(), ReadError::PeerGone);
+    assert_eq!(
+        rx.read_timeout(Duration::from_secs(10)).unwrap_err(),
+        ReadError::PeerGone
+    );
     assert_eq!(rx.read().unwrap_err(), ReadError::PeerGone);
     // try_read reports it too, after its periodic liveness check.
     let gone = (0..5000).any(|_| rx.try_read().err() == Some(TryReadError::PeerGone));
@@ -233,7 +255,7 @@ fn sleeping_consumer_is_woken<M: RingMemory + Send + 'static>(
 ) {
     rx.set_wait_strategy(WaitStrategy::Futex { spins: 0 });
     tx.set_wait_strategy(WaitStrategy::Futex { spins: 0 });
-    let count = if cfg!(miri) { 20 } else { 200 };
+    let count: u64 = if cfg!(miri) { 20 } else { 200 };
     let reader = thread::spawn(move || {
         for seq in 0..count {
             assert_eq!(recv(&mut rx), seq.to_le_bytes());
@@ -331,7 +353,10 @@ macro_rules! suite {
 mod heap {
     use shmesh_ring::{spsc, HeapMemory};
 
-    fn make(capacity: u64, start: u64) -> (super::Producer<HeapMemory>, super::Consumer<HeapMemory>) {
+    fn make(
+        capacity: u64,
+        start: u64,
+    ) -> (super::Producer<HeapMemory>, super::Consumer<HeapMemory>) {
         spsc::channel_at(capacity, start).unwrap()
     }
 
@@ -345,9 +370,20 @@ mod shm {
 
     fn make(capacity: u64, start: u64) -> (super::Producer<ShmMemory>, super::Consumer<ShmMemory>) {
         static N: AtomicU32 = AtomicU32::new(0);
-        let name = format!("conformance.{}.{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
-        let created = SegmentBuilder::new(&name).capacity(capacity).start_position(start).create().unwrap();
-        let opened = SegmentBuilder::new(&name).capacity(capacity).open().unwrap();
+        let name = format!(
+            "conformance.{}.{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        let created = SegmentBuilder::new(&name)
+            .capacity(capacity)
+            .start_position(start)
+            .create()
+            .unwrap();
+        let opened = SegmentBuilder::new(&name)
+            .capacity(capacity)
+            .open()
+            .unwrap();
         (created.producer().unwrap(), opened.consumer().unwrap())
     }
 

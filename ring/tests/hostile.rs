@@ -34,7 +34,10 @@ fn a_scribbled_header_is_reported_as_corruption() {
     // Once the record is read, a tail beyond head + capacity.
     mem.scribble(0, &16i32.to_le_bytes());
     assert_eq!(*rx.try_read().unwrap(), [1; 8]);
-    mem.control().tail.0.store(1 << 40, std::sync::atomic::Ordering::Release);
+    mem.control()
+        .tail
+        .0
+        .store(1 << 40, std::sync::atomic::Ordering::Release);
     match rx.try_read() {
         Err(TryReadError::Corrupt(c)) => assert!(c.to_string().contains("fill level"), "{c}"),
         other => panic!("expected corruption, got {:?}", other.map(|r| r.to_vec())),

@@ -11,7 +11,9 @@ use loom::thread;
 use shmesh_ring::{spsc, ReadError, TryClaimError, TryReadError, WaitStrategy};
 
 fn fill(seq: u8, len: usize) -> Vec<u8> {
-    (0..len).map(|i| seq.wrapping_mul(17).wrapping_add(i as u8)).collect()
+    (0..len)
+        .map(|i| seq.wrapping_mul(17).wrapping_add(i as u8))
+        .collect()
 }
 
 /// claim/commit/read/release across the wrap: three records of 40, 24 and 40 bytes in a

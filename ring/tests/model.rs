@@ -68,7 +68,13 @@ impl Model {
 fn run(cap: u64, start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let (mut tx, mut rx) = spsc::channel_at(cap, start).unwrap();
     let max = tx.max_payload() as usize;
-    let mut m = Model { cap, head: start, tail: start, records: VecDeque::new(), seq: 0 };
+    let mut m = Model {
+        cap,
+        head: start,
+        tail: start,
+        records: VecDeque::new(),
+        seq: 0,
+    };
     for op in ops {
         match op {
             Op::Claim { len, commit } => {
@@ -120,7 +126,12 @@ fn run(cap: u64, start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     m.head = end;
                 }
                 (Err(TryReadError::Empty), None) => {}
-                (got, want) => prop_assert!(false, "read: ring {:?}, model {:?}", got.map(|r| r.to_vec()), want),
+                (got, want) => prop_assert!(
+                    false,
+                    "read: ring {:?}, model {:?}",
+                    got.map(|r| r.to_vec()),
+                    want
+                ),
             },
             Op::ReadBatch(n) => {
                 let mut batch = rx.batch();
@@ -133,7 +144,12 @@ fn run(cap: u64, start: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
                             m.records.pop_front();
                         }
                         (Err(TryReadError::Empty), None) => break,
-                        (got, want) => prop_assert!(false, "batch read: {:?} vs {:?}", got.map(|r| r.to_vec()), want),
+                        (got, want) => prop_assert!(
+                            false,
+                            "batch read: {:?} vs {:?}",
+                            got.map(|r| r.to_vec()),
+                            want
+                        ),
                     }
                 }
                 drop(batch);

@@ -41,7 +41,11 @@ pub fn session(data: &[u8]) {
     let mut b = Bytes(data.iter());
     let Some(shape) = b.u8() else { return };
     let cap = 128u64 << (shape % 4);
-    let start = if shape & 0x80 != 0 { u64::MAX - 15 - u64::from(shape & 0x70) } else { 0 };
+    let start = if shape & 0x80 != 0 {
+        u64::MAX - 15 - u64::from(shape & 0x70)
+    } else {
+        0
+    };
     let (mut tx, mut rx) = spsc::channel_at(cap, start).expect("valid ring");
     let mem = rx.memory().clone();
     let range = data_range(&mem);
@@ -67,12 +71,18 @@ pub fn session(data: &[u8]) {
             // An impossible (or merely unexpected) tail from a hostile producer.
             3 => {
                 let tail = b.u64().unwrap_or(0);
-                mem.control().tail.0.store(tail, std::sync::atomic::Ordering::Release);
+                mem.control()
+                    .tail
+                    .0
+                    .store(tail, std::sync::atomic::Ordering::Release);
             }
             // An impossible head from a hostile consumer.
             4 => {
                 let head = b.u64().unwrap_or(0);
-                mem.control().head.0.store(head, std::sync::atomic::Ordering::Release);
+                mem.control()
+                    .head
+                    .0
+                    .store(head, std::sync::atomic::Ordering::Release);
             }
             // Reads.
             5 | 6 => {
