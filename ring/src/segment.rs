@@ -393,17 +393,21 @@ impl SegmentBuilder {
             // Take the "in use" lock at once. If a reclaimer holds it exclusively it is about to
             // unlink this brand-new object: start again.
             match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
-                Ok(true) => {}
-                Ok(false) => continue,
+                // A reclaimer may have unlinked it between our shm_open and our lock.
+                Ok(true) if same_object(&path, &fd) => {}
+                Ok(_) => continue,
                 Err(e) => {
-                    let _ = rustix::shm::unlink(path.as_str());
+                    unlink_if_same(&path, &fd);
                     return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e));
                 }
             }
+            let keep = fd.try_clone().ok();
             return self
                 .initialize(fd, &path, capacity, total)
                 .inspect_err(|_| {
-                    let _ = rustix::shm::unlink(path.as_str());
+                    if let Some(fd) = &keep {
+                        unlink_if_same(&path, fd);
+                    }
                 });
         }
         Err(SegmentError::AlreadyExists {
@@ -414,15 +418,16 @@ impl SegmentBuilder {
     /// Removes an existing object of our name if no live process uses it. `Ok(true)`: removed
     /// or already gone, try creating again; `Ok(false)`: in use.
     fn reclaim(&self, path: &str) -> Result<bool, SegmentError> {
-        let fd = match rustix::shm::open(path, ShmOFlags::RDWR, Mode::empty()) {
+        let fd = match open_nofollow(path) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(true),
+            Err(Errno::LOOP) => return Err(self.symlink_error(path)),
             Err(Errno::ACCESS) => {
                 return Err(SegmentError::PermissionDenied {
                     name: self.name.clone(),
                 })
             }
-            Err(e) => return Err(os_err("shm_open", &self.name)(e)),
+            Err(e) => return Err(os_err("open", &self.name)(e)),
         };
         let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
         let me = rustix::process::geteuid().as_raw();
@@ -530,8 +535,9 @@ impl SegmentBuilder {
             waited: started.elapsed(),
         };
         let fd = loop {
-            let fd = match rustix::shm::open(path.as_str(), ShmOFlags::RDWR, Mode::empty()) {
+            let fd = match open_nofollow(&path) {
                 Ok(fd) => fd,
+                Err(Errno::LOOP) => return Err(self.symlink_error(&path)),
                 Err(Errno::NOENT) => {
                     return Err(SegmentError::NotFound {
                         name: self.name.clone(),
@@ -546,7 +552,9 @@ impl SegmentBuilder {
             };
             self.check_owner_and_mode(&fd)?;
             match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
-                Ok(true) => break fd,
+                // The name must still refer to what we locked: a reclaimer may have unlinked it.
+                Ok(true) if same_object(&path, &fd) => break fd,
+                Ok(true) => continue,
                 // A reclaimer is removing a dead object of this name: look again.
                 Ok(false) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(1))
@@ -675,6 +683,20 @@ impl SegmentBuilder {
         Ok(())
     }
 
+    /// The error for a name that is a symbolic link: someone else's doing, never ours.
+    fn symlink_error(&self, path: &str) -> SegmentError {
+        let file = format!("/dev/shm{path}");
+        let found = rustix::fs::lstat(file.as_str()).map_or(u32::MAX, |st| st.st_uid);
+        let expected = self
+            .owner
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        SegmentError::NotOwner {
+            name: self.name.clone(),
+            expected,
+            found,
+        }
+    }
+
     fn mismatch(
         &self,
         field: &'static str,
@@ -696,6 +718,21 @@ fn hex(words: &[u64]) -> String {
 
 fn io_errno(e: &std::io::Error) -> Errno {
     Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Opens the existing object `path` (`/shmesh.<name>`) without following a symbolic link:
+/// `shm_open` would follow one planted by another user to a segment of ours.
+fn open_nofollow(path: &str) -> Result<OwnedFd, Errno> {
+    let file = format!("/dev/shm{path}");
+    let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    rustix::fs::open(file.as_str(), flags, Mode::empty())
+}
+
+/// Unlinks `path` if it still names the object `fd` refers to.
+fn unlink_if_same(path: &str, fd: &impl AsFd) {
+    if same_object(path, fd) {
+        let _ = rustix::shm::unlink(path);
+    }
 }
 
 /// Whether the object `path` names now is the one `fd` refers to.
@@ -755,8 +792,8 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.creator && same_object(&self.path, &self.file) {
-            let _ = rustix::shm::unlink(self.path.as_str());
+        if self.creator {
+            unlink_if_same(&self.path, &self.file);
         }
     }
 }
@@ -880,8 +917,7 @@ impl Segment {
             Ok(fd) => Ok(fd),
             Err(_) => {
                 // No /proc: open by name and make sure it is the same object.
-                let fd =
-                    rustix::shm::open(self.inner.path.as_str(), ShmOFlags::RDWR, Mode::empty())?;
+                let fd = open_nofollow(&self.inner.path)?;
                 if same_object(&self.inner.path, &self.inner.file) {
                     Ok(fd)
                 } else {
