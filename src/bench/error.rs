@@ -97,7 +97,9 @@ pub enum BenchError {
         detail: String,
     },
     /// The peer process could not be started.
-    #[error("could not start the benchmark peer process '{exe}' (is the shmesh binary still there?)")]
+    #[error(
+        "could not start the benchmark peer process '{exe}' (is the shmesh binary still there?)"
+    )]
     Spawn {
         /// The executable.
         exe: String,

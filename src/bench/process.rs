@@ -1,0 +1,346 @@
+//! The peer process and what keeps a run bounded: spawning, CPU pinning, the stall watchdog,
+//! the private temporary directory.
+
+use std::fs::DirBuilder;
+use std::io::Read;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::unistd::Pid;
+
+use super::error::BenchError;
+
+/// How long the parent waits for its peer to exit at the end of a measurement.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a failed measurement lets the peer exit by itself (so that its own error, often
+/// the cause, is reported) before killing it.
+const FAILURE_GRACE: Duration = Duration::from_millis(300);
+/// How often the watchdog looks at the progress counter.
+const TICK: Duration = Duration::from_millis(200);
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Result<Vec<usize>, BenchError> {
+    let set = sched_getaffinity(Pid::from_raw(0)).map_err(BenchError::os("sched_getaffinity"))?;
+    Ok((0..CpuSet::count())
+        .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+        .collect())
+}
+
+/// The CPUs for the parent and the peer: the first two this process may use, or none when
+/// there are fewer than two.
+pub(crate) fn pick_cpus() -> Result<Option<(usize, usize)>, BenchError> {
+    let cpus = allowed_cpus()?;
+    Ok(match cpus.as_slice() {
+        [a, b, ..] => Some((*a, *b)),
+        _ => None,
+    })
+}
+
+/// Pins the calling process (its current and future threads) to `cpu`.
+pub(crate) fn pin(cpu: usize) -> Result<(), BenchError> {
+    let mut set = CpuSet::new();
+    set.set(cpu)
+        .map_err(BenchError::os(format!("selecting CPU {cpu}")))?;
+    sched_setaffinity(Pid::from_raw(0), &set)
+        .map_err(BenchError::os(format!("sched_setaffinity to CPU {cpu}")))
+}
+
+/// A private directory for sockets and FIFOs, removed on drop.
+#[derive(Debug)]
+pub(crate) struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// Creates `$TMPDIR/shmesh-bench.<pid>.<k>` with mode 0700.
+    pub(crate) fn new() -> Result<TempDir, BenchError> {
+        let base = std::env::temp_dir();
+        let pid = std::process::id();
+        for k in 0..100 {
+            let path = base.join(format!("shmesh-bench.{pid}.{k}"));
+            match DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => return Ok(TempDir { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(BenchError::io(format!(
+                        "creating the directory {} (set TMPDIR to a writable directory)",
+                        path.display()
+                    ))(e))
+                }
+            }
+        }
+        Err(BenchError::Usage(format!(
+            "could not create a fresh directory shmesh-bench.{pid}.* in {}: remove old ones",
+            base.display()
+        )))
+    }
+
+    /// The directory.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP remove this run's shared-memory segments
+/// (`bench.<pid>.*`) and `dir`, then exit with 128 + the signal number. The peer dies with us
+/// (`PR_SET_PDEATHSIG`).
+///
+/// Blocks those signals in the calling thread and so in every thread it starts afterwards: call
+/// it first, from the main thread. A dedicated thread takes them with `sigwait`.
+pub(crate) fn clean_up_on_signal(dir: PathBuf) -> Result<(), BenchError> {
+    let mut set = SigSet::empty();
+    for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(signal);
+    }
+    set.thread_block()
+        .map_err(BenchError::os("blocking SIGINT, SIGTERM and SIGHUP"))?;
+    let pid = std::process::id();
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Ok(signal) = set.wait() {
+                remove_segments(pid);
+                let _ = std::fs::remove_dir_all(&dir);
+                eprintln!("shmesh bench: {signal}: stopped, temporary segments and files removed");
+                std::process::exit(128 + signal as i32);
+            }
+        })
+        .map_err(BenchError::io("starting the signal thread"))?;
+    Ok(())
+}
+
+/// Removes the segments `bench.<pid>.*` left by a run of process `pid`.
+fn remove_segments(pid: u32) {
+    let prefix = format!("{}bench.{pid}.", shmesh_ring::segment::NAME_PREFIX);
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if let Some(file) = entry.file_name().to_str() {
+            if let Some(name) = file.strip_prefix(shmesh_ring::segment::NAME_PREFIX) {
+                if file.starts_with(&prefix) {
+                    let _ = shmesh_ring::Segment::remove(name);
+                }
+            }
+        }
+    }
+}
+
+/// The running peer process. Killed and reaped on drop if still running.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    child: Child,
+    stderr: Option<JoinHandle<Vec<u8>>>,
+    status: Option<ExitStatus>,
+}
+
+impl Peer {
+    /// Starts this executable with `args`: no stdin, stdout discarded (it must not mix with
+    /// ours), stderr captured for error reports.
+    pub(crate) fn spawn(args: &[String]) -> Result<Peer, BenchError> {
+        let exe = std::env::current_exe().map_err(BenchError::io(
+            "finding the path of the running shmesh executable",
+        ))?;
+        let mut child = Command::new(&exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| BenchError::Spawn {
+                exe: exe.display().to_string(),
+                source,
+            })?;
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let _ = pipe.read_to_end(&mut out);
+                out
+            })
+        });
+        Ok(Peer {
+            child,
+            stderr,
+            status: None,
+        })
+    }
+
+    /// The peer's pid.
+    pub(crate) fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    fn try_wait(&mut self) -> Result<Option<ExitStatus>, BenchError> {
+        if self.status.is_none() {
+            self.status = self
+                .child
+                .try_wait()
+                .map_err(BenchError::io("waiting for the peer process"))?;
+        }
+        Ok(self.status)
+    }
+
+    fn kill(&mut self) -> Result<ExitStatus, BenchError> {
+        if let Some(status) = self.status {
+            return Ok(status);
+        }
+        let _ = self.child.kill();
+        let status = self
+            .child
+            .wait()
+            .map_err(BenchError::io("reaping the peer process"))?;
+        self.status = Some(status);
+        Ok(status)
+    }
+
+    fn failure(&mut self, status: ExitStatus) -> BenchError {
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|reader| reader.join().ok())
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default();
+        let status = match (status.code(), status.success()) {
+            (_, true) => "exited before the benchmark was over".to_owned(),
+            (Some(code), false) => format!("failed with exit code {code}"),
+            (None, false) => format!("was killed ({status}) by another process or the kernel"),
+        };
+        BenchError::PeerFailed { status, stderr }
+    }
+
+    /// Fails if the peer has exited: while the parent waits for it, any exit is a failure.
+    pub(crate) fn check_alive(&mut self) -> Result<(), BenchError> {
+        match self.try_wait()? {
+            None => Ok(()),
+            Some(status) => Err(self.failure(status)),
+        }
+    }
+
+    /// Waits (bounded) for the peer to exit and reports how it ended.
+    ///
+    /// With `failed` (the parent's side failed), the peer gets a short grace to exit by itself
+    /// and is then killed; `Ok` then means "nothing to add to the parent's error".
+    pub(crate) fn finish(mut self, failed: bool) -> Result<(), BenchError> {
+        let grace = if failed { FAILURE_GRACE } else { EXIT_TIMEOUT };
+        let start = Instant::now();
+        let status = loop {
+            if let Some(status) = self.try_wait()? {
+                break status;
+            }
+            if start.elapsed() >= grace {
+                self.kill()?;
+                return if failed {
+                    Ok(())
+                } else {
+                    Err(BenchError::Timeout {
+                        what: "the peer process to exit (it was killed)",
+                        waited: grace,
+                    })
+                };
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.failure(status))
+        }
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        if self.status.is_none() {
+            let _ = self.kill();
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    progress: AtomicU64,
+    stop: AtomicBool,
+    stalled: AtomicBool,
+}
+
+/// Kills the peer when the progress counter stops moving for too long, so that no wait of
+/// either process can last forever: a dead peer ends every blocking call of the parent
+/// (`PeerGone` on a ring, end of file on a socket or pipe). Also reports progress.
+#[derive(Debug)]
+pub(crate) struct Watchdog {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    /// Starts watching: `tick` gets the progress counter every 200 ms; after `stall` without
+    /// progress, `victim` gets `SIGKILL`.
+    pub(crate) fn start(
+        stall: Duration,
+        victim: Pid,
+        mut tick: impl FnMut(u64) + Send + 'static,
+    ) -> Result<Watchdog, BenchError> {
+        let shared = Arc::new(Shared::default());
+        let theirs = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("bench-watchdog".into())
+            .spawn(move || {
+                let mut last = 0;
+                let mut last_change = Instant::now();
+                loop {
+                    std::thread::park_timeout(TICK);
+                    if theirs.stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    let now = theirs.progress.load(Ordering::Relaxed);
+                    tick(now);
+                    if now != last {
+                        last = now;
+                        last_change = Instant::now();
+                    } else if last_change.elapsed() > stall {
+                        theirs.stalled.store(true, Ordering::Release);
+                        let _ = kill(victim, Signal::SIGKILL);
+                        return;
+                    }
+                }
+            })
+            .map_err(BenchError::io("starting the watchdog thread"))?;
+        Ok(Watchdog {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// The counter the measured loop bumps.
+    pub(crate) fn progress(&self) -> &AtomicU64 {
+        &self.shared.progress
+    }
+
+    /// Whether the watchdog killed the peer.
+    pub(crate) fn stalled(&self) -> bool {
+        self.shared.stalled.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            let _ = thread.join();
+        }
+    }
+}

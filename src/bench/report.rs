@@ -1,0 +1,424 @@
+//! Results of `shmesh bench`: one [`Row`] per measurement, printed as a table row or as one
+//! JSON object per line.
+//!
+//! The JSON keys are fixed (later transports add rows, not keys):
+//!
+//! ```text
+//! {"bench":"pingpong","transport":"shm","size":64,"wait":"spin","samples":20000,"cl_ns":46,
+//!  "p50_ns":101,"p99_ns":150,"p999_ns":400,"max_ns":9000}
+//! {"bench":"throughput","transport":"shm","size":64,"wait":"spin","cl_ns":46,
+//!  "msgs_per_s":20000000,"bytes_per_s":1280000000}
+//! {"bench":"memcpy","size":1048576,"bytes_per_s":12000000000}
+//! ```
+
+use std::fmt::Write as _;
+
+use hdrhistogram::Histogram;
+
+use super::transport::Transport;
+use super::Wait;
+
+/// Round-trip latency of one transport at one message size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PingPongRow {
+    /// The transport.
+    pub transport: Transport,
+    /// Message size in bytes (each way).
+    pub size: usize,
+    /// The wait strategy (used by the shm ring only).
+    pub wait: Wait,
+    /// Round trips recorded (after the warm-up).
+    pub samples: u64,
+    /// The cache-line round trip measured right before, in ns (median).
+    pub cl_ns: u64,
+    /// Median round trip, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Slowest round trip, ns.
+    pub max_ns: u64,
+}
+
+impl PingPongRow {
+    /// The row for round trips recorded in `hist` (nanoseconds).
+    pub fn from_histogram(
+        transport: Transport,
+        size: usize,
+        wait: Wait,
+        cl_ns: u64,
+        hist: &Histogram<u64>,
+    ) -> Self {
+        PingPongRow {
+            transport,
+            size,
+            wait,
+            samples: hist.len(),
+            cl_ns,
+            p50_ns: hist.value_at_quantile(0.5),
+            p99_ns: hist.value_at_quantile(0.99),
+            p999_ns: hist.value_at_quantile(0.999),
+            max_ns: hist.max(),
+        }
+    }
+}
+
+/// Streaming rate of one transport at one message size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThroughputRow {
+    /// The transport.
+    pub transport: Transport,
+    /// Message size in bytes.
+    pub size: usize,
+    /// The wait strategy (used by the shm ring only).
+    pub wait: Wait,
+    /// Messages timed (after the warm-up).
+    pub messages: u64,
+    /// The cache-line round trip measured right before, in ns (median).
+    pub cl_ns: u64,
+    /// Messages per second.
+    pub msgs_per_s: f64,
+    /// Payload bytes per second.
+    pub bytes_per_s: f64,
+}
+
+/// Single-core copy bandwidth at one size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemcpyRow {
+    /// Bytes per copy.
+    pub size: usize,
+    /// Bytes copied per second (median of several runs).
+    pub bytes_per_s: f64,
+}
+
+/// One measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Row {
+    /// `shmesh bench pingpong`.
+    PingPong(PingPongRow),
+    /// `shmesh bench throughput`.
+    Throughput(ThroughputRow),
+    /// `shmesh bench memcpy`.
+    Memcpy(MemcpyRow),
+}
+
+/// A JSON number for a rate: rounded to an integer (a rate is never NaN or infinite here, but
+/// JSON has no spelling for those, so they become 0).
+fn rate(value: f64) -> u64 {
+    if value.is_finite() && value > 0.0 {
+        value.round() as u64
+    } else {
+        0
+    }
+}
+
+impl Row {
+    /// The row as one line of JSON (no trailing newline), with exactly the documented keys.
+    pub fn to_json(&self) -> String {
+        match self {
+            Row::PingPong(r) => format!(
+                "{{\"bench\":\"pingpong\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
+                 \"samples\":{},\"cl_ns\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\
+                 \"max_ns\":{}}}",
+                r.transport,
+                r.size,
+                r.wait,
+                r.samples,
+                r.cl_ns,
+                r.p50_ns,
+                r.p99_ns,
+                r.p999_ns,
+                r.max_ns
+            ),
+            Row::Throughput(r) => format!(
+                "{{\"bench\":\"throughput\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
+                 \"cl_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
+                r.transport,
+                r.size,
+                r.wait,
+                r.cl_ns,
+                rate(r.msgs_per_s),
+                rate(r.bytes_per_s)
+            ),
+            Row::Memcpy(r) => format!(
+                "{{\"bench\":\"memcpy\",\"size\":{},\"bytes_per_s\":{}}}",
+                r.size,
+                rate(r.bytes_per_s)
+            ),
+        }
+    }
+
+    /// The row as a table line, aligned with [`Table::header`].
+    pub fn to_table(&self) -> String {
+        match self {
+            Row::PingPong(r) => {
+                let lat = |ns| with_ratio(ns, r.cl_ns);
+                format!(
+                    "{:<9} {:>7} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                    r.transport.name(),
+                    format_size(r.size),
+                    r.wait.name(),
+                    r.samples,
+                    r.cl_ns,
+                    lat(r.p50_ns),
+                    lat(r.p99_ns),
+                    lat(r.p999_ns),
+                    lat(r.max_ns)
+                )
+            }
+            Row::Throughput(r) => format!(
+                "{:<9} {:>7} {:<5} {:>9} {:>6} {:>12} {:>10.1}",
+                r.transport.name(),
+                format_size(r.size),
+                r.wait.name(),
+                r.messages,
+                r.cl_ns,
+                rate(r.msgs_per_s),
+                r.bytes_per_s / 1e6
+            ),
+            Row::Memcpy(r) => format!(
+                "{:>7} {:>10.2} {:>14}",
+                format_size(r.size),
+                r.bytes_per_s / 1e9,
+                rate(r.bytes_per_s)
+            ),
+        }
+    }
+}
+
+/// Which table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    /// Ping-pong latencies.
+    PingPong,
+    /// Throughput.
+    Throughput,
+    /// memcpy bandwidth.
+    Memcpy,
+}
+
+impl Table {
+    /// The header line (latency columns in ns, with the multiple of `cl_ns` in brackets).
+    pub fn header(self) -> String {
+        match self {
+            Table::PingPong => format!(
+                "{:<9} {:>7} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                "transport",
+                "size",
+                "wait",
+                "samples",
+                "cl_ns",
+                "p50 ns (x cl)",
+                "p99 ns (x cl)",
+                "p99.9 ns (x cl)",
+                "max ns (x cl)"
+            ),
+            Table::Throughput => format!(
+                "{:<9} {:>7} {:<5} {:>9} {:>6} {:>12} {:>10}",
+                "transport", "size", "wait", "messages", "cl_ns", "msgs/s", "MB/s"
+            ),
+            Table::Memcpy => format!("{:>7} {:>10} {:>14}", "size", "GB/s", "bytes/s"),
+        }
+    }
+}
+
+/// `1234 (2.7x)`: a latency and its multiple of the cache-line round trip (one decimal below
+/// 100x). Without a cache-line figure, the latency alone.
+pub fn with_ratio(ns: u64, cl_ns: u64) -> String {
+    if cl_ns == 0 {
+        return ns.to_string();
+    }
+    let ratio = ns as f64 / cl_ns as f64;
+    let mut s = ns.to_string();
+    if ratio < 100.0 {
+        let _ = write!(s, " ({ratio:.1}x)");
+    } else {
+        let _ = write!(s, " ({ratio:.0}x)");
+    }
+    s
+}
+
+/// `8 B`, `4 KiB`, `1 MiB`; sizes that are not a whole number of KiB or MiB in bytes.
+pub fn format_size(size: usize) -> String {
+    const KIB: usize = 1 << 10;
+    const MIB: usize = 1 << 20;
+    if size >= MIB && size % MIB == 0 {
+        format!("{} MiB", size / MIB)
+    } else if size >= KIB && size % KIB == 0 {
+        format!("{} KiB", size / KIB)
+    } else {
+        format!("{size} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(json: &str) -> Vec<String> {
+        // Minimal: our lines have no nested objects and no commas or colons inside strings.
+        let body = json
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .expect("an object");
+        body.split(',')
+            .map(|kv| {
+                kv.split(':')
+                    .next()
+                    .expect("a key")
+                    .trim_matches('"')
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn pingpong_row() -> PingPongRow {
+        PingPongRow {
+            transport: Transport::Shm,
+            size: 64,
+            wait: Wait::Spin,
+            samples: 20_000,
+            cl_ns: 45,
+            p50_ns: 100,
+            p99_ns: 180,
+            p999_ns: 900,
+            max_ns: 45_000,
+        }
+    }
+
+    #[test]
+    fn pingpong_json_has_exactly_the_required_keys() {
+        let json = Row::PingPong(pingpong_row()).to_json();
+        assert_eq!(
+            keys(&json),
+            [
+                "bench",
+                "transport",
+                "size",
+                "wait",
+                "samples",
+                "cl_ns",
+                "p50_ns",
+                "p99_ns",
+                "p999_ns",
+                "max_ns"
+            ]
+        );
+        assert_eq!(
+            json,
+            r#"{"bench":"pingpong","transport":"shm","size":64,"wait":"spin","samples":20000,"cl_ns":45,"p50_ns":100,"p99_ns":180,"p999_ns":900,"max_ns":45000}"#
+        );
+    }
+
+    #[test]
+    fn throughput_json_has_exactly_the_required_keys() {
+        let row = Row::Throughput(ThroughputRow {
+            transport: Transport::Uds,
+            size: 4096,
+            wait: Wait::Futex,
+            messages: 10,
+            cl_ns: 420,
+            msgs_per_s: 123_456.6,
+            bytes_per_s: 505_678_643.2,
+        });
+        let json = row.to_json();
+        assert_eq!(
+            keys(&json),
+            [
+                "bench",
+                "transport",
+                "size",
+                "wait",
+                "cl_ns",
+                "msgs_per_s",
+                "bytes_per_s"
+            ]
+        );
+        assert!(
+            json.contains(r#""msgs_per_s":123457,"bytes_per_s":505678643}"#),
+            "{json}"
+        );
+        assert!(json.contains(r#""wait":"futex""#), "{json}");
+    }
+
+    #[test]
+    fn memcpy_json_has_exactly_the_required_keys() {
+        let json = Row::Memcpy(MemcpyRow {
+            size: 1 << 20,
+            bytes_per_s: 1.5e10,
+        })
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"bench":"memcpy","size":1048576,"bytes_per_s":15000000000}"#
+        );
+        let nan = Row::Memcpy(MemcpyRow {
+            size: 8,
+            bytes_per_s: f64::NAN,
+        })
+        .to_json();
+        assert!(nan.ends_with(r#""bytes_per_s":0}"#), "{nan}");
+    }
+
+    #[test]
+    fn percentiles_come_from_the_histogram_in_order() {
+        let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        for ns in 1..=1000u64 {
+            hist.record(ns * 10).unwrap();
+        }
+        hist.record(1_000_000).unwrap();
+        let r = PingPongRow::from_histogram(Transport::Tcp, 8, Wait::Yield, 50, &hist);
+        assert_eq!(r.samples, 1001);
+        assert!((4990..=5020).contains(&r.p50_ns), "{r:?}");
+        assert!((9890..=9920).contains(&r.p99_ns), "{r:?}");
+        assert!(r.p50_ns <= r.p99_ns && r.p99_ns <= r.p999_ns && r.p999_ns <= r.max_ns);
+        assert!((999_000..=1_001_000).contains(&r.max_ns), "{r:?}");
+    }
+
+    #[test]
+    fn latencies_show_their_multiple_of_cl() {
+        assert_eq!(with_ratio(1234, 457), "1234 (2.7x)");
+        assert_eq!(with_ratio(45, 45), "45 (1.0x)");
+        assert_eq!(with_ratio(45_000, 45), "45000 (1000x)");
+        assert_eq!(with_ratio(99, 0), "99");
+    }
+
+    #[test]
+    fn sizes_print_in_binary_units() {
+        assert_eq!(format_size(8), "8 B");
+        assert_eq!(format_size(1000), "1000 B");
+        assert_eq!(format_size(4096), "4 KiB");
+        assert_eq!(format_size(65536), "64 KiB");
+        assert_eq!(format_size(1 << 20), "1 MiB");
+        assert_eq!(format_size(1536), "1536 B");
+    }
+
+    #[test]
+    fn table_rows_line_up_with_their_header() {
+        let row = Row::PingPong(pingpong_row()).to_table();
+        let header = Table::PingPong.header();
+        assert_eq!(row.len(), header.len(), "\n{header}\n{row}");
+        assert!(row.contains("100 (2.2x)"), "{row}");
+        assert!(row.starts_with("shm"), "{row}");
+        let row = Row::Throughput(ThroughputRow {
+            transport: Transport::Pipe,
+            size: 1 << 20,
+            wait: Wait::Spin,
+            messages: 1000,
+            cl_ns: 45,
+            msgs_per_s: 2000.0,
+            bytes_per_s: 2000.0 * 1048576.0,
+        })
+        .to_table();
+        assert_eq!(row.len(), Table::Throughput.header().len(), "{row}");
+        assert!(row.contains("1 MiB") && row.contains("2097.2"), "{row}");
+        let row = Row::Memcpy(MemcpyRow {
+            size: 64,
+            bytes_per_s: 1.25e10,
+        })
+        .to_table();
+        assert_eq!(row.len(), Table::Memcpy.header().len(), "{row}");
+        assert!(row.contains("12.50"), "{row}");
+    }
+}

@@ -1,0 +1,302 @@
+//! `shmesh bench` end to end: runs the built binary, parses its JSON lines, checks their keys
+//! and that the figures are sane. Never asserts a timing threshold.
+//!
+//! The benchmarks never run at once (see [`serial`]): two runs at once would put two spinning
+//! processes on each pinned CPU and measure the scheduler.
+
+use std::collections::BTreeSet;
+use std::io::Read;
+use std::process::{Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Longest a `shmesh` invocation may run before the test kills it and fails.
+const DEADLINE: Duration = Duration::from_secs(180);
+
+/// Held by each test that runs a benchmark, so that they run one at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `shmesh ARGS` with a deadline.
+fn shmesh(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmesh"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the shmesh binary");
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stdout.read_to_end(&mut buf).map(|_| buf)
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).map(|_| buf)
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for shmesh") {
+            break status;
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("shmesh {args:?} did not finish within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: out.join().expect("stdout reader").expect("read stdout"),
+        stderr: err.join().expect("stderr reader").expect("read stderr"),
+    }
+}
+
+/// Runs a benchmark that must succeed and returns its JSON lines.
+fn json_lines(args: &[&str]) -> Vec<Value> {
+    let out = shmesh(args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "shmesh {args:?} failed: {}\nstderr:\n{stderr}",
+        out.status
+    );
+    stdout
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}\nstdout:\n{stdout}"))
+        })
+        .collect()
+}
+
+fn keys(v: &Value) -> BTreeSet<&str> {
+    v.as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+fn uint(v: &Value, key: &str) -> u64 {
+    v[key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{key} is not an unsigned integer in {v}"))
+}
+
+fn positive(v: &Value, key: &str) -> u64 {
+    let n = uint(v, key);
+    assert!(n > 0, "{key} is not positive in {v}");
+    n
+}
+
+fn check_pingpong(lines: &[Value], transports: &[&str], size: u64, samples: u64) {
+    let expected: BTreeSet<&str> = [
+        "bench",
+        "transport",
+        "size",
+        "wait",
+        "samples",
+        "cl_ns",
+        "p50_ns",
+        "p99_ns",
+        "p999_ns",
+        "max_ns",
+    ]
+    .into();
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|v| v["transport"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(seen, transports, "one line per transport, in order");
+    for v in lines {
+        assert_eq!(keys(v), expected, "{v}");
+        assert_eq!(v["bench"], "pingpong", "{v}");
+        assert_eq!(v["wait"], "spin", "{v}");
+        assert_eq!(uint(v, "size"), size, "{v}");
+        assert_eq!(uint(v, "samples"), samples, "{v}");
+        positive(v, "cl_ns");
+        let p50 = positive(v, "p50_ns");
+        let p99 = positive(v, "p99_ns");
+        let p999 = positive(v, "p999_ns");
+        let max = positive(v, "max_ns");
+        assert!(
+            p50 <= p99 && p99 <= p999 && p999 <= max,
+            "percentiles out of order: {v}"
+        );
+    }
+}
+
+fn check_throughput(lines: &[Value], expected_rows: &[(&str, u64)]) {
+    let expected: BTreeSet<&str> = [
+        "bench",
+        "transport",
+        "size",
+        "wait",
+        "cl_ns",
+        "msgs_per_s",
+        "bytes_per_s",
+    ]
+    .into();
+    let seen: Vec<(&str, u64)> = lines
+        .iter()
+        .map(|v| (v["transport"].as_str().unwrap_or("?"), uint(v, "size")))
+        .collect();
+    assert_eq!(
+        seen, expected_rows,
+        "one line per size and transport, sizes outer"
+    );
+    for v in lines {
+        assert_eq!(keys(v), expected, "{v}");
+        assert_eq!(v["bench"], "throughput", "{v}");
+        assert_eq!(v["wait"], "spin", "{v}");
+        positive(v, "cl_ns");
+        let msgs = positive(v, "msgs_per_s");
+        let bytes = positive(v, "bytes_per_s");
+        // Rounded separately: allow one message's worth of rounding either way.
+        let size = uint(v, "size");
+        assert!(
+            bytes.abs_diff(msgs * size) <= size,
+            "bytes_per_s != msgs_per_s * size: {v}"
+        );
+    }
+}
+
+#[test]
+fn pingpong_and_throughput_emit_sane_json_lines() {
+    let _serial = serial();
+    let transports = ["cacheline", "shm", "uds", "pipe", "tcp"];
+    let lines = json_lines(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "cacheline,shm,uds,pipe,tcp",
+        "--size",
+        "64",
+        "--iters",
+        "2000",
+        "--json",
+    ]);
+    check_pingpong(&lines, &transports, 64, 2000);
+
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "shm,uds",
+        "--size",
+        "64,4096",
+        "--iters",
+        "20000",
+        "--json",
+    ]);
+    check_throughput(
+        &lines,
+        &[("shm", 64), ("uds", 64), ("shm", 4096), ("uds", 4096)],
+    );
+
+    // Small and odd sizes carry what fits of the sequence number; the cacheline transport is
+    // skipped by throughput.
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "cacheline,pipe,tcp,shm",
+        "--size",
+        "3",
+        "--iters",
+        "3000",
+        "--wait",
+        "yield",
+        "--json",
+    ]);
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|v| v["transport"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(seen, ["pipe", "tcp", "shm"]);
+    assert!(lines
+        .iter()
+        .all(|v| v["wait"] == "yield" && uint(v, "size") == 3));
+
+    let lines = json_lines(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "shm",
+        "--size",
+        "100000",
+        "--iters",
+        "50",
+        "--wait",
+        "futex",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["wait"], "futex");
+    assert_eq!(uint(&lines[0], "samples"), 50);
+
+    let lines = json_lines(&["bench", "memcpy", "--size", "64,4096", "--json"]);
+    assert_eq!(lines.len(), 2);
+    for (v, size) in lines.iter().zip([64, 4096]) {
+        assert_eq!(keys(v), ["bench", "bytes_per_s", "size"].into(), "{v}");
+        assert_eq!(v["bench"], "memcpy");
+        assert_eq!(uint(v, "size"), size);
+        positive(v, "bytes_per_s");
+    }
+}
+
+#[test]
+fn the_table_is_the_default_output() {
+    let _serial = serial();
+    let out = shmesh(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "shm",
+        "--size",
+        "8",
+        "--iters",
+        "100",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut lines = stdout.lines();
+    let header = lines.next().expect("a header line");
+    assert!(
+        header.starts_with("transport") && header.contains("p99.9"),
+        "{header}"
+    );
+    let row = lines.next().expect("a row");
+    assert!(row.starts_with("shm") && row.contains("x)"), "{row}");
+    assert!(lines.next().is_none(), "{stdout}");
+}
+
+#[test]
+fn bad_options_fail_with_a_message() {
+    let out = shmesh(&["bench", "pingpong", "--transport", "carrier-pigeon"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("carrier-pigeon"), "{stderr}");
+
+    let out = shmesh(&["bench", "throughput", "--transport", "cacheline"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing to measure"), "{stderr}");
+    assert!(out.stdout.is_empty());
+
+    let out = shmesh(&["bench", "pingpong", "--size", "1G"]);
+    assert!(!out.status.success());
+}
