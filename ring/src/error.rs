@@ -24,7 +24,8 @@ pub enum TryClaimError {
     /// The ring has not enough free space now; try again after the consumer reads.
     #[error("ring full: {needed} bytes needed, {free} free")]
     Full {
-        /// Bytes the record needs (header, payload, alignment, and padding at the wrap).
+        /// Bytes the record needs (header, payload, alignment, padding at the wrap, and the
+        /// 16 bytes the producer keeps free after its last record).
         needed: u64,
         /// Bytes free right now.
         free: u64,
@@ -32,7 +33,7 @@ pub enum TryClaimError {
     /// The record can never fit this ring.
     #[error(
         "record of {len} bytes is larger than the ring allows ({max} bytes, half its capacity \
-         less the 8-byte header): create the ring with a larger capacity"
+         less 24 bytes): create the ring with a larger capacity"
     )]
     TooLarge {
         /// The requested payload length.
@@ -59,7 +60,7 @@ pub enum ClaimError {
     /// The record can never fit this ring.
     #[error(
         "record of {len} bytes is larger than the ring allows ({max} bytes, half its capacity \
-         less the 8-byte header): create the ring with a larger capacity"
+         less 24 bytes): create the ring with a larger capacity"
     )]
     TooLarge {
         /// The requested payload length.

@@ -15,8 +15,11 @@
 //! atomics read with `Relaxed` loads and checked before use.
 //!
 //! Record format (follows Aeron's `aeron_rb.h`): each record starts at a position that is a
-//! multiple of [`RECORD_ALIGN`] with an 8-byte [`RecordHeader`] `{len: i32, kind: u32}`; `len`
-//! counts header and payload, and is negative while the record is claimed but not committed.
+//! multiple of [`RECORD_ALIGN`] with an 8-byte [`RecordHeader`] `{len: i32, kind: u32}`, read
+//! and written as one atomic little-endian `u64`. `len` counts header and payload; it is 0 in
+//! the slot just past the last committed record ("nothing yet"), negative while the record is
+//! claimed but not committed, and positive once committed: the `Release` store of a positive
+//! length is what publishes a record.
 //! The payload follows the header, so with the data area at an address `≡ 8 (mod 16)` every
 //! payload is 16-byte aligned (rkyv needs it). A record never wraps: when it does not fit before
 //! the end of the data area, a padding record (kind [`PADDING`]) fills the rest.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::layout::{EndpointSlot, RingControl, SLOT_ATTACHED};
-use crate::sync::{AtomicU32, Ordering};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// One of the two ends of an SPSC ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,6 +80,14 @@ pub unsafe trait RingMemory {
     fn data(&self) -> NonNull<u8>;
     /// Size of the data area in bytes.
     fn capacity(&self) -> u64;
+    /// The 8-byte record header at data offset `off` as one atomic word: the low 32 bits are
+    /// the length (an `i32`), the high 32 bits the kind, so in memory (little-endian) the
+    /// length comes first, as [`crate::layout`] describes.
+    ///
+    /// # Safety
+    ///
+    /// `off` is a multiple of 16 below [`capacity`](Self::capacity).
+    unsafe fn header(&self, off: u64) -> &AtomicU64;
     /// Whether the liveness token of `side` is held by a live endpoint. Called only when the
     /// slot says attached, and never on the fast path (it may be a syscall).
     fn token_held(&self, side: Side) -> bool;
@@ -93,6 +101,20 @@ pub unsafe trait RingMemory {
     fn shadow(&self) -> Option<&[loom::cell::UnsafeCell<()>]> {
         None
     }
+}
+
+/// The header word at `off` in a data area that holds its headers in place.
+///
+/// # Safety
+///
+/// `data` points to a data area of more than `off + 8` bytes at an address `≡ 8 (mod 16)`
+/// that outlives `'a`, and `off` is a multiple of 16.
+#[cfg(not(loom))]
+#[inline]
+pub(crate) unsafe fn header_in_place<'a>(data: NonNull<u8>, off: u64) -> &'a AtomicU64 {
+    // SAFETY: per the contract the 8 bytes at `data + off` are inside the area and 8-aligned;
+    // every access to a header goes through this atomic, whatever the other process does.
+    unsafe { AtomicU64::from_ptr(data.as_ptr().add(off as usize).cast()) }
 }
 
 /// Access tracking for the data area: a zero-sized no-op outside loom; under loom it holds
@@ -164,6 +186,10 @@ struct HeapInner {
     futex: (loom::sync::Mutex<()>, loom::sync::Condvar),
     #[cfg(loom)]
     shadow: Vec<loom::cell::UnsafeCell<()>>,
+    /// Under loom the record headers live here, one per 16-byte granule, so that loom sees
+    /// their Release/Acquire pairs.
+    #[cfg(loom)]
+    headers: Vec<AtomicU64>,
 }
 
 /// Offset of the data area inside the heap allocation: `≡ 56 (mod 64)`, like the segment
@@ -201,6 +227,10 @@ impl HeapMemory {
                 #[cfg(loom)]
                 shadow: (0..capacity / crate::layout::RECORD_ALIGN)
                     .map(|_| loom::cell::UnsafeCell::new(()))
+                    .collect(),
+                #[cfg(loom)]
+                headers: (0..capacity / crate::layout::RECORD_ALIGN)
+                    .map(|_| AtomicU64::new(0))
                     .collect(),
             }),
         }
@@ -267,6 +297,18 @@ unsafe impl RingMemory for HeapMemory {
 
     fn capacity(&self) -> u64 {
         self.inner.capacity
+    }
+
+    #[cfg(not(loom))]
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        // SAFETY: the data area is `capacity` bytes at an address ≡ 8 (mod 16) owned by `self`;
+        // the caller guarantees `off` is 16-aligned and below the capacity.
+        unsafe { header_in_place(self.data(), off) }
+    }
+
+    #[cfg(loom)]
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        &self.inner.headers[(off / crate::layout::RECORD_ALIGN) as usize]
     }
 
     fn token_held(&self, side: Side) -> bool {

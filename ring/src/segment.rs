@@ -23,7 +23,8 @@
 //! Every handle holds a shared OFD lock on byte 0 of the object ("in use"); every endpoint holds
 //! an exclusive OFD lock on its own byte (1 = producer, 2 = consumer) through its own open file
 //! description. The kernel releases them when the process dies, however it dies. So:
-//! - a peer is alive exactly while it holds its byte (see [`crate::os`]);
+//! - a peer is alive exactly while it holds its byte (an OFD lock: it belongs to an open file
+//!   description, not a process, and the kernel drops it when the process dies);
 //! - a second producer or consumer is refused while the first is alive, and may take over after;
 //! - `create` of a name whose object no live process holds (left behind by a crash, even one
 //!   in the middle of creation) removes it and creates afresh; a name in use is
@@ -981,6 +982,13 @@ unsafe impl RingMemory for ShmMemory {
 
     fn capacity(&self) -> u64 {
         self.seg.capacity
+    }
+
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        // SAFETY: the data area is `capacity` bytes at DATA_OFFSET ≡ 8 (mod 16) of a page-aligned
+        // mapping that `self` keeps alive; the caller guarantees `off` is 16-aligned and below
+        // the capacity.
+        unsafe { crate::memory::header_in_place(self.data(), off) }
     }
 
     fn token_held(&self, side: Side) -> bool {

@@ -17,8 +17,20 @@
 //! Positions are byte counts; a position's offset in the data area is `pos & (capacity - 1)`.
 //! The producer owns `[tail, head + capacity)`, the consumer owns `[head, tail)`.
 //!
-//! - SYNC POINT A: the producer writes records below its new tail, then stores `tail` with
-//!   `Release`; the consumer loads `tail` with `Acquire` before reading those records.
+//! The consumer polls the record header at its head, not a shared tail index (Aeron's
+//! `aeron_rb` readers do the same): a record becomes visible when its header gets a positive
+//! length. So a waiting reader pulls one cache line per record instead of two (tail, then
+//! header). Stale headers from the previous lap never look committed, because the producer keeps
+//! one invariant: **the header slot just past the last committed record reads 0** ("nothing
+//! yet"). Before it commits a record it zeroes the slot after it, and it never claims the last
+//! 16 bytes before the consumer's head, so that slot is always its own.
+//!
+//! - SYNC POINT A: the producer writes a record (payload, the zeroed slot after it), then
+//!   stores the record's header with `Release`; the consumer loads the header with `Acquire`
+//!   before reading the record. In a batch every header but the first is stored as it is
+//!   committed and the first one last, on publish: one store publishes the whole batch. The
+//!   `tail` index is also stored, for a producer that takes over and for tools; the consumer
+//!   never reads it.
 //! - SYNC POINT B: the consumer finishes with records below its new head, then stores `head`
 //!   with `Release`; the producer loads `head` with `Acquire` before reusing that space.
 //! - SYNC POINT C (parked flag, see [`crate::wait`]): a side about to sleep stores 1 to its
@@ -81,18 +93,29 @@ pub fn check_capacity(capacity: u64) -> Result<(), AttachError> {
     }
 }
 
-/// The largest payload a ring of `capacity` bytes accepts: half the capacity less the header.
+/// The largest payload a ring of `capacity` bytes accepts: `capacity / 2 - 24` (at most
+/// 1 GiB - 24).
 ///
-/// Half (and at most 1 GiB), because a record that does not fit before the end of the data area is preceded by a
-/// padding record; with records of at most half the ring, an empty ring always has room.
+/// A record takes `align16(8 + len)` bytes. One that does not fit before the end of the data
+/// area is preceded by a padding record, and the producer always keeps the 16 bytes after its
+/// last record free; with records of at most `capacity / 2 - 16` bytes, an empty ring always has
+/// room wherever its positions stand.
 pub const fn max_payload(capacity: u64) -> u64 {
+    max_footprint(capacity) - RECORD_HEADER
+}
+
+/// The largest record, header included: see [`max_payload`].
+const fn max_footprint(capacity: u64) -> u64 {
     let half = capacity / 2;
     let limit = if half < MAX_RECORD { half } else { MAX_RECORD };
-    limit - RECORD_HEADER
+    limit - RECORD_ALIGN
 }
 
 /// Largest record (header included): the header's length field is an `i32`.
 const MAX_RECORD: u64 = 1 << 30;
+
+/// Bytes the producer keeps free after its last record: the next header slot, which it zeroes.
+const NEXT_SLOT: u64 = RECORD_ALIGN;
 
 /// Makes a ring of `capacity` bytes on the heap and returns its two ends.
 ///
@@ -105,7 +128,7 @@ const MAX_RECORD: u64 = 1 << 30;
 ///
 /// ```
 /// let (tx, rx) = shmesh_ring::spsc::channel(1 << 16)?;
-/// assert_eq!(tx.max_payload(), (1 << 15) - 8);
+/// assert_eq!(tx.max_payload(), (1 << 15) - 24);
 /// # drop(rx);
 /// # Ok::<(), shmesh_ring::AttachError>(())
 /// ```
@@ -134,40 +157,30 @@ pub fn channel_at(
     Ok((Producer::new(mem.clone())?, Consumer::new(mem)?))
 }
 
-/// Reads the record header at data offset `off`.
-///
-/// # Safety
-///
-/// `off` is a multiple of 8 and `off + 8 <= capacity`.
+/// Packs a record header into its atomic word (length in the low half, see [`RingMemory::header`]).
 #[inline]
-unsafe fn load_header<M: RingMemory>(mem: &M, off: u64) -> RecordHeader {
-    use std::sync::atomic::{AtomicI32, AtomicU32};
-    // SAFETY: per the contract, the 8 bytes at `off` are inside the data area (valid for reads,
-    // mapped while `mem` lives) and 8-aligned (the data area is 8-aligned). Atomic loads, as a
-    // peer may write them concurrently.
-    unsafe {
-        let p = mem.data().as_ptr().add(off as usize);
-        RecordHeader {
-            len: AtomicI32::from_ptr(p.cast()).load(Ordering::Relaxed),
-            kind: AtomicU32::from_ptr(p.add(4).cast()).load(Ordering::Relaxed),
-        }
+fn encode(len: i32, kind: u32) -> u64 {
+    (u64::from(kind) << 32) | u64::from(len as u32)
+}
+
+/// Unpacks a record header word.
+#[inline]
+fn decode(word: u64) -> RecordHeader {
+    RecordHeader {
+        len: word as u32 as i32,
+        kind: (word >> 32) as u32,
     }
 }
 
-/// Writes the record header at data offset `off`.
+/// The header word at data offset `off`.
 ///
 /// # Safety
 ///
-/// As [`load_header`].
+/// `off` is a multiple of 16 below the capacity.
 #[inline]
-unsafe fn store_header<M: RingMemory>(mem: &M, off: u64, header: RecordHeader) {
-    use std::sync::atomic::{AtomicI32, AtomicU32};
-    // SAFETY: as in `load_header`; atomic stores, as a hostile peer may touch them concurrently.
-    unsafe {
-        let p = mem.data().as_ptr().add(off as usize);
-        AtomicU32::from_ptr(p.add(4).cast()).store(header.kind, Ordering::Relaxed);
-        AtomicI32::from_ptr(p.cast()).store(header.len, Ordering::Release);
-    }
+unsafe fn header<M: RingMemory>(mem: &M, off: u64) -> &crate::sync::AtomicU64 {
+    // SAFETY: forwarded contract.
+    unsafe { mem.header(off) }
 }
 
 /// The state of the peer, as seen from `side`: slot state first, liveness token second.
@@ -241,8 +254,11 @@ pub struct Producer<M: RingMemory> {
     max_payload: u64,
     /// Next position to write; records below it are committed (maybe not yet published).
     tail: u64,
-    /// The last tail stored to the control block.
+    /// Records below this position are visible to the consumer.
     published: u64,
+    /// The header word to store at `published` to publish what lies between `published` and
+    /// `tail` (the first record, or the padding before it); `Some` exactly when they differ.
+    pending: Option<u64>,
     /// The consumer's head as last loaded.
     cached_head: u64,
     wait: WaitStrategy,
@@ -255,14 +271,27 @@ impl<M: RingMemory> Producer<M> {
     pub(crate) fn new(mem: M) -> Result<Self, AttachError> {
         let cap = mem.capacity();
         let control = mem.control();
-        let tail = control.tail.0.load(Ordering::Acquire);
+        let mut tail = control.tail.0.load(Ordering::Acquire);
         let head = control.head.0.load(Ordering::Acquire);
         check_span(tail, head, cap)?;
+        // A producer that died between committing a record and storing `tail` left records
+        // beyond it, already visible to the consumer: continue after them.
+        loop {
+            // SAFETY: `tail` is 16-aligned (checked by `check_span`) and masked.
+            let word = unsafe { header(&mem, tail & (cap - 1)) }.load(Ordering::Acquire);
+            let Some(footprint) = committed_footprint(decode(word), tail & (cap - 1), cap)? else {
+                break;
+            };
+            let next = tail.wrapping_add(footprint);
+            check_span(next, head, cap - NEXT_SLOT)?;
+            tail = next;
+        }
         Ok(Producer {
             mask: cap - 1,
             max_payload: max_payload(cap),
             tail,
             published: tail,
+            pending: None,
             cached_head: head,
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
@@ -319,7 +348,7 @@ impl<M: RingMemory> Producer<M> {
     /// let mut grant = tx.try_claim(40)?;
     /// grant[..2].copy_from_slice(b"hi");
     /// grant.commit(2); // commit may be shorter than the claim
-    /// assert!(matches!(tx.try_claim(1000), Err(shmesh_ring::TryClaimError::TooLarge { max: 56, .. })));
+    /// assert!(matches!(tx.try_claim(1000), Err(shmesh_ring::TryClaimError::TooLarge { max: 40, .. })));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_claim(&mut self, len: usize) -> Result<Grant<'_, M>, TryClaimError> {
@@ -375,11 +404,8 @@ impl<M: RingMemory> Producer<M> {
         let footprint = align_record(RECORD_HEADER + len);
         let off = self.tail & self.mask;
         let to_end = cap - off;
-        let needed = if footprint <= to_end {
-            footprint
-        } else {
-            to_end + footprint
-        };
+        let pad = if footprint <= to_end { 0 } else { to_end };
+        let needed = pad + footprint + NEXT_SLOT;
         if self.free_cached() < needed {
             // SYNC POINT B (Acquire): pairs with the consumer's Release store of `head`.
             let head = self.mem.control().head.0.load(Ordering::Acquire);
@@ -395,27 +421,17 @@ impl<M: RingMemory> Producer<M> {
             }
         }
         self.peer_check.reset();
-        let start = self.tail;
-        let mut pos = start;
-        if footprint > to_end {
-            // A record never wraps: pad to the end of the data area.
-            let mut track = Track::default();
-            track.add(&self.mem, off, to_end, true);
-            // SAFETY: `off` is a multiple of 16 below the capacity, so the 8 header bytes are in
-            // the data area; the space is ours (checked free above).
-            unsafe {
-                store_header(
-                    &self.mem,
-                    off,
-                    RecordHeader {
-                        len: to_end as i32,
-                        kind: PADDING,
-                    },
-                )
-            };
-            pos = pos.wrapping_add(to_end);
-        }
-        Ok(Reserved { start, pos, len })
+        let pos = self.tail.wrapping_add(pad);
+        // Mark the record claimed (negative length): a reader polling this slot keeps waiting,
+        // and a producer taking over after a crash starts here.
+        let claimed = encode(-((RECORD_HEADER + len) as i32), 0);
+        // SAFETY: `pos` is 16-aligned and masked.
+        unsafe { header(&self.mem, pos & self.mask) }.store(claimed, Ordering::Relaxed);
+        Ok(Reserved {
+            start: self.tail,
+            pos,
+            len,
+        })
     }
 
     fn reserve_until(
@@ -477,6 +493,20 @@ impl<M: RingMemory> Producer<M> {
         }
     }
 
+    /// Writes a committed header at `pos`, or keeps it for [`publish`](Self::publish) if it is
+    /// the first unpublished one (the slot the consumer is polling).
+    #[inline]
+    fn stage(&mut self, pos: u64, word: u64) {
+        if pos == self.published {
+            self.pending = Some(word);
+        } else {
+            // Release: a consumer that reaches this header through an earlier one also sees the
+            // record behind it.
+            // SAFETY: `pos` is 16-aligned and masked.
+            unsafe { header(&self.mem, pos & self.mask) }.store(word, Ordering::Release);
+        }
+    }
+
     /// The last try once the consumer is known gone: space it released before leaving can still
     /// be used; a full ring is final.
     fn reserve_or_gone(&mut self, len: u64) -> Result<Reserved, ClaimError> {
@@ -486,12 +516,15 @@ impl<M: RingMemory> Producer<M> {
         })
     }
 
-    /// Stores the tail if records were committed since the last store, and wakes a sleeping
-    /// consumer.
+    /// Makes the records committed since the last publication visible with one header store,
+    /// and wakes a sleeping consumer.
     fn publish(&mut self) {
-        if self.tail != self.published {
+        if let Some(word) = self.pending.take() {
+            // SYNC POINT A (Release): pairs with the consumer's Acquire load of this header.
+            // SAFETY: `published` is 16-aligned and masked.
+            unsafe { header(&self.mem, self.published & self.mask) }.store(word, Ordering::Release);
             self.published = self.tail;
-            // SYNC POINT A (Release): pairs with the consumer's Acquire load of `tail`.
+            // For a producer taking over and for tools; the consumer does not read it.
             self.mem
                 .control()
                 .tail
@@ -499,6 +532,7 @@ impl<M: RingMemory> Producer<M> {
                 .store(self.tail, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0);
         }
+        debug_assert_eq!(self.published, self.tail);
     }
 }
 
@@ -518,6 +552,40 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
             .field("wait", &self.wait)
             .finish()
     }
+}
+
+/// The footprint of the record whose header `h` sits at offset `off`, if it is committed;
+/// `None` while the slot is empty (0) or claimed (negative). Every length another process
+/// wrote is checked here: a record lies inside the data area and is no larger than the
+/// largest record; a padding record runs exactly to the end and never starts at offset 0.
+fn committed_footprint(h: RecordHeader, off: u64, cap: u64) -> Result<Option<u64>, Corruption> {
+    if h.len <= 0 {
+        return Ok(None);
+    }
+    let len = h.len as u64;
+    let footprint = align_record(len);
+    if h.kind == PADDING {
+        if off == 0 || footprint != cap - off {
+            return Err(Corruption {
+                what: "padding record length",
+                found: len,
+                expected: format!("{} (to the end of the ring, never at its start)", cap - off),
+            });
+        }
+        return Ok(Some(footprint));
+    }
+    if len < RECORD_HEADER || footprint > max_footprint(cap) || footprint > cap - off {
+        return Err(Corruption {
+            what: "record length",
+            found: len,
+            expected: format!(
+                "{RECORD_HEADER} to {} (header included; at most {} bytes to the end of the ring)",
+                max_footprint(cap),
+                cap - off
+            ),
+        });
+    }
+    Ok(Some(footprint))
 }
 
 /// Checks that `tail - head` (wrapping) is a sane fill level and both are record-aligned.
@@ -557,27 +625,9 @@ pub struct Grant<'a, M: RingMemory> {
 
 impl<'a, M: RingMemory> Grant<'a, M> {
     fn new(producer: &'a mut Producer<M>, reserved: Reserved, publish: bool) -> Self {
-        let off = reserved.pos & producer.mask;
+        let off = (reserved.pos & producer.mask) + RECORD_HEADER;
         let mut track = Track::default();
-        track.add(
-            &producer.mem,
-            off,
-            align_record(RECORD_HEADER + reserved.len),
-            true,
-        );
-        let claimed = -((RECORD_HEADER + reserved.len) as i32);
-        // SAFETY: `off` is 16-aligned and the record (header included) fits before the end of
-        // the data area (`try_reserve` padded otherwise); the space is the producer's.
-        unsafe {
-            store_header(
-                &producer.mem,
-                off,
-                RecordHeader {
-                    len: claimed,
-                    kind: 0,
-                },
-            )
-        };
+        track.add(&producer.mem, off, reserved.len, true);
         Grant {
             producer,
             reserved,
@@ -614,20 +664,20 @@ impl<'a, M: RingMemory> Grant<'a, M> {
             "commit of {len} bytes exceeds the claim of {} bytes",
             self.reserved.len
         );
-        let producer = &mut *self.producer;
-        let off = self.reserved.pos & producer.mask;
-        let header = RecordHeader {
-            len: (RECORD_HEADER + len) as i32,
-            kind: self.kind,
-        };
-        // SAFETY: as in `Grant::new`.
-        unsafe { store_header(&producer.mem, off, header) };
-        producer.tail = self
-            .reserved
-            .pos
-            .wrapping_add(align_record(RECORD_HEADER + len));
-        self.done = true;
         self.track.end();
+        let producer = &mut *self.producer;
+        let Reserved { start, pos, .. } = self.reserved;
+        let end = pos.wrapping_add(align_record(RECORD_HEADER + len));
+        // The slot after this record must read "nothing yet" before the record is visible.
+        // SAFETY: `end` is 16-aligned and masked (all positions here are).
+        unsafe { header(&producer.mem, end & producer.mask) }.store(0, Ordering::Relaxed);
+        let word = encode((RECORD_HEADER + len) as i32, self.kind);
+        producer.stage(pos, word);
+        if pos != start {
+            producer.stage(start, encode(pos.wrapping_sub(start) as i32, PADDING));
+        }
+        producer.tail = end;
+        self.done = true;
         if self.publish {
             producer.publish();
         }
@@ -754,8 +804,6 @@ pub struct Consumer<M: RingMemory> {
     head: u64,
     /// The last head stored to the control block.
     released: u64,
-    /// The producer's tail as last loaded.
-    cached_tail: u64,
     wait: WaitStrategy,
     peer_check: PeerCheck,
     _not_sync: PhantomData<Cell<()>>,
@@ -772,7 +820,6 @@ impl<M: RingMemory> Consumer<M> {
             mask: cap - 1,
             head,
             released: head,
-            cached_tail: head,
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
             _not_sync: PhantomData,
@@ -848,53 +895,25 @@ impl<M: RingMemory> Consumer<M> {
     fn poll(&mut self) -> Result<Option<Next>, Corruption> {
         let cap = self.capacity();
         loop {
-            if self.head == self.cached_tail {
-                // SYNC POINT A (Acquire): pairs with the producer's Release store of `tail`.
-                let tail = self.mem.control().tail.0.load(Ordering::Acquire);
-                check_span(tail, self.head, cap)?;
-                self.cached_tail = tail;
-                if tail == self.head {
-                    return Ok(None);
-                }
-            }
             let off = self.head & self.mask;
-            let mut track = Track::default();
-            track.add(&self.mem, off, RECORD_HEADER, false);
-            // SAFETY: `head` is 16-aligned (checked by `check_span` and kept so below) and
-            // masked, so the 8 header bytes are inside the data area.
-            let header = unsafe { load_header(&self.mem, off) };
-            track.end();
-            if header.len < RECORD_HEADER as i32 {
-                return Err(Corruption {
-                    what: "record length",
-                    found: header.len as i64 as u64,
-                    expected: format!(
-                        "at least {RECORD_HEADER} (a negative length is a record still claimed)"
-                    ),
-                });
-            }
-            let footprint = align_record(header.len as u64);
-            let available = self.cached_tail.wrapping_sub(self.head);
-            if footprint > cap - off || footprint > available {
-                return Err(Corruption {
-                    what: "record length",
-                    found: header.len as u64,
-                    expected: format!(
-                        "at most {} (committed bytes) and {} (bytes to the end of the ring)",
-                        available,
-                        cap - off
-                    ),
-                });
-            }
+            // SYNC POINT A (Acquire): pairs with the producer's Release store of this header.
+            // SAFETY: `head` is 16-aligned (checked at attach, advanced by footprints) and masked.
+            let word = unsafe { header(&self.mem, off) }.load(Ordering::Acquire);
+            let h = decode(word);
+            let Some(footprint) = committed_footprint(h, off, cap)? else {
+                return Ok(None);
+            };
             let end = self.head.wrapping_add(footprint);
-            if header.kind == PADDING {
+            if h.kind == PADDING {
+                // The record follows at the start of the data area, where no padding can be:
+                // this loop runs at most twice.
                 self.head = end;
                 continue;
             }
             return Ok(Some(Next {
                 pos: self.head,
-                len: header.len as u64 - RECORD_HEADER,
-                kind: header.kind,
+                len: h.len as u64 - RECORD_HEADER,
+                kind: h.kind,
                 end,
             }));
         }
@@ -1013,8 +1032,8 @@ impl<'a, M: RingMemory> Record<'a, M> {
         let mut track = Track::default();
         track.add(
             &consumer.mem,
-            next.pos & consumer.mask,
-            next.end.wrapping_sub(next.pos),
+            (next.pos & consumer.mask) + RECORD_HEADER,
+            next.len,
             false,
         );
         Record {

@@ -16,15 +16,15 @@ fn fill(seq: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// claim/commit/read/release across the wrap: three records of 40, 24 and 40 bytes in a
-/// 128-byte ring (the third needs padding at the end, and waits for space).
+/// claim/commit/read/release across the wrap: three records of 40 bytes (48 with the header)
+/// in a 128-byte ring: the third needs padding at the end, and waits for space.
 #[test]
 fn claim_commit_read_release() {
     loom::model(|| {
         let (mut tx, mut rx) = spsc::channel(128).unwrap();
         tx.set_wait_strategy(WaitStrategy::Spin);
         rx.set_wait_strategy(WaitStrategy::Spin);
-        let sizes = [40usize, 24, 40];
+        let sizes = [40usize, 40, 40];
         let writer = thread::spawn(move || {
             for (seq, &len) in sizes.iter().enumerate() {
                 let mut g = tx.claim(len).unwrap();
@@ -37,6 +37,9 @@ fn claim_commit_read_release() {
             assert_eq!(&*r, &fill(seq as u8, len)[..]);
         }
         writer.join().unwrap();
+        // The slot after the last record holds a header from the previous lap: it must not
+        // look committed.
+        assert_eq!(rx.try_read().unwrap_err(), TryReadError::Empty);
     });
 }
 
@@ -55,12 +58,13 @@ fn batch_commit_and_release() {
                     g.commit(24);
                 }
             }
-            // 64 of 128 bytes are in use: a 56-byte record needs 64 more after padding...
+            // 64 of 128 bytes are in use: a 40-byte record (48) and the next slot (16) need all
+            // the rest, so this waits for the consumer unless it has read already.
             loop {
-                match tx.try_claim(56) {
+                match tx.try_claim(40) {
                     Ok(mut g) => {
                         g.fill(9);
-                        g.commit(56);
+                        g.commit(40);
                         break;
                     }
                     Err(TryClaimError::Full { .. }) => thread::yield_now(),
@@ -119,11 +123,12 @@ fn futex_producer_never_misses_a_wake() {
         tx.set_wait_strategy(WaitStrategy::Futex { spins: 0 });
         rx.set_wait_strategy(WaitStrategy::Futex { spins: 0 });
         let writer = thread::spawn(move || {
-            // Two 56-byte records fill the 128-byte ring; the third must wait for space.
+            // Two 40-byte records (48 each) fill the 128-byte ring: the third needs 32 bytes of
+            // padding, 48 for itself and 16 after it, and must wait for space.
             for seq in 0..3u8 {
-                let mut g = tx.claim(56).unwrap();
+                let mut g = tx.claim(40).unwrap();
                 g.fill(seq);
-                g.commit(56);
+                g.commit(40);
             }
         });
         for seq in 0..3u8 {

@@ -4,7 +4,7 @@
 //!
 //! The model keeps its own positions to predict exactly when the ring is full: a record takes
 //! `align16(8 + len)` bytes, plus padding to the end of the data area when it does not fit
-//! before the end.
+//! before the end, and the producer keeps 16 bytes free after its last record.
 
 use std::collections::VecDeque;
 
@@ -56,7 +56,7 @@ impl Model {
         let to_end = self.cap - off;
         let pad = if footprint <= to_end { 0 } else { to_end };
         let free = self.cap - self.tail.wrapping_sub(self.head);
-        (pad + footprint <= free).then(|| self.tail.wrapping_add(pad))
+        (pad + footprint + 16 <= free).then(|| self.tail.wrapping_add(pad))
     }
 
     fn bytes(&mut self, len: usize) -> Vec<u8> {
