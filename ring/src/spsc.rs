@@ -66,8 +66,10 @@ use crate::layout::{
     align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED, SLOT_NEVER,
 };
 use crate::memory::{HeapMemory, PeerState, RingMemory, Side, Track};
-use crate::sync::{fence, AtomicU32, Ordering};
-use crate::wait::{Step, WaitStrategy, Waiter};
+use crate::sync::{AtomicU32, Ordering};
+use crate::wait::{
+    light_wakes, sleeper_fence, waker_fence, Step, WaitStrategy, Waiter, DEGRADED_PARK_SLICE,
+};
 
 /// Smallest ring capacity in bytes.
 pub const MIN_CAPACITY: u64 = 128;
@@ -197,11 +199,22 @@ fn peer_state<M: RingMemory>(mem: &M, side: Side) -> PeerState {
 /// Clears a parked word and wakes its sleeper, if the word says someone sleeps (SYNC POINT C,
 /// waker side: the caller has just stored its index).
 #[inline]
-fn wake_if_parked<M: RingMemory>(mem: &M, word: &AtomicU32) {
-    // SYNC POINT C: pairs with the fence in `park` on the other side.
-    fence(Ordering::SeqCst);
+fn wake_if_parked<M: RingMemory>(mem: &M, word: &AtomicU32, light: bool) {
+    // SYNC POINT C: pairs with `sleeper_fence` in the other side's park.
+    waker_fence(light);
     if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::AcqRel) != 0 {
         mem.futex_wake(word);
+    }
+}
+
+/// How long to sleep: the waiter's slice, or at most [`DEGRADED_PARK_SLICE`] when the heavy
+/// barrier failed and a light waker might miss us.
+#[inline]
+fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
+    if barrier_ok {
+        slice
+    } else {
+        slice.min(DEGRADED_PARK_SLICE)
     }
 }
 
@@ -213,7 +226,8 @@ fn detach<M: RingMemory>(mem: &M, side: Side) {
         Side::Producer => &control.consumer_parked.0,
         Side::Consumer => &control.producer_parked.0,
     };
-    wake_if_parked(mem, word);
+    // A full fence: cheap enough here, and right whatever the sleeper's barrier.
+    wake_if_parked(mem, word, false);
 }
 
 /// A consecutive run of `try_` calls that found the ring empty (or full); every
@@ -263,6 +277,8 @@ pub struct Producer<M: RingMemory> {
     cached_head: u64,
     wait: WaitStrategy,
     peer_check: PeerCheck,
+    /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
+    light: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -295,6 +311,7 @@ impl<M: RingMemory> Producer<M> {
             cached_head: head,
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
+            light: light_wakes(),
             _not_sync: PhantomData,
             mem,
         })
@@ -461,8 +478,8 @@ impl<M: RingMemory> Producer<M> {
                         .producer_parked
                         .0
                         .store(1, Ordering::Relaxed);
-                    // SYNC POINT C: pairs with the fence in the consumer's `wake_if_parked`.
-                    fence(Ordering::SeqCst);
+                    // SYNC POINT C: pairs with the consumer's `wake_if_parked`.
+                    let slice = park_slice(slice, sleeper_fence());
                     let unpark = |p: &Self| {
                         p.mem
                             .control()
@@ -530,7 +547,7 @@ impl<M: RingMemory> Producer<M> {
                 .tail
                 .0
                 .store(self.tail, Ordering::Release);
-            wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0);
+            wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0, self.light);
         }
         debug_assert_eq!(self.published, self.tail);
     }
@@ -806,6 +823,8 @@ pub struct Consumer<M: RingMemory> {
     released: u64,
     wait: WaitStrategy,
     peer_check: PeerCheck,
+    /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
+    light: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -822,6 +841,7 @@ impl<M: RingMemory> Consumer<M> {
             released: head,
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
+            light: light_wakes(),
             _not_sync: PhantomData,
             mem,
         })
@@ -950,8 +970,8 @@ impl<M: RingMemory> Consumer<M> {
                 Step::Park(slice) => {
                     let word = &self.mem.control().consumer_parked.0;
                     word.store(1, Ordering::Relaxed);
-                    // SYNC POINT C: pairs with the fence in the producer's `wake_if_parked`.
-                    fence(Ordering::SeqCst);
+                    // SYNC POINT C: pairs with the producer's `wake_if_parked`.
+                    let slice = park_slice(slice, sleeper_fence());
                     if let Some(next) = self.poll()? {
                         self.mem
                             .control()
@@ -990,7 +1010,7 @@ impl<M: RingMemory> Consumer<M> {
                 .head
                 .0
                 .store(self.head, Ordering::Release);
-            wake_if_parked(&self.mem, &self.mem.control().producer_parked.0);
+            wake_if_parked(&self.mem, &self.mem.control().producer_parked.0, self.light);
         }
     }
 }

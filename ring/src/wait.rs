@@ -8,6 +8,18 @@
 //! The two fences make it a Dekker handshake: at least one side sees the other, so no wake-up is
 //! lost, and a side whose peer never sleeps never makes a syscall.
 //!
+//! The waker's fence sits on every commit and release, the fast path. Where the kernel offers
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)`, the handshake is made asymmetric (the
+//! technique of folly's `asymmetricHeavyBarrier`, across processes): every process registers
+//! for expedited global barriers when it attaches an endpoint, the waker then needs only a
+//! compiler fence, and the sleeper, already on its slow path, issues the membarrier, which runs a
+//! full barrier on every CPU currently running a registered process. Either the waker's store
+//! was globally visible before that barrier (the sleeper's re-check sees it), or its load of the
+//! parked word comes after it (the waker sees 1). loom models the symmetric form (under loom
+//! both sides use `SeqCst` fences); the asymmetric form rests on the kernel's guarantee. If a
+//! sleeper's membarrier call fails (a seccomp filter, say), it sleeps at most
+//! [`DEGRADED_PARK_SLICE`] at a time, so a wake-up can be late by that much, never lost.
+//!
 //! Futexes on shared memory must not use `FUTEX_PRIVATE_FLAG`: a private futex is keyed by the
 //! virtual address in one process, so a waker in another process never finds the sleeper.
 
@@ -56,6 +68,59 @@ impl Default for WaitStrategy {
 /// How long one futex sleep lasts at most before the sleeper checks its peer's liveness token:
 /// a peer killed with SIGKILL cannot wake us, so this bounds how late `PeerGone` is noticed.
 pub(crate) const PARK_SLICE: Duration = Duration::from_millis(20);
+/// The longest sleep of a sleeper whose membarrier failed (see the module docs).
+pub(crate) const DEGRADED_PARK_SLICE: Duration = Duration::from_millis(1);
+
+/// Whether this process can wake with a compiler fence only: it registered for expedited
+/// global membarriers (done once, on first use; endpoints call it when they attach).
+#[inline]
+pub(crate) fn light_wakes() -> bool {
+    #[cfg(any(loom, miri))]
+    {
+        false
+    }
+    #[cfg(not(any(loom, miri)))]
+    {
+        use rustix::thread::{membarrier, membarrier_query, MembarrierCommand};
+        static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *REGISTERED.get_or_init(|| {
+            let query = membarrier_query();
+            query.contains_command(MembarrierCommand::GlobalExpedited)
+                && query.contains_command(MembarrierCommand::RegisterGlobalExpedited)
+                && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
+        })
+    }
+}
+
+/// The waker's half of the parked-flag handshake (SYNC POINT C): a full fence, or only a
+/// compiler fence where sleepers issue the heavy barrier.
+#[inline]
+pub(crate) fn waker_fence(light: bool) {
+    if light {
+        std::sync::atomic::compiler_fence(crate::sync::Ordering::SeqCst);
+    } else {
+        crate::sync::fence(crate::sync::Ordering::SeqCst);
+    }
+}
+
+/// The sleeper's half of the handshake: a full fence, then the heavy barrier that stands in
+/// for the fence light wakers skip. Returns false if the heavy barrier failed, in which case
+/// the caller must only sleep briefly ([`DEGRADED_PARK_SLICE`]).
+#[inline]
+pub(crate) fn sleeper_fence() -> bool {
+    crate::sync::fence(crate::sync::Ordering::SeqCst);
+    #[cfg(any(loom, miri))]
+    {
+        true
+    }
+    #[cfg(not(any(loom, miri)))]
+    {
+        use rustix::thread::{membarrier, MembarrierCommand};
+        // Wakers only skip their fence after registering, which needs the same kernel support.
+        !light_wakes() || membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+    }
+}
+
 /// How often a spinning waiter checks its peer's liveness token.
 const PEER_CHECK_EVERY: Duration = Duration::from_millis(1);
 /// Spin iterations between two reads of the clock.
@@ -163,6 +228,18 @@ pub(crate) fn futex_wake(word: &AtomicU32, shared: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    #[cfg_attr(miri, ignore = "miri has no membarrier")]
+    fn membarrier_is_available_here() {
+        // Not a requirement (the fallback is a full fence), but where it is missing the fast
+        // path pays a fence per commit: make that visible.
+        assert!(
+            light_wakes(),
+            "membarrier(GLOBAL_EXPEDITED) is not available on this kernel"
+        );
+        assert!(sleeper_fence());
+    }
 
     #[test]
     fn futex_strategy_parks_after_its_spins() {
