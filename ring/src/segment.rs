@@ -762,10 +762,12 @@ struct Inner {
 }
 
 impl Inner {
+    #[inline]
     fn base(&self) -> NonNull<u8> {
         NonNull::new(self.map.as_mut_ptr()).expect("mmap never returns null")
     }
 
+    #[inline]
     fn header(&self) -> &SegmentHeader {
         // SAFETY: the mapping is at least DATA_OFFSET bytes (checked at create/open), page
         // aligned, and lives as long as `self`; `SegmentHeader` is all atomics, valid for any
@@ -773,12 +775,14 @@ impl Inner {
         unsafe { self.base().cast::<SegmentHeader>().as_ref() }
     }
 
+    #[inline]
     fn slot(&self, side: Side) -> &EndpointSlot {
         let off = SLOTS_OFFSET + side.index() * std::mem::size_of::<EndpointSlot>();
         // SAFETY: as in `header`: the slots lie below DATA_OFFSET, 128-aligned, all atomics.
         unsafe { self.base().add(off).cast::<EndpointSlot>().as_ref() }
     }
 
+    #[inline]
     fn control(&self) -> &RingControl {
         // SAFETY: as in `header`: the control block lies below DATA_OFFSET, 128-aligned, all
         // atomics (with padding that is never read).
@@ -967,23 +971,28 @@ impl fmt::Debug for ShmMemory {
 // `capacity` kept in process memory, never re-read from the segment) and stays mapped while the
 // `Arc<Inner>` lives; DATA_OFFSET ≡ 8 (mod 16) on a page-aligned mapping.
 unsafe impl RingMemory for ShmMemory {
+    #[inline]
     fn control(&self) -> &RingControl {
         self.seg.control()
     }
 
+    #[inline]
     fn slot(&self, side: Side) -> &EndpointSlot {
         self.seg.slot(side)
     }
 
+    #[inline]
     fn data(&self) -> NonNull<u8> {
         // SAFETY: DATA_OFFSET is inside the mapping (see the impl's SAFETY).
         unsafe { self.seg.base().add(DATA_OFFSET) }
     }
 
+    #[inline]
     fn capacity(&self) -> u64 {
         self.seg.capacity
     }
 
+    #[inline]
     unsafe fn header(&self, off: u64) -> &AtomicU64 {
         // SAFETY: the data area is `capacity` bytes at DATA_OFFSET ≡ 8 (mod 16) of a page-aligned
         // mapping that `self` keeps alive; the caller guarantees `off` is 16-aligned and below
@@ -991,15 +1000,18 @@ unsafe impl RingMemory for ShmMemory {
         unsafe { crate::memory::header_in_place(self.data(), off) }
     }
 
+    #[inline]
     fn token_held(&self, side: Side) -> bool {
         // An error here (there should be none) must not declare a live peer dead.
         os::is_locked(self.lock.as_fd(), endpoint_byte(side)).unwrap_or(true)
     }
 
+    #[inline]
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         crate::wait::futex_wait(word, expected, timeout, true);
     }
 
+    #[inline]
     fn futex_wake(&self, word: &AtomicU32) {
         crate::wait::futex_wake(word, true);
     }

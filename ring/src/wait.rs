@@ -18,7 +18,7 @@
 //! parked word comes after it (the waker sees 1). loom models the symmetric form (under loom
 //! both sides use `SeqCst` fences); the asymmetric form rests on the kernel's guarantee. If a
 //! sleeper's membarrier call fails (a seccomp filter, say), it sleeps at most
-//! [`DEGRADED_PARK_SLICE`] at a time, so a wake-up can be late by that much, never lost.
+//! 1 ms at a time, so a wake-up can be late by that much, never lost.
 //!
 //! Futexes on shared memory must not use `FUTEX_PRIVATE_FLAG`: a private futex is keyed by the
 //! virtual address in one process, so a waker in another process never finds the sleeper.
