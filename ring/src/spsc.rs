@@ -7,9 +7,9 @@
 //! Where it comes from:
 //! - the record format and claim/commit/abort follow Aeron's `aeron_rb.h` (8-byte header
 //!   `{len, type}`, negative length while in progress, padding record at the wrap);
-//! - the two free-running 64-bit positions with a cached copy of the other side's index follow
-//!   rtrb (`cached_head`) and Aeron (`head_cache_position`): a side touches the other side's
-//!   cache line only when its cached copy says full or empty;
+//! - free-running 64-bit positions, with the producer's cached copy of the consumer's head,
+//!   follow rtrb (`cached_head`) and Aeron (`head_cache_position`): the producer touches the
+//!   consumer's line only when its cached copy says full;
 //! - the batch forms (several records, one index store) follow Aeron's and rtrb's chunks.
 //!
 //! # Protocol
@@ -34,12 +34,15 @@
 //! - SYNC POINT B: the consumer finishes with records below its new head, then stores `head`
 //!   with `Release`; the producer loads `head` with `Acquire` before reusing that space.
 //! - SYNC POINT C (parked flag, see [`crate::wait`]): a side about to sleep stores 1 to its
-//!   parked word, fences `SeqCst`, re-checks the ring, then sleeps on the word; the other side,
-//!   after its index store, fences `SeqCst` and wakes only if it reads 1.
+//!   parked word, fences (`SeqCst`, plus a process-wide membarrier where available), re-checks
+//!   the ring, then sleeps on the word; the other side, after its publishing store, fences
+//!   (`SeqCst`, or only a compiler fence where sleepers issue the membarrier) and wakes only if
+//!   it reads 1.
 //!
 //! Everything read from the shared control block or from record headers is checked before use
-//! (positions in range, lengths inside the committed span and the data area), so a peer that
-//! scribbles on the ring causes a [`Corruption`] error, never an access outside the data area.
+//! (the head in range of the tail, record and padding lengths inside the data area and no
+//! larger than the largest record), so a peer that scribbles on the ring causes a
+//! [`Corruption`] error or junk bytes from inside the ring, never an access outside it.
 //!
 //! # Examples
 //!
@@ -262,6 +265,9 @@ struct Reserved {
 }
 
 /// The writing end of an SPSC ring. `Send`, not `Sync`: one thread writes.
+///
+/// A producer that takes over from one that died continues after the last record it committed;
+/// a record it had claimed but not committed never reaches the consumer.
 pub struct Producer<M: RingMemory> {
     mem: M,
     mask: u64,
@@ -814,6 +820,9 @@ struct Next {
 }
 
 /// The reading end of an SPSC ring. `Send`, not `Sync`: one thread reads.
+///
+/// A consumer that takes over from one that died starts at the last released position: records
+/// the dead consumer had read but not released are delivered again (at least once, never lost).
 pub struct Consumer<M: RingMemory> {
     mem: M,
     mask: u64,

@@ -116,8 +116,10 @@ pub(crate) fn sleeper_fence() -> bool {
     #[cfg(not(any(loom, miri)))]
     {
         use rustix::thread::{membarrier, MembarrierCommand};
-        // Wakers only skip their fence after registering, which needs the same kernel support.
-        !light_wakes() || membarrier(MembarrierCommand::GlobalExpedited).is_ok()
+        // Always issued, whatever this process's own registration: the waker may be another
+        // process that registered. A failure (old kernel, seccomp) means a light waker could
+        // miss us: the caller then sleeps in short slices.
+        membarrier(MembarrierCommand::GlobalExpedited).is_ok()
     }
 }
 
