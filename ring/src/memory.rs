@@ -192,9 +192,9 @@ struct HeapInner {
     headers: Vec<AtomicU64>,
 }
 
-/// Offset of the data area inside the heap allocation: `≡ 56 (mod 64)`, like the segment
-/// layout, so record payloads land on cache lines.
-const HEAP_DATA_OFFSET: usize = 120;
+/// Offset of the data area inside the (128-aligned) heap allocation: `≡ 8 (mod 64)`, like the
+/// segment layout.
+const HEAP_DATA_OFFSET: usize = 8;
 
 // SAFETY: the raw allocation is owned by `HeapInner` and only accessed through the ring
 // protocol, which is what makes concurrent access from the two endpoints sound; everything
