@@ -1164,3 +1164,41 @@ impl<M: RingMemory> fmt::Debug for ReadBatch<'_, M> {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sleeper_without_its_barrier_sleeps_briefly() {
+        let slice = Duration::from_millis(20);
+        assert_eq!(park_slice(slice, true), slice);
+        assert_eq!(park_slice(slice, false), DEGRADED_PARK_SLICE);
+        assert_eq!(
+            park_slice(Duration::from_micros(10), false),
+            Duration::from_micros(10)
+        );
+    }
+
+    #[test]
+    fn header_words_round_trip_and_put_the_length_first() {
+        for (len, kind) in [(8, 0), (-72, 0), (i32::MAX, PADDING), (0, 7)] {
+            let word = encode(len, kind);
+            assert_eq!(decode(word), RecordHeader { len, kind });
+            assert_eq!(word.to_le_bytes()[..4], len.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn largest_record_fits_an_empty_ring_anywhere() {
+        for cap in [128u64, 256, 4096, 1 << 20] {
+            let f = max_footprint(cap);
+            assert_eq!(f % RECORD_ALIGN, 0);
+            for off in (0..cap).step_by(RECORD_ALIGN as usize) {
+                let to_end = cap - off;
+                let pad = if f <= to_end { 0 } else { to_end };
+                assert!(pad + f + NEXT_SLOT <= cap, "cap {cap} off {off}");
+            }
+        }
+    }
+}

@@ -233,14 +233,16 @@ mod tests {
 
     #[test]
     #[cfg_attr(miri, ignore = "miri has no membarrier")]
-    fn membarrier_is_available_here() {
-        // Not a requirement (the fallback is a full fence), but where it is missing the fast
-        // path pays a fence per commit: make that visible.
-        assert!(
-            light_wakes(),
-            "membarrier(GLOBAL_EXPEDITED) is not available on this kernel"
-        );
-        assert!(sleeper_fence());
+    fn a_process_that_wakes_lightly_can_issue_the_heavy_barrier() {
+        if light_wakes() {
+            assert!(
+                sleeper_fence(),
+                "registered for membarrier, yet the barrier fails"
+            );
+        } else {
+            // Not an error: wakers then fence on every commit, which is correct but slower.
+            eprintln!("membarrier(GLOBAL_EXPEDITED) unavailable: wakers use full fences");
+        }
     }
 
     #[test]
