@@ -238,15 +238,20 @@ impl HeapMemory {
 
     /// Overwrites data-area bytes starting at `offset` (wrapping at the capacity), the way a
     /// buggy or hostile peer could: for tests and fuzzing of everything the ring reads back.
-    /// The stores are atomic byte stores, so a concurrent reader sees junk, never undefined
-    /// behaviour on this side.
-    pub fn scribble(&self, offset: u64, bytes: &[u8]) {
+    ///
+    /// # Safety
+    ///
+    /// No [`Grant`](crate::Grant) or [`Record`](crate::Record) of this ring may be alive while
+    /// it runs: they hand out `&[u8]` / `&mut [u8]` over these bytes, and writing under them is
+    /// a data race (what a hostile process can do to a shared-memory ring, but not something
+    /// safe Rust may do inside one process).
+    pub unsafe fn scribble(&self, offset: u64, bytes: &[u8]) {
         use std::sync::atomic::AtomicU8;
         let cap = self.inner.capacity;
         for (i, &b) in bytes.iter().enumerate() {
             let off = (offset.wrapping_add(i as u64) & (cap - 1)) as usize;
             // SAFETY: `off < capacity`, so the byte is inside the data area, which is valid
-            // for writes while `self` lives; an atomic store races with nothing.
+            // for writes while `self` lives; the caller guarantees no reference to it exists.
             unsafe {
                 AtomicU8::from_ptr(self.data().as_ptr().add(off)).store(b, Ordering::Relaxed)
             };

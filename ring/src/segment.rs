@@ -538,7 +538,10 @@ impl SegmentBuilder {
             name: self.name.clone(),
             waited: started.elapsed(),
         };
-        let fd = loop {
+        // Until the creator has sized the object and published its header we hold nothing:
+        // an opener that waits must not keep the "in use" lock, or a new `create` could never
+        // reclaim a name whose creator died half-way.
+        let (fd, size) = loop {
             let fd = match open_nofollow(&path) {
                 Ok(fd) => fd,
                 Err(Errno::LOOP) => return Err(self.symlink_error(&path)),
@@ -555,32 +558,25 @@ impl SegmentBuilder {
                 Err(e) => return Err(os_err("shm_open", &self.name)(e)),
             };
             self.check_owner_and_mode(&fd)?;
-            match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared) {
-                // The name must still refer to what we locked: a reclaimer may have unlinked it.
-                Ok(true) if same_object(&path, &fd) => break fd,
-                Ok(true) => continue,
-                // A reclaimer is removing a dead object of this name: look again.
-                Ok(false) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(1))
+            let locked = os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Shared)
+                .map_err(os_err("fcntl(F_OFD_SETLK)", &self.name))?;
+            // The name must still refer to what we locked: a reclaimer may have unlinked it.
+            if locked && same_object(&path, &fd) {
+                let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
+                let size = stat.st_size as u64;
+                if size >= DATA_OFFSET as u64 && published_magic(&fd) != 0 {
+                    break (fd, size);
                 }
-                Ok(false) => {
-                    return Err(SegmentError::NotFound {
-                        name: self.name.clone(),
-                    })
+                if Instant::now() >= deadline {
+                    return Err(not_initialized());
                 }
-                Err(e) => return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e)),
+            } else if Instant::now() >= deadline {
+                // A reclaimer kept removing a dead object of this name.
+                return Err(SegmentError::NotFound {
+                    name: self.name.clone(),
+                });
             }
-        };
-        // The creator sizes the object right after creating it: wait for that (bounded).
-        let size = loop {
-            let stat = rustix::fs::fstat(&fd).map_err(os_err("fstat", &self.name))?;
-            let size = stat.st_size as u64;
-            if size >= DATA_OFFSET as u64 {
-                break size;
-            }
-            if Instant::now() >= deadline {
-                return Err(not_initialized());
-            }
+            drop(fd);
             std::thread::sleep(Duration::from_millis(1));
         };
         let file = File::from(fd);
@@ -733,6 +729,16 @@ fn open_nofollow(path: &str) -> Result<OwnedFd, Errno> {
     let file = format!("/dev/shm{path}");
     let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     rustix::fs::open(file.as_str(), flags, Mode::empty())
+}
+
+/// The magic word at the start of the object, read with `pread` (0 when not yet published or
+/// unreadable); the mapping's `Acquire` load stays the authority.
+fn published_magic(fd: &OwnedFd) -> u64 {
+    let mut word = [0u8; 8];
+    match rustix::io::pread(fd, &mut word, 0) {
+        Ok(8) => u64::from_le_bytes(word),
+        _ => 0,
+    }
 }
 
 /// Unlinks `path` if it still names the object `fd` refers to.
@@ -929,7 +935,11 @@ impl Segment {
             Err(_) => {
                 // No /proc: open by name and make sure it is the same object.
                 let fd = open_nofollow(&self.inner.path)?;
-                if same_object(&self.inner.path, &self.inner.file) {
+                let (ours, theirs) = (
+                    rustix::fs::fstat(&self.inner.file)?,
+                    rustix::fs::fstat(&fd)?,
+                );
+                if (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino) {
                     Ok(fd)
                 } else {
                     Err(Errno::STALE)

@@ -21,8 +21,8 @@
 //! `aeron_rb` readers do the same): a record becomes visible when its header gets a positive
 //! length. So a waiting reader pulls one cache line per record instead of two (tail, then
 //! header). Stale headers from the previous lap never look committed, because the producer keeps
-//! one invariant: **the header slot just past the last committed record reads 0** ("nothing
-//! yet"). Before it commits a record it zeroes the slot after it, and it never claims the last
+//! one invariant: **the header slot just past the last committed record reads 0 or a negative
+//! length** ("nothing yet", or a claim not committed; an aborted claim leaves the latter). Before it commits a record it zeroes the slot after it, and it never claims the last
 //! 16 bytes before the consumer's head, so that slot is always its own.
 //!
 //! - SYNC POINT A: the producer writes a record (payload, the zeroed slot after it), then
@@ -295,9 +295,15 @@ impl<M: RingMemory> Producer<M> {
         let control = mem.control();
         let mut tail = control.tail.0.load(Ordering::Acquire);
         let head = control.head.0.load(Ordering::Acquire);
+        // A producer that died between publishing a header and storing `tail` may have had its
+        // records read and released already: the head is then ahead of the stored tail, and
+        // everything below the head is free.
+        if head.wrapping_sub(tail) <= cap && head % RECORD_ALIGN == 0 {
+            tail = head;
+        }
         check_span(tail, head, cap)?;
-        // A producer that died between committing a record and storing `tail` left records
-        // beyond it, already visible to the consumer: continue after them.
+        // Such a producer may also have left records beyond the stored tail, already visible to
+        // the consumer but not yet read: continue after them.
         loop {
             // SAFETY: `tail` is 16-aligned (checked by `check_span`) and masked.
             let word = unsafe { header(&mem, tail & (cap - 1)) }.load(Ordering::Acquire);
@@ -841,9 +847,17 @@ impl<M: RingMemory> Consumer<M> {
     /// Takes the consumer end of the ring in `mem`, whose liveness token the caller holds.
     pub(crate) fn new(mem: M) -> Result<Self, AttachError> {
         let cap = mem.capacity();
+        // Only the head matters here: the consumer never reads `tail`, which a producer that
+        // died between its header and tail stores may have left behind the head.
         let head = mem.control().head.0.load(Ordering::Acquire);
-        let tail = mem.control().tail.0.load(Ordering::Acquire);
-        check_span(tail, head, cap)?;
+        if head % RECORD_ALIGN != 0 {
+            return Err(Corruption {
+                what: "ring head position",
+                found: head,
+                expected: format!("a multiple of {RECORD_ALIGN}"),
+            }
+            .into());
+        }
         Ok(Consumer {
             mask: cap - 1,
             head,
@@ -1046,8 +1060,11 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
 /// the space to the producer (or, in a [`ReadBatch`], when the batch ends).
 ///
 /// The bytes live in memory another process can write. A well-behaved producer never writes a
-/// committed record, but a hostile one can change the bytes while you read them: validate
-/// what you read, or copy it first, if the producer is not trusted.
+/// committed record, but a hostile one can change the bytes while you read them, even after you
+/// validated them: if the producer is not trusted, copy the record out first and validate the
+/// copy. (A process of the same user can also shrink the shared-memory object under the
+/// mapping, which turns accesses into `SIGBUS`; POSIX shared memory cannot be sealed against
+/// that, so share segments only with processes of users you trust to that extent.)
 pub struct Record<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
     next: Next,

@@ -25,6 +25,7 @@
 
 use std::time::{Duration, Instant};
 
+#[cfg(not(loom))]
 use crate::sync::AtomicU32;
 
 /// How a blocking call waits when the ring is empty (reader) or full (writer).

@@ -32,17 +32,22 @@ fn a_scribbled_header_is_reported_as_corruption() {
     ] {
         let mut bytes = len.to_le_bytes().to_vec();
         bytes.extend_from_slice(&kind);
-        mem.scribble(0, &bytes);
+        // SAFETY: no grant or record of this ring is alive (single thread, none held).
+        unsafe { mem.scribble(0, &bytes) };
         match rx.try_read() {
             Err(TryReadError::Corrupt(c)) => assert_eq!(c.what, what, "{c}"),
             other => panic!("expected corruption, got {:?}", other.map(|r| r.to_vec())),
         }
     }
     // A negative length is a record still claimed: the reader waits, it is no error.
-    mem.scribble(0, &(-16i32).to_le_bytes());
-    mem.scribble(4, &[0; 4]);
+    // SAFETY: as above.
+    unsafe {
+        mem.scribble(0, &(-16i32).to_le_bytes());
+        mem.scribble(4, &[0; 4]);
+    }
     assert_eq!(rx.try_read().unwrap_err(), TryReadError::Empty);
     // Restored, the record reads.
-    mem.scribble(0, &16i32.to_le_bytes());
+    // SAFETY: as above.
+    unsafe { mem.scribble(0, &16i32.to_le_bytes()) };
     assert_eq!(*rx.try_read().unwrap(), [1; 8]);
 }
