@@ -598,19 +598,11 @@ impl SegmentBuilder {
             file,
         };
         let h = inner.header();
-        loop {
-            match h.magic.load(Ordering::Acquire) {
-                MAGIC => break,
-                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-                0 => return Err(not_initialized()),
-                other => {
-                    return Err(self.mismatch(
-                        "magic",
-                        format!("{MAGIC:#018x}"),
-                        format!("{other:#018x}"),
-                    ))
-                }
-            }
+        // The loop above saw a published (non-zero) magic; this Acquire load is what makes the
+        // rest of the header visible.
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != MAGIC {
+            return Err(self.mismatch("magic", format!("{MAGIC:#018x}"), format!("{magic:#018x}")));
         }
         let version = h.layout_version.load(Ordering::Relaxed);
         if version != LAYOUT_VERSION {
