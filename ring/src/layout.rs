@@ -7,7 +7,8 @@
 //! | 0      | 128  | [`SegmentHeader`]: magic, layout version, kind, sizes, creator, schema |
 //! | 128    | 256  | two [`EndpointSlot`]s: producer (0) and consumer (1) |
 //! | 384    | 512  | [`RingControl`]: tail, head and the two parked words, 128 bytes each |
-//! | 1032   | cap  | the data area (records): `≡ 8 (mod 64)`, payloads 16-byte aligned |
+//! | 896    | 640  | [`SchemaBlock`]: the message type's description, and the last opener refused for a different one |
+//! | 1544   | cap  | the data area (records): `≡ 8 (mod 64)`, payloads 16-byte aligned |
 //!
 //! The header is written by the creator first; `magic` is stored last with `Release`
 //! (an opener that loads it with `Acquire` sees the rest). Everything an opener or a peer reads
@@ -29,7 +30,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMESH\0\x01"` read as a little-endian `u64`: the segment is initialized.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMESH\0\x01");
 /// The version of this layout; bumped on any change of this module.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Alignment and granularity of record positions, in bytes.
 pub const RECORD_ALIGN: u64 = 16;
 /// Size of a record header, in bytes.
@@ -44,10 +45,16 @@ pub const LINE: usize = 128;
 pub const SLOTS_OFFSET: usize = 128;
 /// Offset of the ring control block.
 pub const CONTROL_OFFSET: usize = 384;
+/// Offset of the schema block.
+pub const SCHEMA_OFFSET: usize = 896;
+/// Bytes of schema description text: [`SCHEMA_TEXT_WORDS`] little-endian `u64` words.
+pub const SCHEMA_TEXT_LEN: usize = 256;
+/// Words of schema description text.
+pub const SCHEMA_TEXT_WORDS: usize = SCHEMA_TEXT_LEN / 8;
 /// Offset of the data area: `≡ 8 (mod 64)`, so a record at a 64-byte-aligned position has its
 /// header and first 48 payload bytes on one cache line (payloads stay 16-byte aligned), and a
 /// small message costs the reader one line.
-pub const DATA_OFFSET: usize = 1032;
+pub const DATA_OFFSET: usize = 1544;
 
 /// Segment header. Written once by the creator, then read-only.
 #[repr(C)]
@@ -100,6 +107,58 @@ pub struct EndpointSlot {
     pub start_time: AtomicU64,
     /// How many endpoints have attached to this slot so far (takeovers included).
     pub attach_count: AtomicU64,
+}
+
+/// What the message type of a segment is, in words a person can read, and the last opener that
+/// was refused because its type differed (so that the creator can report the mismatch too).
+///
+/// Text fields hold UTF-8 packed into little-endian `u64` words, NUL-padded, at most
+/// [`SCHEMA_TEXT_LEN`] bytes. They are for messages and tools only: a reader decodes them lossily
+/// and never trusts them for anything else (any process of the user can write them).
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct SchemaBlock {
+    /// The creator's description of the message type (empty for byte rings). Written before
+    /// the magic, then read-only.
+    pub text: [AtomicU64; SCHEMA_TEXT_WORDS],
+    /// How many openers were refused because their schema fingerprint differed. Each refused
+    /// opener writes the three fields below, then increments this with `Release`; a reader
+    /// that loads it with `Acquire` and sees a change reads them (several refused openers at
+    /// once can mix their texts: display only).
+    pub rejections: AtomicU64,
+    /// Pid of the last refused opener, in its own pid namespace. Display only.
+    pub rejected_pid: AtomicU32,
+    /// Reserved, zero.
+    pub reserved: AtomicU32,
+    /// Schema fingerprint of the last refused opener.
+    pub rejected_schema: [AtomicU64; 4],
+    /// Description of the last refused opener's message type.
+    pub rejected_text: [AtomicU64; SCHEMA_TEXT_WORDS],
+}
+
+/// Packs `text` into NUL-padded little-endian words, cut at a character boundary to fit.
+pub fn pack_text(text: &str) -> [u64; SCHEMA_TEXT_WORDS] {
+    let mut end = text.len().min(SCHEMA_TEXT_LEN);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut bytes = [0u8; SCHEMA_TEXT_LEN];
+    bytes[..end].copy_from_slice(&text.as_bytes()[..end]);
+    let mut words = [0u64; SCHEMA_TEXT_WORDS];
+    for (word, chunk) in words.iter_mut().zip(bytes.chunks_exact(8)) {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(chunk);
+        *word = u64::from_le_bytes(b);
+    }
+    words
+}
+
+/// Unpacks text written by [`pack_text`] (or by anyone): up to the first NUL, invalid UTF-8
+/// replaced.
+pub fn unpack_text(words: &[u64]) -> String {
+    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
 }
 
 /// A value alone on its own 128-byte block, so that two sides never share a line.
@@ -198,6 +257,32 @@ const _: () = {
     assert!(SLOTS_OFFSET == size_of::<SegmentHeader>());
     assert!(CONTROL_OFFSET == SLOTS_OFFSET + 2 * size_of::<EndpointSlot>());
     assert!(CONTROL_OFFSET % LINE == 0);
-    assert!(DATA_OFFSET >= CONTROL_OFFSET + size_of::<RingControl>());
+    assert!(SCHEMA_OFFSET == CONTROL_OFFSET + size_of::<RingControl>());
+    assert!(size_of::<SchemaBlock>() == 5 * LINE);
+    assert!(offset_of!(SchemaBlock, text) == 0);
+    assert!(offset_of!(SchemaBlock, rejections) == SCHEMA_TEXT_LEN);
+    assert!(offset_of!(SchemaBlock, rejected_pid) == SCHEMA_TEXT_LEN + 8);
+    assert!(offset_of!(SchemaBlock, rejected_schema) == SCHEMA_TEXT_LEN + 16);
+    assert!(offset_of!(SchemaBlock, rejected_text) == SCHEMA_TEXT_LEN + 48);
+    assert!(DATA_OFFSET >= SCHEMA_OFFSET + size_of::<SchemaBlock>());
     assert!(DATA_OFFSET % 64 == 8);
 };
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_text_round_trips_and_is_cut_at_a_character_boundary() {
+        assert_eq!(unpack_text(&pack_text("")), "");
+        assert_eq!(
+            unpack_text(&pack_text("app::Msg v3 — größe")),
+            "app::Msg v3 — größe"
+        );
+        let long = "é".repeat(200); // 400 bytes, 2 per character
+        let back = unpack_text(&pack_text(&long));
+        assert_eq!(back, "é".repeat(128));
+        // Junk from another process decodes lossily, never panics.
+        assert_eq!(unpack_text(&[u64::MAX, 0]).chars().count(), 8);
+    }
+}

@@ -50,6 +50,8 @@ pub use memory::{HeapMemory, PeerState, RingMemory, Side};
 #[cfg(not(loom))]
 pub use probe::CacheLineProbe;
 #[cfg(not(loom))]
-pub use segment::{Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory};
-pub use spsc::{Consumer, Grant, Producer, ReadBatch, Record, WriteBatch};
+pub use segment::{
+    SchemaId, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory,
+};
+pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadBatch, Record, WriteBatch};
 pub use wait::WaitStrategy;

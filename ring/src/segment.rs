@@ -45,8 +45,8 @@ use thiserror::Error;
 
 use crate::error::AttachError;
 use crate::layout::{
-    EndpointSlot, RingControl, SegmentHeader, CONTROL_OFFSET, DATA_OFFSET, LAYOUT_VERSION, MAGIC,
-    SLOTS_OFFSET, SLOT_ATTACHED,
+    pack_text, unpack_text, EndpointSlot, RingControl, SchemaBlock, SegmentHeader, CONTROL_OFFSET,
+    DATA_OFFSET, LAYOUT_VERSION, MAGIC, SCHEMA_OFFSET, SLOTS_OFFSET, SLOT_ATTACHED,
 };
 use crate::memory::{RingMemory, Side};
 use crate::os::{self, LockKind};
@@ -194,6 +194,20 @@ pub enum SegmentError {
         /// What the header says.
         found: String,
     },
+    /// The segment holds messages of another type (its schema fingerprint differs).
+    #[error(
+        "segment '{name}' carries messages of another type: it has {theirs}, you asked for \
+         {ours}; open it with the same message type (and version) as its creator, or use \
+         another name"
+    )]
+    SchemaMismatch {
+        /// Segment name.
+        name: String,
+        /// The schema the opener asked for.
+        ours: SchemaId,
+        /// The schema in the segment.
+        theirs: SchemaId,
+    },
     /// The header was still not published after the open timeout.
     #[error(
         "segment '{name}' was not initialized within {waited:?}: its creator is slow or died \
@@ -278,6 +292,7 @@ pub struct SegmentBuilder {
     mode: u32,
     owner: Option<u32>,
     schema: Option<[u64; 4]>,
+    schema_text: String,
     open_timeout: Duration,
     start: u64,
 }
@@ -292,6 +307,7 @@ impl SegmentBuilder {
             mode: DEFAULT_MODE,
             owner: None,
             schema: None,
+            schema_text: String::new(),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             start: 0,
         }
@@ -326,6 +342,15 @@ impl SegmentBuilder {
     /// Create: the schema fingerprint stored in the header. Open: the fingerprint required.
     pub fn schema(mut self, fingerprint: [u64; 4]) -> Self {
         self.schema = Some(fingerprint);
+        self
+    }
+
+    /// Create: the description of the message type stored next to the fingerprint (at most 256
+    /// bytes are kept). Open: the description reported, in the header of the segment and in
+    /// the error, when the fingerprints differ. For messages and tools only; the fingerprint
+    /// alone decides.
+    pub fn schema_text(mut self, text: impl Into<String>) -> Self {
+        self.schema_text = text.into();
         self
     }
 
@@ -512,6 +537,9 @@ impl SegmentBuilder {
         for (word, value) in h.schema.iter().zip(self.schema.unwrap_or_default()) {
             word.store(value, Ordering::Relaxed);
         }
+        for (word, value) in inner.schema().text.iter().zip(pack_text(&self.schema_text)) {
+            word.store(value, Ordering::Relaxed);
+        }
         let control = inner.control();
         control.tail.0.store(self.start, Ordering::Relaxed);
         control.head.0.store(self.start, Ordering::Relaxed);
@@ -644,9 +672,32 @@ impl SegmentBuilder {
             }
         }
         if let Some(expected) = self.schema {
-            let found: Vec<u64> = h.schema.iter().map(|w| w.load(Ordering::Relaxed)).collect();
+            let found = inner.fingerprint();
             if found != expected {
-                return Err(self.mismatch("schema fingerprint", hex(&expected), hex(&found)));
+                // Leave a note for the creator and its peers: they report the mismatch too.
+                let block = inner.schema();
+                block
+                    .rejected_pid
+                    .store(std::process::id(), Ordering::Relaxed);
+                for (word, value) in block.rejected_schema.iter().zip(expected) {
+                    word.store(value, Ordering::Relaxed);
+                }
+                for (word, value) in block.rejected_text.iter().zip(pack_text(&self.schema_text)) {
+                    word.store(value, Ordering::Relaxed);
+                }
+                // SYNC POINT: pairs with the Acquire load in `Segment::schema_rejections`.
+                block.rejections.fetch_add(1, Ordering::Release);
+                return Err(SegmentError::SchemaMismatch {
+                    name: self.name.clone(),
+                    ours: SchemaId {
+                        fingerprint: expected,
+                        text: self.schema_text.clone(),
+                    },
+                    theirs: SchemaId {
+                        fingerprint: found,
+                        text: unpack_text(&load_words(&block.text)),
+                    },
+                });
             }
         }
         inner.capacity = capacity;
@@ -709,6 +760,41 @@ impl SegmentBuilder {
 
 fn hex(words: &[u64]) -> String {
     words.iter().map(|w| format!("{w:016x}")).collect()
+}
+
+fn load_words(words: &[AtomicU64]) -> Vec<u64> {
+    words.iter().map(|w| w.load(Ordering::Relaxed)).collect()
+}
+
+/// A message type as a segment records it: fingerprint and description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaId {
+    /// The fingerprint (all zero for byte rings).
+    pub fingerprint: [u64; 4],
+    /// The description (may be empty).
+    pub text: String,
+}
+
+impl fmt::Display for SchemaId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = if self.text.is_empty() {
+            "an undescribed type"
+        } else {
+            &self.text
+        };
+        write!(f, "{text} (fingerprint {})", &hex(&self.fingerprint)[..16])
+    }
+}
+
+/// An opener that was refused because its message type differed ([`Segment::last_rejection`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaRejection {
+    /// How many openers have been refused so far.
+    pub count: u64,
+    /// Pid of the last one, in its own pid namespace.
+    pub pid: u32,
+    /// What it asked for.
+    pub schema: SchemaId,
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
@@ -787,6 +873,23 @@ impl Inner {
     }
 
     #[inline]
+    fn schema(&self) -> &SchemaBlock {
+        // SAFETY: as in `header`: the schema block lies below DATA_OFFSET, 128-aligned, all
+        // atomics.
+        unsafe {
+            self.base()
+                .add(SCHEMA_OFFSET)
+                .cast::<SchemaBlock>()
+                .as_ref()
+        }
+    }
+
+    fn fingerprint(&self) -> [u64; 4] {
+        let words = &self.header().schema;
+        std::array::from_fn(|i| words[i].load(Ordering::Relaxed))
+    }
+
+    #[inline]
     fn control(&self) -> &RingControl {
         // SAFETY: as in `header`: the control block lies below DATA_OFFSET, 128-aligned, all
         // atomics (with padding that is never read).
@@ -851,6 +954,39 @@ impl Segment {
     /// Size of the shared-memory object in bytes.
     pub fn total_size(&self) -> u64 {
         self.inner.total_size
+    }
+
+    /// The message type this segment was created for (all-zero fingerprint and empty text for
+    /// a byte ring).
+    pub fn schema(&self) -> SchemaId {
+        SchemaId {
+            fingerprint: self.inner.fingerprint(),
+            text: unpack_text(&load_words(&self.inner.schema().text)),
+        }
+    }
+
+    /// How many openers have been refused so far because their message type differed. One
+    /// `Acquire` load of a line that changes only on a refusal: cheap enough to poll.
+    #[inline]
+    pub fn schema_rejections(&self) -> u64 {
+        // SYNC POINT: pairs with the Release increment in `SegmentBuilder::open`.
+        self.inner.schema().rejections.load(Ordering::Acquire)
+    }
+
+    /// The last opener refused because its message type differed, if any.
+    pub fn last_rejection(&self) -> Option<SchemaRejection> {
+        let block = self.inner.schema();
+        let count = self.schema_rejections();
+        (count > 0).then(|| SchemaRejection {
+            count,
+            pid: block.rejected_pid.load(Ordering::Relaxed),
+            schema: SchemaId {
+                fingerprint: std::array::from_fn(|i| {
+                    block.rejected_schema[i].load(Ordering::Relaxed)
+                }),
+                text: unpack_text(&load_words(&block.rejected_text)),
+            },
+        })
     }
 
     /// Whether this handle created the segment (and will unlink it).

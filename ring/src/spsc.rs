@@ -62,6 +62,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use crate::error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
@@ -1098,6 +1099,84 @@ impl<'a, M: RingMemory> Record<'a, M> {
     /// The position of this record in the ring (for diagnostics).
     pub fn position(&self) -> u64 {
         self.next.pos
+    }
+
+    /// Turns the record into a guard on a view of its bytes, made once by `view` (such as a
+    /// validated typed view of the payload), like [`std::cell::Ref::map`]. The record is
+    /// released when the guard drops; if `view` fails, at once.
+    ///
+    /// `view` receives the payload for any lifetime and must return a reference into it (or a
+    /// `'static` one): the guard keeps the record, and so the bytes, for as long as the view
+    /// lives.
+    ///
+    /// # Errors
+    ///
+    /// What `view` returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = shmesh_ring::spsc::channel(4096)?;
+    /// let mut grant = tx.try_claim(5)?;
+    /// grant.copy_from_slice(b"hello");
+    /// grant.commit(5);
+    /// let text = rx.try_read()?.map(std::str::from_utf8)?;
+    /// assert_eq!(&*text, "hello");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn map<U: ?Sized, E>(
+        self,
+        view: impl for<'b> FnOnce(&'b [u8]) -> Result<&'b U, E>,
+    ) -> Result<MappedRecord<'a, M, U>, E> {
+        let view = NonNull::from(view(&self)?);
+        Ok(MappedRecord { view, record: self })
+    }
+}
+
+/// A committed record seen through a view of its bytes ([`Record::map`]); derefs to the view and
+/// releases the record on drop.
+pub struct MappedRecord<'a, M: RingMemory, U: ?Sized> {
+    /// Points into the payload of `record` (or to a `'static` value).
+    view: NonNull<U>,
+    record: Record<'a, M>,
+}
+
+impl<M: RingMemory, U: ?Sized> MappedRecord<'_, M, U> {
+    /// The record kind set by the producer ([`Grant::set_kind`]).
+    pub fn kind(&self) -> u32 {
+        self.record.kind()
+    }
+
+    /// The position of this record in the ring (for diagnostics).
+    pub fn position(&self) -> u64 {
+        self.record.position()
+    }
+
+    /// The payload bytes under the view.
+    pub fn bytes(&self) -> &[u8] {
+        &self.record
+    }
+}
+
+impl<M: RingMemory, U: ?Sized> Deref for MappedRecord<'_, M, U> {
+    type Target = U;
+
+    fn deref(&self) -> &U {
+        // SAFETY: `view` was made by `Record::map` from a `&'b U` that the view function,
+        // generic over `'b`, could only borrow from the payload slice it was given (or from
+        // static data). The payload stays valid and unmoved while `self.record` lives: the
+        // mapping (or heap block) never moves, and the producer does not reuse the space until
+        // the record is released in its `Drop`, which runs after this borrow of `self` ends.
+        unsafe { self.view.as_ref() }
+    }
+}
+
+impl<M: RingMemory, U: ?Sized> fmt::Debug for MappedRecord<'_, M, U> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappedRecord")
+            .field("position", &self.record.next.pos)
+            .field("len", &self.record.next.len)
+            .finish()
     }
 }
 
