@@ -51,7 +51,8 @@ pub use memory::{HeapMemory, PeerState, RingMemory, Side};
 pub use probe::CacheLineProbe;
 #[cfg(not(loom))]
 pub use segment::{
-    SchemaId, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory,
+    SchemaId, SchemaMismatch, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind,
+    ShmMemory,
 };
 pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadBatch, Record, WriteBatch};
 pub use wait::WaitStrategy;

@@ -195,19 +195,8 @@ pub enum SegmentError {
         found: String,
     },
     /// The segment holds messages of another type (its schema fingerprint differs).
-    #[error(
-        "segment '{name}' carries messages of another type: it has {theirs}, you asked for \
-         {ours}; open it with the same message type (and version) as its creator, or use \
-         another name"
-    )]
-    SchemaMismatch {
-        /// Segment name.
-        name: String,
-        /// The schema the opener asked for.
-        ours: SchemaId,
-        /// The schema in the segment.
-        theirs: SchemaId,
-    },
+    #[error(transparent)]
+    SchemaMismatch(Box<SchemaMismatch>),
     /// The header was still not published after the open timeout.
     #[error(
         "segment '{name}' was not initialized within {waited:?}: its creator is slow or died \
@@ -687,7 +676,7 @@ impl SegmentBuilder {
                 }
                 // SYNC POINT: pairs with the Acquire load in `Segment::schema_rejections`.
                 block.rejections.fetch_add(1, Ordering::Release);
-                return Err(SegmentError::SchemaMismatch {
+                return Err(SegmentError::SchemaMismatch(Box::new(SchemaMismatch {
                     name: self.name.clone(),
                     ours: SchemaId {
                         fingerprint: expected,
@@ -697,7 +686,7 @@ impl SegmentBuilder {
                         fingerprint: found,
                         text: unpack_text(&load_words(&block.text)),
                     },
-                });
+                })));
             }
         }
         inner.capacity = capacity;
@@ -784,6 +773,21 @@ impl fmt::Display for SchemaId {
         };
         write!(f, "{text} (fingerprint {})", &hex(&self.fingerprint)[..16])
     }
+}
+
+/// An opener asked for a segment with another message type than the one it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error(
+    "segment '{name}' carries messages of another type: it has {theirs}, you asked for {ours}; \
+     open it with the same message type (and version) as its creator, or use another name"
+)]
+pub struct SchemaMismatch {
+    /// Segment name.
+    pub name: String,
+    /// The schema the opener asked for.
+    pub ours: SchemaId,
+    /// The schema in the segment.
+    pub theirs: SchemaId,
 }
 
 /// An opener that was refused because its message type differed ([`Segment::last_rejection`]).

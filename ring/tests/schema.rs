@@ -47,7 +47,8 @@ fn an_opener_with_another_fingerprint_is_refused_and_leaves_a_note() {
         .open()
         .unwrap_err();
     match &err {
-        SegmentError::SchemaMismatch { ours, theirs, .. } => {
+        SegmentError::SchemaMismatch(m) => {
+            let (ours, theirs) = (&m.ours, &m.theirs);
             assert_eq!(ours.fingerprint, THEIRS);
             assert_eq!(ours.text, "app::Command v1");
             assert_eq!(theirs.fingerprint, OURS);
