@@ -412,6 +412,21 @@ impl<M: RingMemory> Producer<M> {
         Ok(Grant::new(self, reserved, true))
     }
 
+    /// Waits until a claim of `len` bytes would succeed, without claiming: the next
+    /// [`try_claim`](Self::try_claim) of at most `len` bytes then succeeds (space only grows
+    /// until this producer claims). For callers that wait in slices, checking something else
+    /// in between, where a loop around `claim_timeout` would hold the borrow of the grant.
+    ///
+    /// # Errors
+    ///
+    /// As [`claim_timeout`](Self::claim_timeout).
+    pub fn wait_for_space(&mut self, len: usize, timeout: Duration) -> Result<(), ClaimError> {
+        // A reservation that is not turned into a grant is an aborted claim: the tail did not
+        // move and the next claim overwrites the marked header.
+        self.reserve_until(len as u64, Some(Instant::now() + timeout))
+            .map(drop)
+    }
+
     /// Starts a batch: records claimed and committed through it are published together, with
     /// one index store, when the batch is dropped or [`publish`](WriteBatch::publish)ed.
     pub fn batch(&mut self) -> WriteBatch<'_, M> {
@@ -927,6 +942,17 @@ impl<M: RingMemory> Consumer<M> {
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<Record<'_, M>, ReadError> {
         let next = self.next_until(Some(Instant::now() + timeout))?;
         Ok(Record::new(self, next, true))
+    }
+
+    /// Waits until a record can be read (or the producer is gone with nothing left), without
+    /// reading it: the next [`try_read`](Self::try_read) then returns the record. For callers
+    /// that wait in slices, checking something else in between.
+    ///
+    /// # Errors
+    ///
+    /// As [`read_timeout`](Self::read_timeout).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.next_until(Some(Instant::now() + timeout)).map(drop)
     }
 
     /// Starts a batch: records read through it are released together, with one index store,

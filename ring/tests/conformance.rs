@@ -271,6 +271,58 @@ fn sleeping_consumer_is_woken<M: RingMemory + Send + 'static>(
     reader.join().unwrap();
 }
 
+fn waits_without_taking<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<M>)) {
+    let short = Duration::from_millis(20);
+    assert_eq!(rx.wait_timeout(short).unwrap_err(), ReadError::Timeout);
+    send(&mut tx, b"first");
+    // Waiting twice does not consume the record.
+    rx.wait_timeout(short).unwrap();
+    rx.wait_timeout(short).unwrap();
+    assert_eq!(&*rx.try_read().unwrap(), b"first");
+    // Fill the ring; waiting for space times out, then succeeds once the reader drains, and a
+    // wait that reserved nothing leaves the ring as it was.
+    let mut sent = 0u64;
+    while let Ok(mut g) = tx.try_claim(24) {
+        g[..8].copy_from_slice(&sent.to_le_bytes());
+        g.commit(24);
+        sent += 1;
+    }
+    assert_eq!(
+        tx.wait_for_space(24, short).unwrap_err(),
+        ClaimError::Timeout
+    );
+    let r = rx.try_read().unwrap();
+    assert_eq!(r[..8], 0u64.to_le_bytes());
+    drop(r);
+    tx.wait_for_space(24, short).unwrap();
+    tx.wait_for_space(24, short).unwrap();
+    let mut g = tx.try_claim(24).unwrap();
+    g[..8].copy_from_slice(&sent.to_le_bytes());
+    g.commit(24);
+    for seq in 1..=sent {
+        let r = rx.try_read().unwrap();
+        assert_eq!(r[..8], seq.to_le_bytes());
+    }
+    assert_eq!(rx.try_read().unwrap_err(), TryReadError::Empty);
+}
+
+fn mapped_records_release_on_drop_and_on_error<M: RingMemory>(
+    (mut tx, mut rx): (Producer<M>, Consumer<M>),
+) {
+    send(&mut tx, b"one");
+    send(&mut tx, &[0xff, 0xfe]);
+    send(&mut tx, b"three");
+    let view = rx.try_read().unwrap().map(std::str::from_utf8).unwrap();
+    assert_eq!((&*view, view.bytes()), ("one", &b"one"[..]));
+    drop(view);
+    // A failed view releases the record at once: the next read sees the one after it.
+    assert!(rx.try_read().unwrap().map(std::str::from_utf8).is_err());
+    let view = rx.try_read().unwrap().map(std::str::from_utf8).unwrap();
+    assert_eq!(&*view, "three");
+    drop(view);
+    assert_eq!(rx.try_read().unwrap_err(), TryReadError::Empty);
+}
+
 macro_rules! suite {
     ($make:expr) => {
         use super::*;
@@ -342,6 +394,17 @@ macro_rules! suite {
         #[test]
         fn consumer_gone() {
             consumer_gone_when_full($make(256, 0));
+        }
+
+        #[test]
+        fn wait_without_taking() {
+            waits_without_taking($make(256, 0));
+            waits_without_taking($make(256, u64::MAX - 127));
+        }
+
+        #[test]
+        fn mapped_records() {
+            mapped_records_release_on_drop_and_on_error($make(256, 0));
         }
 
         #[test]
