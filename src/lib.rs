@@ -2,21 +2,44 @@
 //! lock-free rings in POSIX shared memory, and messages are read in place.
 //!
 //! This crate is the typed layer above [`shmesh_ring`] (which knows bytes and owns every
-//! `unsafe` that touches shared memory). For now it holds the machinery of the `shmesh`
-//! command-line tool:
+//! `unsafe` that touches shared memory):
 //!
-//! - [`bench`](mod@bench): `shmesh bench pingpong | throughput | memcpy`, which measures the ring against
-//!   Unix sockets, pipes and TCP loopback between two real processes, each figure next to the
-//!   cache-line round trip of the machine at that moment.
+//! - [`channel`]: [`Channel<T>`], a named channel of rkyv-archived messages — [`Sender<T>`]
+//!   serializes straight into the ring, [`Receiver<T>`] reads `&Archived<T>` in place; rich
+//!   types (`String`, `Vec`, enums, maps) included, schema checked at connect.
+//! - [`bench`](mod@bench): `shmesh bench`, which measures shmesh against the cache-line limit,
+//!   Unix sockets, pipes, TCP (and, with the `peers` feature, iceoryx2 and ipc-channel) between
+//!   two real processes.
 //!
 //! # Examples
 //!
-//! Parse a message size the way `shmesh bench --size` does:
+//! ```
+//! use shmesh::Channel;
 //!
+//! #[derive(rkyv::Archive, rkyv::Serialize)]
+//! enum Command {
+//!     Move { x: i32, y: i32 },
+//!     Say(String),
+//! }
+//!
+//! # let name = format!("doc-lib-{}", std::process::id());
+//! let channel = Channel::<Command>::create(&name)?;
+//! let (mut tx, mut rx) = (channel.sender()?, channel.receiver()?);
+//! tx.send(&Command::Say("hi".into()))?;
+//! match &*rx.recv()? {
+//!     ArchivedCommand::Say(text) => assert_eq!(text, "hi"),
+//!     ArchivedCommand::Move { .. } => unreachable!(),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
-//! assert_eq!(shmesh::bench::parse_size("64k"), Ok(65536));
-//! ```
-#![forbid(unsafe_code)]
+//!
+//! The only `unsafe` in this crate is the constructor of the `Trusted` access mode and the
+//! unchecked read it enables ([`channel::Access`]); everything else is safe code over
+//! `shmesh-ring`.
+#![deny(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod channel;
+
+pub use channel::{Channel, Receiver, Sender};

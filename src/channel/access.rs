@@ -1,0 +1,73 @@
+//! How a receiver turns the bytes of a message into `&Archived<T>`.
+//!
+//! This is the one module of the `shmesh` crate allowed `unsafe`: constructing the `Trusted`
+//! mode is `unsafe` (its caller vouches for the sender), and reading under it is rkyv's
+//! unchecked access. Everything that touches shared memory itself stays in `shmesh-ring`.
+#![allow(unsafe_code)]
+
+use rkyv::Portable;
+
+/// How a [`Receiver`](super::Receiver) checks messages, chosen when it is built.
+///
+/// | mode | copy | validation | protects against |
+/// |------|------|------------|------------------|
+/// | [`Access::validated()`] (default) | none | bytecheck, in place | a buggy or corrupting sender; **not** one that rewrites a message after it was validated |
+/// | [`Access::untrusted()`] | one, into private memory | bytecheck, on the copy | any sender, hostile included |
+/// | `unsafe` [`Access::trusted()`] | none | none | nothing: for senders you control |
+///
+/// In `Validated` mode the view points into shared memory. A sender that follows the protocol
+/// never writes a message it committed, so the validated bytes stay as they were; a sender
+/// that writes them anyway (hostile, or a memory bug) can change them between validation and
+/// use, and the view may then read out of bounds: that is undefined behaviour this mode cannot
+/// prevent. `Untrusted` closes that hole by validating a private copy; it costs one copy of
+/// each message (a `memcpy`, into a buffer the receiver reuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Access(pub(crate) Mode);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Validated,
+    Untrusted,
+    Trusted,
+}
+
+impl Access {
+    /// Validate each message in place (zero-copy). The default.
+    pub const fn validated() -> Access {
+        Access(Mode::Validated)
+    }
+
+    /// Copy each message into private memory, then validate the copy.
+    pub const fn untrusted() -> Access {
+        Access(Mode::Untrusted)
+    }
+
+    /// Read each message without validation.
+    ///
+    /// # Safety
+    ///
+    /// Every message sent on the channel must be a valid rkyv archive of the channel's type, as
+    /// the `Sender` of the same type (same schema) writes them, and must not change while it is
+    /// read: only peers you control, built from the same type definitions.
+    pub const unsafe fn trusted() -> Access {
+        Access(Mode::Trusted)
+    }
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access::validated()
+    }
+}
+
+/// rkyv's unchecked access to the archive in `bytes`, for a receiver in `Trusted` mode.
+///
+/// The only caller is `Receiver` when its mode is `Mode::Trusted`, which exists only through
+/// the `unsafe` [`Access::trusted`], whose caller promised that every message is a valid archive
+/// of `A`.
+pub(crate) fn trusted_view<A: Portable>(bytes: &[u8]) -> &A {
+    // SAFETY: the caller of `Access::trusted` guaranteed that `bytes` (a committed message of
+    // the channel) is a valid archive of `A` that does not change while borrowed; rkyv's
+    // root-at-the-end layout is what `Sender` writes, at a 16-byte aligned payload start.
+    unsafe { rkyv::access_unchecked::<A>(bytes) }
+}
