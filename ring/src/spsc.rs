@@ -412,6 +412,18 @@ impl<M: RingMemory> Producer<M> {
         Ok(Grant::new(self, reserved, true))
     }
 
+    /// Checks, without claiming and without waiting, whether a claim of `len` bytes would
+    /// succeed now: if so, the next [`try_claim`](Self::try_claim) of at most `len` bytes
+    /// succeeds.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_claim`](Self::try_claim).
+    pub fn check_space(&mut self, len: usize) -> Result<(), TryClaimError> {
+        // As in `wait_for_space`: an unused reservation is an aborted claim.
+        self.try_reserve(len as u64).map(drop)
+    }
+
     /// Waits until a claim of `len` bytes would succeed, without claiming: the next
     /// [`try_claim`](Self::try_claim) of at most `len` bytes then succeeds (space only grows
     /// until this producer claims). For callers that wait in slices, checking something else
@@ -942,6 +954,16 @@ impl<M: RingMemory> Consumer<M> {
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<Record<'_, M>, ReadError> {
         let next = self.next_until(Some(Instant::now() + timeout))?;
         Ok(Record::new(self, next, true))
+    }
+
+    /// Checks, without reading and without waiting, whether a record can be read now: if so,
+    /// the next [`try_read`](Self::try_read) returns it.
+    ///
+    /// # Errors
+    ///
+    /// As [`try_read`](Self::try_read).
+    pub fn check_record(&mut self) -> Result<(), TryReadError> {
+        self.try_next().map(drop)
     }
 
     /// Waits until a record can be read (or the producer is gone with nothing left), without

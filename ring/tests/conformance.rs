@@ -274,7 +274,10 @@ fn sleeping_consumer_is_woken<M: RingMemory + Send + 'static>(
 fn waits_without_taking<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<M>)) {
     let short = Duration::from_millis(20);
     assert_eq!(rx.wait_timeout(short).unwrap_err(), ReadError::Timeout);
+    assert_eq!(rx.check_record().unwrap_err(), TryReadError::Empty);
     send(&mut tx, b"first");
+    rx.check_record().unwrap();
+    rx.check_record().unwrap();
     // Waiting twice does not consume the record.
     rx.wait_timeout(short).unwrap();
     rx.wait_timeout(short).unwrap();
@@ -295,6 +298,7 @@ fn waits_without_taking<M: RingMemory>((mut tx, mut rx): (Producer<M>, Consumer<
     assert_eq!(r[..8], 0u64.to_le_bytes());
     drop(r);
     tx.wait_for_space(24, short).unwrap();
+    tx.check_space(24).unwrap();
     tx.wait_for_space(24, short).unwrap();
     let mut g = tx.try_claim(24).unwrap();
     g[..8].copy_from_slice(&sent.to_le_bytes());

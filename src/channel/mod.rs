@@ -423,6 +423,14 @@ impl From<Fail> for LoanError {
     }
 }
 
+/// What one claim-and-serialize attempt of a send came to.
+enum Attempt {
+    Sent(usize),
+    Full,
+    Overflow,
+    Failed(Fail),
+}
+
 /// The sending end of a [`Channel`]. `Send`, not `Sync`: one thread sends.
 pub struct Sender<T> {
     producer: Producer<ShmMemory>,
@@ -512,31 +520,43 @@ impl<T: Message> Sender<T> {
         if let Some(mismatch) = self.watch.check() {
             return Err(SendFailure::SchemaMismatch(mismatch).into());
         }
+        let capacity = self.producer.capacity();
         let max = self.producer.max_payload() as usize;
         let mut want = (self.hint + self.hint / 8 + 64).min(max);
         loop {
-            self.wait_for_space(want, patience)?;
-            let capacity = self.producer.capacity();
-            let mut grant = match self.producer.try_claim(want) {
-                Ok(grant) => grant,
-                Err(e) => return Err(claim_failure(e, capacity)),
+            // Fast path: claim at once, serialize into the claim; wait (in slices) only when
+            // the ring is full.
+            let outcome = match self.producer.try_claim(want) {
+                Ok(mut grant) => {
+                    let mut serializer = Serializer::new(
+                        SliceWriter::new(&mut grant),
+                        self.arena.acquire(),
+                        Share::new(),
+                    );
+                    match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
+                        Ok(_) => {
+                            let len = serializer.writer.pos();
+                            drop(serializer);
+                            grant.commit(len);
+                            Attempt::Sent(len)
+                        }
+                        // Dropping the grant aborts the claim.
+                        Err(_) if serializer.writer.overflowed() => Attempt::Overflow,
+                        Err(e) => Attempt::Failed(SendFailure::Serialize(e).into()),
+                    }
+                }
+                Err(TryClaimError::Full { .. }) if !matches!(patience, Patience::Never) => {
+                    Attempt::Full
+                }
+                Err(e) => Attempt::Failed(claim_failure(e, capacity)),
             };
-            let mut serializer = Serializer::new(
-                SliceWriter::new(&mut grant),
-                self.arena.acquire(),
-                Share::new(),
-            );
-            match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
-                Ok(_) => {
-                    let len = serializer.writer.pos();
-                    drop(serializer);
-                    grant.commit(len);
+            match outcome {
+                Attempt::Sent(len) => {
                     self.hint = len.max(self.hint - self.hint / 16);
                     return Ok(());
                 }
-                Err(_) if serializer.writer.overflowed() => {
-                    drop(serializer);
-                    grant.abort();
+                Attempt::Full => self.wait_for_space(want, patience)?,
+                Attempt::Overflow => {
                     let size = self.archived_size(value)?;
                     if size > max {
                         return Err(self.too_large(size).into());
@@ -545,7 +565,7 @@ impl<T: Message> Sender<T> {
                     self.hint = size;
                     want = size;
                 }
-                Err(e) => return Err(SendFailure::Serialize(e).into()),
+                Attempt::Failed(fail) => return Err(fail),
             }
         }
     }
@@ -616,8 +636,14 @@ impl<T> Sender<T> {
         if let Some(mismatch) = self.watch.check() {
             return Err(SendFailure::SchemaMismatch(mismatch).into());
         }
-        self.wait_for_space(len, patience)?;
         let capacity = self.producer.capacity();
+        match self.producer.check_space(len) {
+            Err(TryClaimError::Full { .. }) if !matches!(patience, Patience::Never) => {
+                self.wait_for_space(len, patience)?
+            }
+            Err(e) => return Err(claim_failure(e, capacity).into()),
+            Ok(()) => {}
+        }
         match self.producer.try_claim(len) {
             Ok(grant) => Ok(grant),
             Err(e) => Err(claim_failure(e, capacity).into()),
@@ -759,6 +785,9 @@ impl<T: Message> Receiver<T> {
     /// after); `SchemaMismatch` when a process tried to open the channel with another type
     /// (once; the channel still works); `Corrupt`. Never `Timeout`.
     pub fn recv(&mut self) -> Result<Received<'_, T>, RecvError> {
+        if self.ready()? {
+            return self.take();
+        }
         self.wait(None)?;
         self.take()
     }
@@ -769,8 +798,22 @@ impl<T: Message> Receiver<T> {
     ///
     /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Received<'_, T>, RecvError> {
+        if self.ready()? {
+            return self.take();
+        }
         self.wait(Some(Instant::now() + timeout))?;
         self.take()
+    }
+
+    /// Whether a message can be taken now (the fast path: no clock read, no wait).
+    #[inline]
+    fn ready(&mut self) -> Result<bool, RecvError> {
+        match self.consumer.check_record() {
+            Ok(()) => Ok(true),
+            Err(TryReadError::Empty) => Ok(false),
+            Err(TryReadError::PeerGone) => Err(RecvError::Disconnected),
+            Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c)),
+        }
     }
 
     /// Receives the next message if there is one now; never waits.
