@@ -2,6 +2,8 @@
 //! by reference, so a failed send leaves it with the caller: the errors are `'static` and `?`
 //! works into any error type.
 
+use std::fmt;
+
 use shmesh_ring::{AttachError, Corruption, SchemaId, SegmentError};
 use thiserror::Error;
 
@@ -11,22 +13,39 @@ use thiserror::Error;
 /// ([`ChannelError::SchemaMismatch`]); the ends already on the channel learn of it from the note
 /// the refused opener leaves, on their next operation ([`SendFailure::SchemaMismatch`],
 /// [`RecvError::SchemaMismatch`]), once per refused opener.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "channel '{channel}': {who} with message type {other}, but the channel carries {ours}; \
-     use the same message type (and version) on both ends"
-)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaMismatch {
     /// Channel name.
     pub channel: String,
-    /// Who had the other type: "you asked for it" (this end was refused) or "a process (pid N)
-    /// tried to open it" (this end learns of a refused opener).
+    /// Who asked for the other type: "you asked for it" (this end was refused at open) or "a
+    /// process (pid N) tried to open it" (this end learns of a refused opener).
     pub who: String,
-    /// The schema of this end.
+    /// `None` when this end was refused at open; the pid of the refused opener (in its own pid
+    /// namespace) when this end learns of it.
+    pub opener_pid: Option<u32>,
+    /// The message type of this end.
     pub ours: SchemaId,
-    /// The other end's schema.
+    /// The message type of the other end: the channel's (this end was refused) or the refused
+    /// opener's.
     pub other: SchemaId,
 }
+
+impl fmt::Display for SchemaMismatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (asked, carried) = match self.opener_pid {
+            None => (&self.ours, &self.other),
+            Some(_) => (&self.other, &self.ours),
+        };
+        write!(
+            f,
+            "channel '{}': {} with message type {asked}, but the channel carries {carried}; \
+             use the same message type (and version) on both ends",
+            self.channel, self.who
+        )
+    }
+}
+
+impl std::error::Error for SchemaMismatch {}
 
 /// Why a channel could not be created or opened, or an end attached.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -49,6 +68,7 @@ impl ChannelError {
                 ChannelError::SchemaMismatch(Box::new(SchemaMismatch {
                     channel: m.name,
                     who: "you asked for it".into(),
+                    opener_pid: None,
                     ours: m.ours,
                     other: m.theirs,
                 }))

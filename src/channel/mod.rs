@@ -63,7 +63,7 @@ use std::time::{Duration, Instant};
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
-use rkyv::rancor;
+use rkyv::rancor::{self, Source as _};
 use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::ser::sharing::Share;
 use rkyv::ser::{Positional, Serializer};
@@ -383,6 +383,7 @@ impl Watch {
         Some(Box::new(SchemaMismatch {
             channel: self.segment.name().to_owned(),
             who: format!("a process (pid {}) tried to open it", rejection.pid),
+            opener_pid: Some(rejection.pid),
             ours: self.ours.clone(),
             other: rejection.schema,
         }))
@@ -523,6 +524,7 @@ impl<T: Message> Sender<T> {
         let capacity = self.producer.capacity();
         let max = self.producer.max_payload() as usize;
         let mut want = (self.hint + self.hint / 8 + 64).min(max);
+        let mut exact = false;
         loop {
             // Fast path: claim at once, serialize into the claim; wait (in slices) only when
             // the ring is full.
@@ -545,9 +547,7 @@ impl<T: Message> Sender<T> {
                         Err(e) => Attempt::Failed(SendFailure::Serialize(e).into()),
                     }
                 }
-                Err(TryClaimError::Full { .. }) if !matches!(patience, Patience::Never) => {
-                    Attempt::Full
-                }
+                Err(TryClaimError::Full { .. }) => Attempt::Full,
                 Err(e) => Attempt::Failed(claim_failure(e, capacity)),
             };
             match outcome {
@@ -555,15 +555,29 @@ impl<T: Message> Sender<T> {
                     self.hint = len.max(self.hint - self.hint / 16);
                     return Ok(());
                 }
-                Attempt::Full => self.wait_for_space(want, patience)?,
-                Attempt::Overflow => {
+                // The estimate may be larger than the message: learn the exact size before
+                // saying "full" or waiting for room the message does not need.
+                Attempt::Full | Attempt::Overflow if !exact => {
                     let size = self.archived_size(value)?;
                     if size > max {
                         return Err(self.too_large(size).into());
                     }
-                    // The exact size: the next claim takes it whole.
+                    exact = true;
                     self.hint = size;
                     want = size;
+                }
+                Attempt::Full => match patience {
+                    Patience::Never => return Err(Fail::Full),
+                    _ => self.wait_for_space(want, patience)?,
+                },
+                Attempt::Overflow => {
+                    // Cannot happen: the exact size was claimed. Report it rather than loop.
+                    return Err(
+                        SendFailure::Serialize(rancor::Error::new(std::io::Error::other(
+                            "the archive outgrew its exact size between two serializations",
+                        )))
+                        .into(),
+                    );
                 }
                 Attempt::Failed(fail) => return Err(fail),
             }
@@ -785,6 +799,9 @@ impl<T: Message> Receiver<T> {
     /// after); `SchemaMismatch` when a process tried to open the channel with another type
     /// (once; the channel still works); `Corrupt`. Never `Timeout`.
     pub fn recv(&mut self) -> Result<Received<'_, T>, RecvError> {
+        if let Some(mismatch) = self.watch.check() {
+            return Err(RecvError::SchemaMismatch(mismatch));
+        }
         if self.ready()? {
             return self.take();
         }
@@ -798,6 +815,9 @@ impl<T: Message> Receiver<T> {
     ///
     /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Received<'_, T>, RecvError> {
+        if let Some(mismatch) = self.watch.check() {
+            return Err(RecvError::SchemaMismatch(mismatch));
+        }
         if self.ready()? {
             return self.take();
         }
