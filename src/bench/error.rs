@@ -129,6 +129,58 @@ pub enum BenchError {
         /// How long.
         waited: Duration,
     },
+    /// A transport of the `peers` feature (iceoryx2, ipc-channel) was asked for in a build
+    /// without that feature.
+    #[error(
+        "the {transport} transport is not in this build of shmesh: rebuild with the `peers` \
+         feature (`cargo build --release --features peers`, or `cargo run --release --features \
+         peers -- bench ...`)"
+    )]
+    NeedsPeers {
+        /// The transport asked for.
+        transport: Transport,
+    },
+    /// A call into a peer IPC library (iceoryx2, ipc-channel) failed.
+    #[error("{library}: {what} failed")]
+    Library {
+        /// `iceoryx2` or `ipc-channel`.
+        library: &'static str,
+        /// What was being done.
+        what: String,
+        /// The library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// A line of the input of `shmesh bench plot` is not a result line of `shmesh bench`.
+    #[error(
+        "{path}, line {line}: {detail} (the input must be the output of `shmesh bench pingpong \
+         --json`: one JSON object per line; several runs may be concatenated)"
+    )]
+    PlotInput {
+        /// The input file.
+        path: String,
+        /// The line, from 1.
+        line: usize,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The input of `shmesh bench plot` holds no ping-pong result.
+    #[error(
+        "{path} holds no ping-pong result: give `shmesh bench plot --input` the output of \
+         `shmesh bench pingpong --json`"
+    )]
+    PlotEmpty {
+        /// The input file.
+        path: String,
+    },
+    /// Drawing or writing the chart failed.
+    #[error("drawing the chart into {path} failed: {detail} (is its directory writable?)")]
+    PlotDraw {
+        /// The output file.
+        path: String,
+        /// The drawing library's error.
+        detail: String,
+    },
     /// A bad combination of options (those clap cannot check by itself).
     #[error("{0}")]
     Usage(String),
@@ -148,6 +200,20 @@ impl BenchError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
         let what = what.into();
         move |source| BenchError::Io { what, source }
+    }
+
+    /// A [`Library`](Self::Library) error maker for `map_err`.
+    #[cfg(feature = "peers")]
+    pub(crate) fn library<E: std::error::Error + Send + Sync + 'static>(
+        library: &'static str,
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Library {
+            library,
+            what,
+            source: Box::new(source),
+        }
     }
 
     /// An [`Os`](Self::Os) error maker for `map_err`.

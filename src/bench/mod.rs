@@ -1,9 +1,16 @@
-//! `shmesh bench`: shmesh's ring against the kernel's IPC, between two real processes.
+//! `shmesh bench`: shmesh's ring against the kernel's IPC and other IPC libraries, between
+//! two real processes.
 //!
 //! - `shmesh bench pingpong`: round-trip latency, one message each way, as HdrHistogram
 //!   percentiles (p50, p99, p99.9, max) of one sample per round trip.
 //! - `shmesh bench throughput`: messages per second and bytes per second one way.
 //! - `shmesh bench memcpy`: single-core copy bandwidth, the reference for throughput.
+//! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
+//!   lines of `pingpong` runs ([`plot`]).
+//!
+//! The transports: the cache-line floor, the shmesh ring, Unix sockets, FIFOs and TCP
+//! loopback always; iceoryx2 and ipc-channel with the cargo feature `peers`
+//! ([`Transport`]).
 //!
 //! # How a measurement runs
 //!
@@ -25,11 +32,23 @@
 //!      the receipt of the last warm-up message to the receipt of the last message; the rate
 //!      is measured messages over that time.
 //!
-//! Every message is honest work for every transport alike: the sender writes every byte (the
-//! sequence number first), the receiver checks the sequence number and reads one word of
-//! every cache line. A mismatch is an error, not a figure. The shm ring is written and read in
-//! place (claim, fill, commit; read, touch, release); sockets and pipes use one `write_all` and
-//! one `read_exact` of exactly `size` bytes per message.
+//! Every message is the same work for every transport ([`Touch`]). With `--touch all` (the
+//! default) the sender writes every byte (the sequence number first), the receiver checks the
+//! sequence number and reads one word of every cache line. With `--touch none` the sender
+//! writes the sequence number only and the receiver reads it only, as iceoryx2's own
+//! benchmark measures (a loan sent untouched). A mismatch is an error, not a figure. The shm
+//! ring is written and read in place (claim, fill, commit; read, touch, release); sockets and
+//! pipes use one `write_all` and one `read_exact` of exactly `size` bytes per message.
+//!
+//! The transports of the `peers` feature:
+//!
+//! - *iceoryx2*: publish-subscribe with a `[u8]` payload of `size` bytes, one service per
+//!   direction, history 0, no overflow (the publisher retries until delivered), subscribers
+//!   busy-polling as iceoryx2's benchmark does. Each run has its own root directory (in the
+//!   run's private temporary directory) and file prefix, and removes them.
+//! - *ipc-channel*: the typed [`BenchMessage`](message::BenchMessage) (about 1 KiB) through
+//!   serde and bincode, one channel per direction, set up through an `IpcOneShotServer`. It is
+//!   measured once per run, whatever `--size` says, and reports the encoded message size.
 //!
 //! # Bounded waits
 //!
@@ -40,7 +59,13 @@
 //! (`PR_SET_PDEATHSIG`).
 
 mod error;
+#[cfg(feature = "peers")]
+mod iceoryx;
+#[cfg(feature = "peers")]
+mod ipc;
 pub mod memcpy;
+pub mod message;
+pub mod plot;
 mod process;
 pub mod report;
 mod transport;
@@ -102,13 +127,13 @@ impl Bench {
     /// Pingpong: 20 000 round trips up to 4 KiB; above, about 1 GiB each way, between 100 and
     /// 5 000. Throughput: about 1 GiB of messages, at least 16, at most 5 000 000 for shm
     /// (a quarter of a second at 20 M messages/s: shorter runs catch the ring's start-up, not
-    /// its steady state) and 500 000 for the kernel transports (about a second for them).
+    /// its steady state) and iceoryx2, 500 000 for the others (about a second for them).
     pub fn default_iters(self, transport: Transport, size: usize) -> u64 {
         let gib = (1u64 << 30) / size.max(1) as u64;
         match (self, transport) {
             (Bench::PingPong, _) if size <= 4096 => 20_000,
             (Bench::PingPong, _) => gib.clamp(100, 5_000),
-            (Bench::Throughput, Transport::Shm | Transport::Cacheline) => gib.clamp(16, 5_000_000),
+            (Bench::Throughput, t) if t.is_shared_memory() => gib.clamp(16, 5_000_000),
             (Bench::Throughput, _) => gib.clamp(16, 500_000),
         }
     }
@@ -153,6 +178,33 @@ impl Wait {
 }
 
 impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How much of each message the two ends write and read (`--touch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Touch {
+    /// The sender writes every byte; the receiver checks the sequence number and reads one
+    /// word of every cache line (the typed message: every field written and checked).
+    All,
+    /// The sender writes the sequence number only; the receiver checks it only. Sockets and
+    /// pipes still copy every byte through the kernel.
+    None,
+}
+
+impl Touch {
+    /// The name used on the command line and in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Touch::All => "all",
+            Touch::None => "none",
+        }
+    }
+}
+
+impl fmt::Display for Touch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
@@ -227,6 +279,15 @@ pub enum BenchCommand {
     /// Copies SIZE bytes between two buffers of 2 x SIZE bytes, alternating halves; one warm
     /// run, then the median of 7 runs of about 256 MiB each.
     Memcpy(MemcpyArgs),
+    /// Draws p50 round-trip latency against message size as an SVG chart.
+    ///
+    /// Reads the JSON lines of `shmesh bench pingpong --json` (several runs concatenated are
+    /// fine: each point is the median p50 of the lines with its transport, size, touch and
+    /// wait; lines of other benches are skipped). Both axes are logarithmic; one line per
+    /// transport, named with its touch mode and wait strategy when the input has several.
+    /// The title gives this machine's CPU and kernel (or --machine) and the median cl_ns of
+    /// the input.
+    Plot(plot::PlotArgs),
 }
 
 /// Options of `shmesh bench pingpong` and `shmesh bench throughput`.
@@ -239,6 +300,12 @@ pub struct BenchArgs {
     /// it). shm: the shmesh SPSC ring in shared memory (two rings for pingpong, one for
     /// throughput). uds: Unix stream socket. pipe: named FIFOs. tcp: loopback 127.0.0.1 with
     /// TCP_NODELAY.
+    ///
+    /// Built with `--features peers` only: iceoryx2: iceoryx2 publish-subscribe, a [u8]
+    /// sample of SIZE bytes per message, busy-polling subscribers. ipc-channel: servo's
+    /// ipc-channel sending a typed message of about 1 KiB through serde/bincode; --size does
+    /// not apply to it: it is measured once (with the first size) and its size column is the
+    /// encoded message size.
     #[arg(
         long,
         value_enum,
@@ -260,6 +327,20 @@ pub struct BenchArgs {
     /// futex. Sockets and pipes always block in the kernel; the value is still reported.
     #[arg(long, value_enum, default_value_t = Wait::Spin)]
     pub wait: Wait,
+    /// How much of each message is written and read: every byte, or the sequence number only.
+    ///
+    /// all: the sender writes every byte, the receiver checks the sequence number and reads
+    /// one word of every cache line (ipc-channel: every field refilled and checked). none:
+    /// loan and send without touching the payload, as iceoryx2 measures: the shm ring and
+    /// iceoryx2 claim SIZE bytes, write only the 8-byte sequence number (iceoryx2: in the
+    /// sample's user header, the only part safe Rust may leave unwritten) and commit; the
+    /// receiver reads only the sequence number. Sockets and pipes have no loan: with none they
+    /// still move all SIZE bytes through the kernel (write_all / read_exact), only the filling
+    /// and reading in user space are skipped. ipc-channel still serializes and deserializes
+    /// the whole message; only its seq is updated and checked. cacheline moves one word
+    /// either way.
+    #[arg(long, value_enum, default_value_t = Touch::All)]
+    pub touch: Touch,
     /// Measured round trips (pingpong) or messages (throughput) per transport and size, after
     /// a 10% warm-up.
     ///
@@ -304,6 +385,9 @@ pub struct PeerArgs {
     /// Wait strategy of the ring.
     #[arg(long, value_enum)]
     pub wait: Wait,
+    /// How much of each message to write and read.
+    #[arg(long, value_enum, default_value_t = Touch::All)]
+    pub touch: Touch,
     /// Messages to exchange, warm-up included.
     #[arg(long)]
     pub messages: u64,
@@ -322,13 +406,18 @@ pub struct PeerArgs {
 }
 
 /// The measurements `bench` would make for these lists: sizes outer, transports inner, each
-/// list deduplicated in order; the cacheline transport is skipped for throughput.
+/// list deduplicated in order; the cacheline transport is skipped for throughput, and the
+/// transports that send the fixed typed message ([`Transport::sends_typed_message`]) are
+/// measured with the first size only.
 pub fn plan(bench: Bench, transports: &[Transport], sizes: &[usize]) -> Vec<(usize, Transport)> {
     let transports = dedup(transports);
     let mut out = Vec::new();
-    for size in dedup(sizes) {
+    for (i, size) in dedup(sizes).into_iter().enumerate() {
         for &transport in &transports {
             if bench == Bench::Throughput && transport == Transport::Cacheline {
+                continue;
+            }
+            if transport.sends_typed_message() && i > 0 {
                 continue;
             }
             out.push((size, transport));
@@ -357,6 +446,7 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Pingpong(args) => run_ipc(Bench::PingPong, &args),
         BenchCommand::Throughput(args) => run_ipc(Bench::Throughput, &args),
         BenchCommand::Memcpy(args) => run_memcpy(&args),
+        BenchCommand::Plot(args) => plot::run(&args),
     }
 }
 
@@ -437,6 +527,7 @@ fn run_memcpy(args: &MemcpyArgs) -> Result<(), BenchError> {
 struct Ctx {
     bench: Bench,
     wait: Wait,
+    touch: Touch,
     iters: Option<u64>,
     child_cpu: Option<usize>,
     dir: TempDir,
@@ -445,6 +536,9 @@ struct Ctx {
 }
 
 fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
+    for transport in dedup(&args.transport) {
+        transport.check_available()?;
+    }
     let measurements = plan(bench, &args.transport, &args.size);
     if measurements.is_empty() {
         return Err(BenchError::Usage(
@@ -466,6 +560,7 @@ fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
     let mut ctx = Ctx {
         bench,
         wait: args.wait,
+        touch: args.touch,
         iters: args.iters,
         child_cpu: cpus.map(|(_, child)| child),
         dir,
@@ -478,6 +573,7 @@ fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
     };
     let mut out = Output::new(args.json, table, measurements.len());
     for (size, transport) in measurements {
+        let size = transport.message_size(size);
         let label = format!("{bench} {transport} {}", report::format_size(size));
         out.bar.set_message(label.clone());
         let row = measure(&mut ctx, transport, size, &out.bar, label).map_err(|e| {
@@ -524,6 +620,7 @@ fn measure(
         bench: ctx.bench,
         size,
         wait: ctx.wait.strategy(),
+        touch: ctx.touch,
         tag: &tag,
         dir: ctx.dir.path(),
     };
@@ -538,6 +635,7 @@ fn measure(
         format!("--transport={transport}"),
         format!("--size={size}"),
         format!("--wait={}", ctx.wait),
+        format!("--touch={}", ctx.touch),
         format!("--messages={}", warmup + measured),
         format!("--probe={probe_name}"),
         format!("--endpoint={endpoint}"),
@@ -555,6 +653,7 @@ fn measure(
     );
     let peer_result = peer.finish(outcome.is_err());
     drop(kept);
+    transport::clean_up(&plan);
     match (outcome, peer_result) {
         (Ok(row), Ok(())) => Ok(row),
         // The watchdog killed the peer: that is the story, not the peer's death.
@@ -590,6 +689,7 @@ fn parent_side(
             plan.transport,
             plan.size,
             ctx.wait,
+            ctx.touch,
             cl_ns,
             &h,
         ))
@@ -608,6 +708,7 @@ fn parent_side(
                         transport: plan.transport,
                         size: plan.size,
                         wait: ctx.wait,
+                        touch: ctx.touch,
                         messages: measured,
                         cl_ns,
                         msgs_per_s,
@@ -756,6 +857,7 @@ pub fn run_peer(args: &PeerArgs) -> Result<(), BenchError> {
         bench: args.bench,
         size: args.size,
         wait: args.wait.strategy(),
+        touch: args.touch,
         tag,
         dir,
     };
@@ -808,7 +910,7 @@ mod tests {
     fn ipc_args(args: &[&str]) -> BenchArgs {
         match parse(args).unwrap() {
             BenchCommand::Pingpong(a) | BenchCommand::Throughput(a) => a,
-            BenchCommand::Memcpy(_) => panic!("not an IPC bench"),
+            other => panic!("not an IPC bench: {other:?}"),
         }
     }
 
@@ -837,6 +939,7 @@ mod tests {
         assert_eq!(a.transport, [Transport::Shm, Transport::Uds]);
         assert_eq!(a.size, [64, 4096, 1 << 20]);
         assert_eq!(a.wait, Wait::Spin);
+        assert_eq!(a.touch, Touch::All);
         assert_eq!(a.iters, None);
         assert!(!a.json);
         let a = ipc_args(&[
@@ -851,12 +954,47 @@ mod tests {
         assert_eq!(a.iters, Some(2000));
         assert!(a.json);
         assert_eq!(a.wait, Wait::Yield);
+        let a = ipc_args(&[
+            "throughput",
+            "--touch",
+            "none",
+            "--transport",
+            "iceoryx2,ipc-channel",
+        ]);
+        assert_eq!(a.touch, Touch::None);
+        assert_eq!(a.transport, [Transport::Iceoryx2, Transport::IpcChannel]);
+    }
+
+    #[test]
+    fn plot_takes_an_input_and_an_output() {
+        match parse(&["plot", "--input", "r.jsonl", "--output", "l.svg"]).unwrap() {
+            BenchCommand::Plot(p) => {
+                assert_eq!(p.input, std::path::Path::new("r.jsonl"));
+                assert_eq!(p.output, std::path::Path::new("l.svg"));
+                assert_eq!(p.machine, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["plot"]).is_err(), "--input is required");
+    }
+
+    #[test]
+    fn peer_transports_need_the_feature() {
+        for t in Transport::ALL {
+            let available = t.check_available();
+            if t.is_peer_library() && !cfg!(feature = "peers") {
+                let err = available.unwrap_err().to_string();
+                assert!(err.contains("--features peers"), "{err}");
+            } else {
+                available.unwrap();
+            }
+        }
     }
 
     #[test]
     fn defaults_are_every_transport_and_the_standard_sizes() {
         let a = ipc_args(&["pingpong"]);
-        assert_eq!(a.transport, Transport::ALL);
+        assert_eq!(a.transport, Transport::DEFAULT);
         assert_eq!(a.size, DEFAULT_SIZES);
         match parse(&["memcpy"]).unwrap() {
             BenchCommand::Memcpy(m) => assert_eq!(m.size, DEFAULT_SIZES),
@@ -871,6 +1009,7 @@ mod tests {
         assert!(parse(&["pingpong", "--size", "0"]).is_err());
         assert!(parse(&["pingpong", "--iters", "0"]).is_err());
         assert!(parse(&["pingpong", "--wait", "sleep"]).is_err());
+        assert!(parse(&["pingpong", "--touch", "some"]).is_err());
         assert!(parse(&["memcpy", "--transport", "shm"]).is_err());
     }
 
@@ -891,6 +1030,23 @@ mod tests {
     }
 
     #[test]
+    fn plan_measures_the_typed_message_once() {
+        let t = [Transport::IpcChannel, Transport::Iceoryx2];
+        assert_eq!(
+            plan(Bench::PingPong, &t, &[64, 4096]),
+            [
+                (64, Transport::IpcChannel),
+                (64, Transport::Iceoryx2),
+                (4096, Transport::Iceoryx2)
+            ]
+        );
+        assert_eq!(
+            plan(Bench::Throughput, &t[..1], &[8, 8, 16]),
+            [(8, Transport::IpcChannel)]
+        );
+    }
+
+    #[test]
     fn default_iteration_counts() {
         use Transport::{Shm, Uds};
         assert_eq!(Bench::PingPong.default_iters(Shm, 8), 20_000);
@@ -900,6 +1056,14 @@ mod tests {
         assert_eq!(Bench::PingPong.default_iters(Shm, MAX_SIZE), 100);
         assert_eq!(Bench::Throughput.default_iters(Uds, 8), 500_000);
         assert_eq!(Bench::Throughput.default_iters(Shm, 8), 5_000_000);
+        assert_eq!(
+            Bench::Throughput.default_iters(Transport::Iceoryx2, 8),
+            5_000_000
+        );
+        assert_eq!(
+            Bench::Throughput.default_iters(Transport::IpcChannel, 1017),
+            500_000
+        );
         assert_eq!(Bench::Throughput.default_iters(Uds, 4096), 262_144);
         assert_eq!(Bench::Throughput.default_iters(Shm, 4096), 262_144);
         assert_eq!(Bench::Throughput.default_iters(Shm, 1 << 20), 1024);

@@ -95,7 +95,7 @@ impl Drop for TempDir {
 }
 
 /// Makes SIGINT, SIGTERM and SIGHUP remove this run's shared-memory segments
-/// (`bench.<pid>.*`) and `dir`, then exit with 128 + the signal number. The peer dies with us
+/// (`bench.<pid>.*`, and iceoryx2's files) and `dir`, then exit with 128 + the signal number. The peer dies with us
 /// (`PR_SET_PDEATHSIG`).
 ///
 /// Blocks those signals in the calling thread and so in every thread it starts afterwards: call
@@ -122,8 +122,11 @@ pub(crate) fn clean_up_on_signal(dir: PathBuf) -> Result<(), BenchError> {
     Ok(())
 }
 
-/// Removes the segments `bench.<pid>.*` left by a run of process `pid`.
+/// Removes the segments `bench.<pid>.*` left by a run of process `pid`, and the iceoryx2 files
+/// of its measurements.
 fn remove_segments(pid: u32) {
+    #[cfg(feature = "peers")]
+    super::iceoryx::remove_shm_files(&super::iceoryx::run_prefix(pid));
     let prefix = format!("{}bench.{pid}.", shmesh_ring::segment::NAME_PREFIX);
     let Ok(entries) = std::fs::read_dir("/dev/shm") else {
         return;

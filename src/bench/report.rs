@@ -4,9 +4,9 @@
 //! The JSON keys are fixed (later transports add rows, not keys):
 //!
 //! ```text
-//! {"bench":"pingpong","transport":"shm","size":64,"wait":"spin","samples":20000,"cl_ns":46,
-//!  "p50_ns":101,"p99_ns":150,"p999_ns":400,"max_ns":9000}
-//! {"bench":"throughput","transport":"shm","size":64,"wait":"spin","cl_ns":46,
+//! {"bench":"pingpong","transport":"shm","size":64,"wait":"spin","touch":"all","samples":20000,
+//!  "cl_ns":46,"p50_ns":101,"p99_ns":150,"p999_ns":400,"max_ns":9000}
+//! {"bench":"throughput","transport":"shm","size":64,"wait":"spin","touch":"all","cl_ns":46,
 //!  "msgs_per_s":20000000,"bytes_per_s":1280000000}
 //! {"bench":"memcpy","size":1048576,"bytes_per_s":12000000000}
 //! ```
@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use hdrhistogram::Histogram;
 
 use super::transport::Transport;
-use super::Wait;
+use super::{Touch, Wait};
 
 /// Round-trip latency of one transport at one message size.
 #[derive(Debug, Clone, PartialEq)]
@@ -27,6 +27,8 @@ pub struct PingPongRow {
     pub size: usize,
     /// The wait strategy (used by the shm ring only).
     pub wait: Wait,
+    /// How much of each message was written and read.
+    pub touch: Touch,
     /// Round trips recorded (after the warm-up).
     pub samples: u64,
     /// The cache-line round trip measured right before, in ns (median).
@@ -47,6 +49,7 @@ impl PingPongRow {
         transport: Transport,
         size: usize,
         wait: Wait,
+        touch: Touch,
         cl_ns: u64,
         hist: &Histogram<u64>,
     ) -> Self {
@@ -54,6 +57,7 @@ impl PingPongRow {
             transport,
             size,
             wait,
+            touch,
             samples: hist.len(),
             cl_ns,
             p50_ns: hist.value_at_quantile(0.5),
@@ -73,6 +77,8 @@ pub struct ThroughputRow {
     pub size: usize,
     /// The wait strategy (used by the shm ring only).
     pub wait: Wait,
+    /// How much of each message was written and read.
+    pub touch: Touch,
     /// Messages timed (after the warm-up).
     pub messages: u64,
     /// The cache-line round trip measured right before, in ns (median).
@@ -119,11 +125,12 @@ impl Row {
         match self {
             Row::PingPong(r) => format!(
                 "{{\"bench\":\"pingpong\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
-                 \"samples\":{},\"cl_ns\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\
-                 \"max_ns\":{}}}",
+                 \"touch\":\"{}\",\"samples\":{},\"cl_ns\":{},\"p50_ns\":{},\"p99_ns\":{},\
+                 \"p999_ns\":{},\"max_ns\":{}}}",
                 r.transport,
                 r.size,
                 r.wait,
+                r.touch,
                 r.samples,
                 r.cl_ns,
                 r.p50_ns,
@@ -133,10 +140,11 @@ impl Row {
             ),
             Row::Throughput(r) => format!(
                 "{{\"bench\":\"throughput\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
-                 \"cl_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
+                 \"touch\":\"{}\",\"cl_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
                 r.transport,
                 r.size,
                 r.wait,
+                r.touch,
                 r.cl_ns,
                 rate(r.msgs_per_s),
                 rate(r.bytes_per_s)
@@ -155,10 +163,11 @@ impl Row {
             Row::PingPong(r) => {
                 let lat = |ns| with_ratio(ns, r.cl_ns);
                 format!(
-                    "{:<9} {:>7} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                    "{:<11} {:>8} {:<5} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
                     r.transport.name(),
                     format_size(r.size),
                     r.wait.name(),
+                    r.touch.name(),
                     r.samples,
                     r.cl_ns,
                     lat(r.p50_ns),
@@ -168,10 +177,11 @@ impl Row {
                 )
             }
             Row::Throughput(r) => format!(
-                "{:<9} {:>7} {:<5} {:>9} {:>6} {:>12} {:>10.1}",
+                "{:<11} {:>8} {:<5} {:<5} {:>9} {:>6} {:>12} {:>10.1}",
                 r.transport.name(),
                 format_size(r.size),
                 r.wait.name(),
+                r.touch.name(),
                 r.messages,
                 r.cl_ns,
                 rate(r.msgs_per_s),
@@ -203,10 +213,11 @@ impl Table {
     pub fn header(self) -> String {
         match self {
             Table::PingPong => format!(
-                "{:<9} {:>7} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                "{:<11} {:>8} {:<5} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
                 "transport",
                 "size",
                 "wait",
+                "touch",
                 "samples",
                 "cl_ns",
                 "p50 ns (x cl)",
@@ -215,8 +226,8 @@ impl Table {
                 "max ns (x cl)"
             ),
             Table::Throughput => format!(
-                "{:<9} {:>7} {:<5} {:>9} {:>6} {:>12} {:>10}",
-                "transport", "size", "wait", "messages", "cl_ns", "msgs/s", "MB/s"
+                "{:<11} {:>8} {:<5} {:<5} {:>9} {:>6} {:>12} {:>10}",
+                "transport", "size", "wait", "touch", "messages", "cl_ns", "msgs/s", "MB/s"
             ),
             Table::Memcpy => format!("{:>7} {:>10} {:>14}", "size", "GB/s", "bytes/s"),
         }
@@ -278,6 +289,7 @@ mod tests {
             transport: Transport::Shm,
             size: 64,
             wait: Wait::Spin,
+            touch: Touch::All,
             samples: 20_000,
             cl_ns: 45,
             p50_ns: 100,
@@ -297,6 +309,7 @@ mod tests {
                 "transport",
                 "size",
                 "wait",
+                "touch",
                 "samples",
                 "cl_ns",
                 "p50_ns",
@@ -307,7 +320,7 @@ mod tests {
         );
         assert_eq!(
             json,
-            r#"{"bench":"pingpong","transport":"shm","size":64,"wait":"spin","samples":20000,"cl_ns":45,"p50_ns":100,"p99_ns":180,"p999_ns":900,"max_ns":45000}"#
+            r#"{"bench":"pingpong","transport":"shm","size":64,"wait":"spin","touch":"all","samples":20000,"cl_ns":45,"p50_ns":100,"p99_ns":180,"p999_ns":900,"max_ns":45000}"#
         );
     }
 
@@ -317,6 +330,7 @@ mod tests {
             transport: Transport::Uds,
             size: 4096,
             wait: Wait::Futex,
+            touch: Touch::None,
             messages: 10,
             cl_ns: 420,
             msgs_per_s: 123_456.6,
@@ -330,6 +344,7 @@ mod tests {
                 "transport",
                 "size",
                 "wait",
+                "touch",
                 "cl_ns",
                 "msgs_per_s",
                 "bytes_per_s"
@@ -339,7 +354,7 @@ mod tests {
             json.contains(r#""msgs_per_s":123457,"bytes_per_s":505678643}"#),
             "{json}"
         );
-        assert!(json.contains(r#""wait":"futex""#), "{json}");
+        assert!(json.contains(r#""wait":"futex","touch":"none""#), "{json}");
     }
 
     #[test]
@@ -368,7 +383,7 @@ mod tests {
             hist.record(ns * 10).unwrap();
         }
         hist.record(1_000_000).unwrap();
-        let r = PingPongRow::from_histogram(Transport::Tcp, 8, Wait::Yield, 50, &hist);
+        let r = PingPongRow::from_histogram(Transport::Tcp, 8, Wait::Yield, Touch::All, 50, &hist);
         assert_eq!(r.samples, 1001);
         assert!((4990..=5020).contains(&r.p50_ns), "{r:?}");
         assert!((9890..=9920).contains(&r.p99_ns), "{r:?}");
@@ -405,6 +420,7 @@ mod tests {
             transport: Transport::Pipe,
             size: 1 << 20,
             wait: Wait::Spin,
+            touch: Touch::All,
             messages: 1000,
             cl_ns: 45,
             msgs_per_s: 2000.0,

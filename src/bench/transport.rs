@@ -6,14 +6,23 @@
 //! are then driven through [`Endpoint`], one message at a time, the same way for every
 //! transport:
 //!
-//! - the sender writes every byte of the message ([`fill`]): the sequence number in the first
-//!   8 bytes (what fits of it below 8), a byte derived from it in the rest;
-//! - the receiver checks the sequence number and reads one word of every cache line
-//!   ([`check`]): a mismatch is an error, never a figure.
+//! - with `--touch all`, the sender writes every byte of the message ([`fill`]): the sequence
+//!   number in the first 8 bytes (what fits of it below 8), a byte derived from it in the
+//!   rest; the receiver checks the sequence number and reads one word of every cache line
+//!   ([`check`]);
+//! - with `--touch none`, the sender writes the sequence number only ([`write_seq`]) and the
+//!   receiver checks it only;
+//! - either way a mismatch is an error, never a figure.
 //!
 //! A socket message is exactly `size` bytes, sent with one `write_all` and received with one
-//! `read_exact`, as an application would. A ring message is claimed, written in place and
-//! committed; read in place and released.
+//! `read_exact`, as an application would (with `--touch none` too: the kernel copies every
+//! byte). A ring message is claimed, written in place and committed; read in place and
+//! released.
+//!
+//! The transports of the `peers` feature live in their own modules: `iceoryx2`
+//! (`super::iceoryx`, a loaned `[u8]` sample per message) and `ipc-channel` (`super::ipc`,
+//! the typed [`BenchMessage`](super::message::BenchMessage) through serde). They plug in
+//! here as [`ParentSetup`] variants and [`connect_peer`] arms.
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -34,7 +43,7 @@ use shmesh_ring::{
 };
 
 use super::error::BenchError;
-use super::{Bench, OP_TIMEOUT};
+use super::{Bench, Touch, OP_TIMEOUT};
 
 /// An IPC mechanism `shmesh bench` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum)]
@@ -49,11 +58,30 @@ pub enum Transport {
     Pipe,
     /// TCP over loopback (127.0.0.1) with TCP_NODELAY.
     Tcp,
+    /// iceoryx2 publish-subscribe over shared memory, busy-polling (feature `peers`).
+    Iceoryx2,
+    /// servo's ipc-channel: the typed [`BenchMessage`](super::message::BenchMessage) through
+    /// serde and bincode over Unix sockets (feature `peers`).
+    IpcChannel,
+    // The `typed` transport (shmesh's own typed rkyv channel, `src/channel`, sending the same
+    // `BenchMessage`) comes here: a variant, its name, `sends_typed_message() == true`, and a
+    // `ParentSetup` variant and `connect_peer` arm like `IpcChannel`'s.
 }
 
 impl Transport {
-    /// Every transport, in the default order.
-    pub const ALL: [Transport; 5] = [
+    /// Every transport.
+    pub const ALL: [Transport; 7] = [
+        Transport::Cacheline,
+        Transport::Shm,
+        Transport::Uds,
+        Transport::Pipe,
+        Transport::Tcp,
+        Transport::Iceoryx2,
+        Transport::IpcChannel,
+    ];
+
+    /// The default `--transport` list: those that need no optional feature.
+    pub const DEFAULT: [Transport; 5] = [
         Transport::Cacheline,
         Transport::Shm,
         Transport::Uds,
@@ -69,6 +97,52 @@ impl Transport {
             Transport::Uds => "uds",
             Transport::Pipe => "pipe",
             Transport::Tcp => "tcp",
+            Transport::Iceoryx2 => "iceoryx2",
+            Transport::IpcChannel => "ipc-channel",
+        }
+    }
+
+    /// Whether this transport comes from the `peers` feature.
+    pub fn is_peer_library(self) -> bool {
+        matches!(self, Transport::Iceoryx2 | Transport::IpcChannel)
+    }
+
+    /// Whether this transport sends the fixed typed
+    /// [`BenchMessage`](super::message::BenchMessage) rather than `--size` bytes: it is then
+    /// measured once, and its rows give the message's encoded size.
+    pub fn sends_typed_message(self) -> bool {
+        matches!(self, Transport::IpcChannel)
+    }
+
+    /// Whether the receiver polls shared memory (no system call per message): such transports
+    /// get the larger default throughput message count.
+    pub fn is_shared_memory(self) -> bool {
+        matches!(
+            self,
+            Transport::Cacheline | Transport::Shm | Transport::Iceoryx2
+        )
+    }
+
+    /// Fails when this build cannot run this transport.
+    ///
+    /// # Errors
+    ///
+    /// [`BenchError::NeedsPeers`] for iceoryx2 and ipc-channel in a build without the `peers`
+    /// feature.
+    pub fn check_available(self) -> Result<(), BenchError> {
+        if self.is_peer_library() && !cfg!(feature = "peers") {
+            return Err(BenchError::NeedsPeers { transport: self });
+        }
+        Ok(())
+    }
+
+    /// The bytes one message of this transport carries when `--size` is `size`: `size`, or
+    /// the encoded size of the typed message for the transports that send it.
+    pub fn message_size(self, size: usize) -> usize {
+        match self {
+            #[cfg(feature = "peers")]
+            Transport::IpcChannel => super::ipc::message_size(),
+            _ => size,
         }
     }
 }
@@ -87,7 +161,32 @@ pub(crate) fn fill(buf: &mut [u8], seq: u64) {
     let n = buf.len().min(head.len());
     buf[..n].copy_from_slice(&head[..n]);
     if buf.len() > n {
-        buf[n..].fill(seq as u8 ^ 0x5a);
+        buf[n..].fill(fill_byte(seq));
+    }
+}
+
+/// Writes the sequence number of message `seq` into `buf` (what fits of it) and nothing
+/// else: the sender's work with `--touch none`.
+#[inline]
+pub(crate) fn write_seq(buf: &mut [u8], seq: u64) {
+    let head = seq.to_le_bytes();
+    let n = buf.len().min(head.len());
+    buf[..n].copy_from_slice(&head[..n]);
+}
+
+/// The byte [`fill`] writes after the sequence number.
+#[inline]
+pub(crate) fn fill_byte(seq: u64) -> u8 {
+    seq as u8 ^ 0x5a
+}
+
+/// Writes message `seq` as `touch` says: every byte ([`fill`]) or the sequence number only
+/// ([`write_seq`]).
+#[inline]
+pub(crate) fn write_message(buf: &mut [u8], seq: u64, touch: Touch) {
+    match touch {
+        Touch::All => fill(buf, seq),
+        Touch::None => write_seq(buf, seq),
     }
 }
 
@@ -105,13 +204,14 @@ pub(crate) fn touch(buf: &[u8]) -> u64 {
     sum
 }
 
-/// Checks that `buf` is message `seq` of `size` bytes, and touches every cache line of it.
+/// Checks that `buf` is message `seq` of `size` bytes; with [`Touch::All`], also reads one
+/// word of every cache line of it.
 ///
 /// # Errors
 ///
 /// [`BenchError::Corrupt`] when the length or the sequence number differ.
 #[inline]
-pub(crate) fn check(buf: &[u8], seq: u64, size: usize) -> Result<(), BenchError> {
+pub(crate) fn check(buf: &[u8], seq: u64, size: usize, touch: Touch) -> Result<(), BenchError> {
     if buf.len() != size {
         return Err(BenchError::Corrupt {
             seq,
@@ -131,7 +231,9 @@ pub(crate) fn check(buf: &[u8], seq: u64, size: usize) -> Result<(), BenchError>
             ),
         });
     }
-    black_box(touch(buf));
+    if touch == Touch::All {
+        black_box(self::touch(buf));
+    }
     Ok(())
 }
 
@@ -164,6 +266,7 @@ pub(crate) struct ShmEndpoint {
     tx: Option<Producer<ShmMemory>>,
     rx: Option<Consumer<ShmMemory>>,
     size: usize,
+    touch: Touch,
 }
 
 impl Endpoint for ShmEndpoint {
@@ -174,7 +277,7 @@ impl Endpoint for ShmEndpoint {
         // wait strategy, and ends with `PeerGone` if the consumer dies (the parent's stall
         // watchdog kills a peer that hangs).
         let mut grant = tx.claim(self.size).map_err(BenchError::Claim)?;
-        fill(&mut grant, seq);
+        write_message(&mut grant, seq, self.touch);
         grant.commit(self.size);
         Ok(())
     }
@@ -184,7 +287,7 @@ impl Endpoint for ShmEndpoint {
         let rx = self.rx.as_mut().ok_or_else(|| wrong_direction("receive"))?;
         // As in `send`: bounded by `PeerGone` and the stall watchdog.
         let record = rx.read().map_err(BenchError::Read)?;
-        check(&record, seq, self.size)
+        check(&record, seq, self.size, self.touch)
     }
 }
 
@@ -211,15 +314,17 @@ pub(crate) struct StreamEndpoint<R, W> {
     writer: Option<W>,
     in_buf: Vec<u8>,
     out_buf: Vec<u8>,
+    touch: Touch,
 }
 
 impl<R: Read, W: Write> StreamEndpoint<R, W> {
-    fn new(reader: Option<R>, writer: Option<W>, size: usize) -> Self {
+    fn new(reader: Option<R>, writer: Option<W>, size: usize, touch: Touch) -> Self {
         StreamEndpoint {
             reader,
             writer,
             in_buf: vec![0; size],
             out_buf: vec![0; size],
+            touch,
         }
     }
 }
@@ -231,7 +336,7 @@ impl<R: Read, W: Write> Endpoint for StreamEndpoint<R, W> {
             .writer
             .as_mut()
             .ok_or_else(|| wrong_direction("send"))?;
-        fill(&mut self.out_buf, seq);
+        write_message(&mut self.out_buf, seq, self.touch);
         writer
             .write_all(&self.out_buf)
             .map_err(|e| stream_error(e, "sending", seq))
@@ -246,7 +351,7 @@ impl<R: Read, W: Write> Endpoint for StreamEndpoint<R, W> {
         reader
             .read_exact(&mut self.in_buf)
             .map_err(|e| stream_error(e, "receiving", seq))?;
-        check(&self.in_buf, seq, self.in_buf.len())
+        check(&self.in_buf, seq, self.in_buf.len(), self.touch)
     }
 }
 
@@ -265,7 +370,7 @@ fn stream_error(e: io::Error, what: &str, seq: u64) -> BenchError {
 pub(crate) type Alive<'a> = &'a mut dyn FnMut() -> Result<(), BenchError>;
 
 /// Polls `ready` until it gives a value, checking the peer and the deadline in between.
-fn wait_for<T>(
+pub(crate) fn wait_for<T>(
     what: &'static str,
     alive: Alive<'_>,
     mut ready: impl FnMut() -> Result<Option<T>, BenchError>,
@@ -304,6 +409,12 @@ pub(crate) enum ParentSetup {
         /// Child to parent.
         c2p: PathBuf,
     },
+    /// The iceoryx2 node, services and the parent's ports.
+    #[cfg(feature = "peers")]
+    Iceoryx2(super::iceoryx::Setup),
+    /// The ipc-channel one-shot server the peer connects to.
+    #[cfg(feature = "peers")]
+    IpcChannel(super::ipc::Setup),
 }
 
 /// Where the transport named `tag` lives, and how its ends are set.
@@ -313,6 +424,7 @@ pub(crate) struct Plan<'a> {
     pub(crate) bench: Bench,
     pub(crate) size: usize,
     pub(crate) wait: WaitStrategy,
+    pub(crate) touch: Touch,
     /// Unique name stem: `bench.<pid>.<n>`.
     pub(crate) tag: &'a str,
     /// Private directory for socket and FIFO files.
@@ -376,6 +488,7 @@ impl ParentSetup {
                             tx: Some(tx),
                             rx: Some(rx),
                             size: plan.size,
+                            touch: plan.touch,
                         }
                     }
                     Bench::Throughput => {
@@ -384,6 +497,7 @@ impl ParentSetup {
                             tx: None,
                             rx: Some(rx),
                             size: plan.size,
+                            touch: plan.touch,
                         }
                     }
                 };
@@ -427,6 +541,20 @@ impl ParentSetup {
                 let c2p = fifo("c2p")?;
                 Ok((ParentSetup::Pipe { p2c, c2p }, path_arg(&stem)?))
             }
+            #[cfg(feature = "peers")]
+            Transport::Iceoryx2 => {
+                let (setup, endpoint) = super::iceoryx::Setup::new(plan)?;
+                Ok((ParentSetup::Iceoryx2(setup), endpoint))
+            }
+            #[cfg(feature = "peers")]
+            Transport::IpcChannel => {
+                let (setup, endpoint) = super::ipc::Setup::new()?;
+                Ok((ParentSetup::IpcChannel(setup), endpoint))
+            }
+            #[cfg(not(feature = "peers"))]
+            transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
+                Err(BenchError::NeedsPeers { transport })
+            }
         }
     }
 
@@ -464,7 +592,7 @@ impl ParentSetup {
                             Err(e) => Err(BenchError::io("accepting on the Unix socket")(e)),
                         },
                     )?;
-                unix_stream(stream, plan.bench, true, size)
+                unix_stream(stream, plan, true)
             }
             ParentSetup::Tcp(listener) => {
                 listener
@@ -477,7 +605,7 @@ impl ParentSetup {
                         Err(e) => Err(BenchError::io("accepting on the TCP socket")(e)),
                     }
                 })?;
-                tcp_stream(stream, plan.bench, true, size)
+                tcp_stream(stream, plan, true)
             }
             ParentSetup::Pipe { p2c, c2p } => {
                 let reader = open_fifo_read(&c2p)?;
@@ -486,8 +614,17 @@ impl ParentSetup {
                     None => None,
                 };
                 pipe_handshake(writer.as_ref(), Some(&reader), alive)?;
-                Ok(Box::new(StreamEndpoint::new(Some(reader), writer, size)))
+                Ok(Box::new(StreamEndpoint::new(
+                    Some(reader),
+                    writer,
+                    size,
+                    plan.touch,
+                )))
             }
+            #[cfg(feature = "peers")]
+            ParentSetup::Iceoryx2(setup) => setup.connect(alive),
+            #[cfg(feature = "peers")]
+            ParentSetup::IpcChannel(setup) => setup.connect(plan, alive),
         }
     }
 }
@@ -503,9 +640,8 @@ fn path_arg(path: &Path) -> Result<String, BenchError> {
 
 fn unix_stream(
     stream: UnixStream,
-    bench: Bench,
+    plan: &Plan<'_>,
     parent: bool,
-    size: usize,
 ) -> Result<Box<dyn Endpoint>, BenchError> {
     stream
         .set_nonblocking(false)
@@ -516,7 +652,7 @@ fn unix_stream(
     stream
         .set_write_timeout(Some(OP_TIMEOUT))
         .map_err(BenchError::io("setting SO_SNDTIMEO"))?;
-    let (reads, writes) = directions(bench, parent);
+    let (reads, writes) = directions(plan.bench, parent);
     let reader = if reads {
         Some(
             stream
@@ -529,15 +665,15 @@ fn unix_stream(
     Ok(Box::new(StreamEndpoint::new(
         reader,
         writes.then_some(stream),
-        size,
+        plan.size,
+        plan.touch,
     )))
 }
 
 fn tcp_stream(
     stream: TcpStream,
-    bench: Bench,
+    plan: &Plan<'_>,
     parent: bool,
-    size: usize,
 ) -> Result<Box<dyn Endpoint>, BenchError> {
     stream
         .set_nonblocking(false)
@@ -551,7 +687,7 @@ fn tcp_stream(
     stream
         .set_write_timeout(Some(OP_TIMEOUT))
         .map_err(BenchError::io("setting SO_SNDTIMEO"))?;
-    let (reads, writes) = directions(bench, parent);
+    let (reads, writes) = directions(plan.bench, parent);
     let reader = if reads {
         Some(
             stream
@@ -564,7 +700,8 @@ fn tcp_stream(
     Ok(Box::new(StreamEndpoint::new(
         reader,
         writes.then_some(stream),
-        size,
+        plan.size,
+        plan.touch,
     )))
 }
 
@@ -656,6 +793,17 @@ fn pipe_handshake(
     Ok(())
 }
 
+/// Removes what a measurement of `plan` may have left outside the run's private directory
+/// (iceoryx2's files in /dev/shm, should one of its ends have died), once both ends are gone.
+pub(crate) fn clean_up(plan: &Plan<'_>) {
+    #[cfg(feature = "peers")]
+    if plan.transport == Transport::Iceoryx2 {
+        super::iceoryx::clean_up(plan.tag);
+    }
+    #[cfg(not(feature = "peers"))]
+    let _ = plan;
+}
+
 /// The peer's end of the cacheline transport: the probe it answers on.
 pub(crate) fn open_line(endpoint: &str) -> Result<CacheLineProbe, BenchError> {
     CacheLineProbe::open(endpoint).map_err(|source| BenchError::Segment {
@@ -688,6 +836,7 @@ pub(crate) fn connect_peer(
                         tx: Some(tx),
                         rx: Some(rx),
                         size,
+                        touch: plan.touch,
                     }
                 }
                 Bench::Throughput => {
@@ -697,6 +846,7 @@ pub(crate) fn connect_peer(
                         tx: Some(tx),
                         rx: None,
                         size,
+                        touch: plan.touch,
                     }
                 }
             };
@@ -712,7 +862,7 @@ pub(crate) fn connect_peer(
             let stream = UnixStream::connect(endpoint).map_err(BenchError::io(format!(
                 "connecting to the Unix socket {endpoint}"
             )))?;
-            unix_stream(stream, plan.bench, false, size)
+            unix_stream(stream, plan, false)
         }
         Transport::Tcp => {
             let addr: SocketAddr = endpoint.parse().map_err(|_| {
@@ -720,7 +870,7 @@ pub(crate) fn connect_peer(
             })?;
             let stream = TcpStream::connect_timeout(&addr, OP_TIMEOUT)
                 .map_err(BenchError::io(format!("connecting to {addr} over TCP")))?;
-            tcp_stream(stream, plan.bench, false, size)
+            tcp_stream(stream, plan, false)
         }
         Transport::Pipe => {
             let stem = PathBuf::from(endpoint);
@@ -734,7 +884,20 @@ pub(crate) fn connect_peer(
                 Bench::Throughput => (None, open_fifo_write(&c2p, &mut no_check)?),
             };
             pipe_handshake(Some(&writer), reader.as_ref(), &mut no_check)?;
-            Ok(Box::new(StreamEndpoint::new(reader, Some(writer), size)))
+            Ok(Box::new(StreamEndpoint::new(
+                reader,
+                Some(writer),
+                size,
+                plan.touch,
+            )))
+        }
+        #[cfg(feature = "peers")]
+        Transport::Iceoryx2 => super::iceoryx::connect_peer(plan, endpoint),
+        #[cfg(feature = "peers")]
+        Transport::IpcChannel => super::ipc::connect_peer(plan, endpoint),
+        #[cfg(not(feature = "peers"))]
+        transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
+            Err(BenchError::NeedsPeers { transport })
         }
     }
 }
@@ -748,7 +911,13 @@ mod tests {
         for size in [1, 3, 7, 8, 9, 63, 64, 65, 4096] {
             let mut buf = vec![0u8; size];
             fill(&mut buf, 0x0102_0304_0506_0708);
-            check(&buf, 0x0102_0304_0506_0708, size).unwrap();
+            check(&buf, 0x0102_0304_0506_0708, size, Touch::All).unwrap();
+            check(&buf, 0x0102_0304_0506_0708, size, Touch::None).unwrap();
+            let mut other = vec![0xffu8; size];
+            write_seq(&mut other, 0x0102_0304_0506_0708);
+            check(&other, 0x0102_0304_0506_0708, size, Touch::None).unwrap();
+            assert_eq!(other[..size.min(8)], buf[..size.min(8)]);
+            assert!(other[size.min(8)..].iter().all(|&b| b == 0xff), "{size}");
         }
     }
 
@@ -764,16 +933,18 @@ mod tests {
     fn check_rejects_a_wrong_sequence_number_or_length() {
         let mut buf = vec![0u8; 64];
         fill(&mut buf, 7);
-        let err = check(&buf, 8, 64).unwrap_err();
-        assert!(err.to_string().contains("sequence number 7"), "{err}");
-        assert!(matches!(
-            check(&buf[..32], 7, 64),
-            Err(BenchError::Corrupt { .. })
-        ));
-        let mut tiny = [0u8; 2];
-        fill(&mut tiny, 0x1ff);
-        check(&tiny, 0x1ff, 2).unwrap();
-        assert!(check(&tiny, 0x2ff, 2).is_err());
+        for touch in [Touch::All, Touch::None] {
+            let err = check(&buf, 8, 64, touch).unwrap_err();
+            assert!(err.to_string().contains("sequence number 7"), "{err}");
+            assert!(matches!(
+                check(&buf[..32], 7, 64, touch),
+                Err(BenchError::Corrupt { .. })
+            ));
+            let mut tiny = [0u8; 2];
+            write_message(&mut tiny, 0x1ff, touch);
+            check(&tiny, 0x1ff, 2, touch).unwrap();
+            assert!(check(&tiny, 0x2ff, 2, touch).is_err());
+        }
     }
 
     #[test]
