@@ -99,11 +99,22 @@ fn positive(v: &Value, key: &str) -> u64 {
 }
 
 fn check_pingpong(lines: &[Value], transports: &[&str], size: u64, samples: u64) {
+    check_pingpong_touch(lines, transports, size, samples, "all");
+}
+
+fn check_pingpong_touch(
+    lines: &[Value],
+    transports: &[&str],
+    size: u64,
+    samples: u64,
+    touch: &str,
+) {
     let expected: BTreeSet<&str> = [
         "bench",
         "transport",
         "size",
         "wait",
+        "touch",
         "samples",
         "cl_ns",
         "p50_ns",
@@ -121,6 +132,7 @@ fn check_pingpong(lines: &[Value], transports: &[&str], size: u64, samples: u64)
         assert_eq!(keys(v), expected, "{v}");
         assert_eq!(v["bench"], "pingpong", "{v}");
         assert_eq!(v["wait"], "spin", "{v}");
+        assert_eq!(v["touch"], touch, "{v}");
         assert_eq!(uint(v, "size"), size, "{v}");
         assert_eq!(uint(v, "samples"), samples, "{v}");
         positive(v, "cl_ns");
@@ -141,6 +153,7 @@ fn check_throughput(lines: &[Value], expected_rows: &[(&str, u64)]) {
         "transport",
         "size",
         "wait",
+        "touch",
         "cl_ns",
         "msgs_per_s",
         "bytes_per_s",
@@ -299,4 +312,266 @@ fn bad_options_fail_with_a_message() {
 
     let out = shmesh(&["bench", "pingpong", "--size", "1G"]);
     assert!(!out.status.success());
+}
+
+/// A fresh private directory for a test's files, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("shmesh-test.{name}.{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create a scratch directory");
+        Scratch(dir)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.0.join(file).to_str().expect("a UTF-8 path").to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn touch_none_sends_untouched_messages_on_every_transport() {
+    let _serial = serial();
+    let transports = ["cacheline", "shm", "uds", "pipe", "tcp"];
+    for size in ["64", "65536"] {
+        let lines = json_lines(&[
+            "bench",
+            "pingpong",
+            "--transport",
+            "cacheline,shm,uds,pipe,tcp",
+            "--size",
+            size,
+            "--iters",
+            "500",
+            "--touch",
+            "none",
+            "--json",
+        ]);
+        check_pingpong_touch(&lines, &transports, size.parse().unwrap(), 500, "none");
+    }
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "shm,uds",
+        "--size",
+        "3,4096",
+        "--iters",
+        "5000",
+        "--touch",
+        "none",
+        "--json",
+    ]);
+    check_throughput(
+        &lines,
+        &[("shm", 3), ("uds", 3), ("shm", 4096), ("uds", 4096)],
+    );
+    assert!(lines.iter().all(|v| v["touch"] == "none"), "{lines:?}");
+
+    let out = shmesh(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "shm",
+        "--size",
+        "8",
+        "--iters",
+        "100",
+        "--touch",
+        "none",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let mut table = stdout.lines();
+    assert!(
+        table.next().is_some_and(|h| h.contains("touch")),
+        "{stdout}"
+    );
+    assert!(
+        table.next().is_some_and(|r| r.contains(" none ")),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn plot_draws_the_results_of_real_runs() {
+    let scratch = Scratch::new("plot");
+    let results = scratch.path("results.jsonl");
+    let svg = scratch.path("latency.svg");
+    let mut jsonl = String::new();
+    {
+        let _serial = serial();
+        for touch in ["all", "all", "none"] {
+            let out = shmesh(&[
+                "bench",
+                "pingpong",
+                "--transport",
+                "cacheline,shm,uds",
+                "--size",
+                "64,4096",
+                "--iters",
+                "300",
+                "--touch",
+                touch,
+                "--json",
+            ]);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            jsonl.push_str(&String::from_utf8_lossy(&out.stdout));
+        }
+        // A throughput line among them is skipped.
+        let out = shmesh(&[
+            "bench",
+            "throughput",
+            "--transport",
+            "shm",
+            "--size",
+            "64",
+            "--iters",
+            "1000",
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        jsonl.push_str(&String::from_utf8_lossy(&out.stdout));
+    }
+    std::fs::write(&results, &jsonl).expect("write the results");
+    let out = shmesh(&["bench", "plot", "--input", &results, "--output", &svg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let chart = std::fs::read_to_string(&svg).expect("the SVG file");
+    assert!(chart.starts_with("<svg"), "{chart}");
+    for text in [
+        "cacheline (touch all)",
+        "shm (touch all)",
+        "uds (touch all)",
+        "cacheline (touch none)",
+        "shm (touch none)",
+        "uds (touch none)",
+        "message size",
+        "p50 round trip",
+        "median cl_ns",
+    ] {
+        assert!(chart.contains(text), "{text} is not in the chart");
+    }
+
+    // Bad input: an error naming the line, and no chart.
+    std::fs::write(&results, format!("{jsonl}{{\"bench\":\"pingpong\"}}\n")).unwrap();
+    let _ = std::fs::remove_file(&svg);
+    let out = shmesh(&["bench", "plot", "--input", &results, "--output", &svg]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = jsonl.lines().count() + 1;
+    assert!(stderr.contains(&format!("line {line}")), "{stderr}");
+    assert!(std::fs::metadata(&svg).is_err(), "a chart was written");
+    let out = shmesh(&["bench", "plot", "--input", &scratch.path("missing.jsonl")]);
+    assert!(!out.status.success());
+}
+
+#[cfg(not(feature = "peers"))]
+#[test]
+fn peer_transports_say_how_to_build_them() {
+    for transport in ["iceoryx2", "ipc-channel", "shm,iceoryx2"] {
+        let out = shmesh(&["bench", "pingpong", "--transport", transport]);
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--features peers"), "{stderr}");
+        assert!(
+            out.stdout.is_empty(),
+            "nothing is measured before the error"
+        );
+    }
+}
+
+/// The /dev/shm entries iceoryx2 made for this workspace's runs (`shmesh_iox2.*`).
+#[cfg(feature = "peers")]
+fn iceoryx2_files() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| name.starts_with("shmesh_iox2."))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(feature = "peers")]
+#[test]
+fn peers_measure_and_leave_nothing_behind() {
+    let _serial = serial();
+    let before = iceoryx2_files();
+    let default_root = std::path::Path::new("/tmp/iceoryx2");
+    let had_default_root = default_root.exists();
+    for touch in ["all", "none"] {
+        let lines = json_lines(&[
+            "bench",
+            "pingpong",
+            "--transport",
+            "iceoryx2,ipc-channel",
+            "--size",
+            "64,65536",
+            "--iters",
+            "500",
+            "--touch",
+            touch,
+            "--json",
+        ]);
+        let seen: Vec<(&str, u64)> = lines
+            .iter()
+            .map(|v| (v["transport"].as_str().unwrap_or("?"), uint(v, "size")))
+            .collect();
+        // ipc-channel sends its fixed typed message once, with its encoded size.
+        assert_eq!(
+            seen,
+            [("iceoryx2", 64), ("ipc-channel", 1017), ("iceoryx2", 65536)]
+        );
+        check_pingpong_touch(&lines[..1], &["iceoryx2"], 64, 500, touch);
+        check_pingpong_touch(&lines[1..2], &["ipc-channel"], 1017, 500, touch);
+
+        let lines = json_lines(&[
+            "bench",
+            "throughput",
+            "--transport",
+            "iceoryx2,ipc-channel",
+            "--size",
+            "64",
+            "--iters",
+            "20000",
+            "--touch",
+            touch,
+            "--json",
+        ]);
+        check_throughput(&lines, &[("iceoryx2", 64), ("ipc-channel", 1017)]);
+    }
+    assert_eq!(
+        iceoryx2_files(),
+        before,
+        "iceoryx2 files were left in /dev/shm"
+    );
+    assert!(
+        had_default_root || !default_root.exists(),
+        "iceoryx2's default root directory was used"
+    );
 }
