@@ -324,7 +324,8 @@ pub struct BenchArgs {
     )]
     pub size: Vec<usize>,
     /// How both ends of the shm ring wait: busy-spin, spin then yield, or spin then sleep on a
-    /// futex. Sockets and pipes always block in the kernel; the value is still reported.
+    /// futex. Sockets, pipes and ipc-channel always block in the kernel and iceoryx2 always
+    /// busy-polls; the value is still reported.
     #[arg(long, value_enum, default_value_t = Wait::Spin)]
     pub wait: Wait,
     /// How much of each message is written and read: every byte, or the sequence number only.
@@ -333,7 +334,7 @@ pub struct BenchArgs {
     /// one word of every cache line (ipc-channel: every field refilled and checked). none:
     /// loan and send without touching the payload, as iceoryx2 measures: the shm ring and
     /// iceoryx2 claim SIZE bytes, write only the 8-byte sequence number (iceoryx2: in the
-    /// sample's user header, the only part safe Rust may leave unwritten) and commit; the
+    /// sample's user header, as safe Rust cannot read a payload it did not write) and commit; the
     /// receiver reads only the sequence number. Sockets and pipes have no loan: with none they
     /// still move all SIZE bytes through the kernel (write_all / read_exact), only the filling
     /// and reading in user space are skipped. ipc-channel still serializes and deserializes
@@ -345,7 +346,8 @@ pub struct BenchArgs {
     /// a 10% warm-up.
     ///
     /// Default: pingpong 20000 up to 4 KiB, fewer above (5000 at 64 KiB, 1024 at 1 MiB);
-    /// throughput about 1 GiB of messages, at most 5000000 for shm and 500000 for the others.
+    /// throughput about 1 GiB of messages, at most 5000000 for shm and iceoryx2 and 500000 for
+    /// the others.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
     /// One JSON object per line on stdout instead of a table.
@@ -394,7 +396,8 @@ pub struct PeerArgs {
     /// The cache-line probe segment to answer on first.
     #[arg(long)]
     pub probe: String,
-    /// Where the transport's parent end is (segment stem, socket path, FIFO stem, address).
+    /// Where the transport's parent end is (segment stem, socket path, FIFO stem, address,
+    /// iceoryx2 `TAG@ROOT`, ipc-channel one-shot server name).
     #[arg(long)]
     pub endpoint: String,
     /// The CPU to pin to.

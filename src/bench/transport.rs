@@ -60,8 +60,8 @@ pub enum Transport {
     Tcp,
     /// iceoryx2 publish-subscribe over shared memory, busy-polling (feature `peers`).
     Iceoryx2,
-    /// servo's ipc-channel: the typed [`BenchMessage`](super::message::BenchMessage) through
-    /// serde and bincode over Unix sockets (feature `peers`).
+    /// servo's ipc-channel: a typed message of about 1 KiB (`BenchMessage`) through serde and
+    /// bincode over Unix sockets (feature `peers`).
     IpcChannel,
     // The `typed` transport (shmesh's own typed rkyv channel, `src/channel`, sending the same
     // `BenchMessage`) comes here: a variant, its name, `sends_typed_message() == true`, and a
