@@ -545,9 +545,6 @@ fn full_ring_refuses_try_send_and_send_timeout_then_takes_more_after_a_recv() {
 /// the message's archived size (the loan is dropped, not sent). Checked for messages of many
 /// sizes, so the ring's fill level and where the wrap falls differ.
 #[test]
-#[ignore = "bug: try_send says Full and send_timeout times out though a loan of the message's \
-            exact size fits (src/channel/mod.rs send_with claims the estimate hint + hint/8 + 64, \
-            not the message's size)"]
 fn after_a_full_ring_a_message_that_fits_is_sent() {
     let _watchdog = Watchdog::new("message_that_fits", TEST_LIMIT);
     let mut failures = Vec::new();
@@ -710,9 +707,6 @@ fn too_large_message_reports_its_size_the_limit_and_a_capacity_that_takes_it() {
 /// A message that can never fit is `TooLarge` also when the ring is full at the time: waiting
 /// for room cannot help it, and a caller that retries on `Timeout` or `Full` would retry forever.
 #[test]
-#[ignore = "bug: on a full ring, send_timeout says Timeout and try_send Full for a message that \
-            can never fit (src/channel/mod.rs send_with waits for room for the estimate before \
-            it serializes and learns the size)"]
 fn too_large_message_on_a_full_ring_is_too_large_not_a_timeout() {
     let _watchdog = Watchdog::new("too_large_full", TEST_LIMIT);
     let name = ChannelName::new("too-large-full");
@@ -1071,17 +1065,32 @@ fn schema_another_type_is_refused_at_open_naming_both_types() {
     Channel::<u32>::open(name.as_str()).expect("the right type opens");
 }
 
-/// The opener's error must say which type it asked for and which type the channel carries.
+/// The messages say which type was asked for and which type the channel carries: the
+/// opener's, and the one the attached ends are told.
 #[test]
-#[ignore = "bug: the opener's SchemaMismatch message swaps the types (src/channel/error.rs, \
-            the #[error] of SchemaMismatch reads `other` as the opener's type)"]
-fn schema_mismatch_message_of_the_opener_says_which_type_is_whose() {
+fn schema_mismatch_messages_say_which_type_is_whose() {
     let name = ChannelName::new("schema-words");
-    let _channel = create::<u32>(&name, SMALL);
-    let message = Channel::<u64>::open(name.as_str()).unwrap_err().to_string();
+    let channel = create::<u32>(&name, SMALL);
+    let mut rx = channel.receiver().unwrap();
+    let err = Channel::<u64>::open(name.as_str()).unwrap_err();
+    let ChannelError::SchemaMismatch(m) = &err else {
+        panic!("expected SchemaMismatch, got {err:?}");
+    };
+    assert_eq!(m.opener_pid, None, "the opener itself was refused");
+    let message = err.to_string();
     assert!(
         message.contains("with message type u64 v0") && message.contains("carries u32 v0"),
         "the opener asked for u64 and the channel carries u32, but the message says: {message}"
+    );
+    let told = match rx.try_recv() {
+        Err(TryRecvError::Failed(RecvError::SchemaMismatch(m))) => m,
+        other => panic!("the receiver was not told: {other:?}"),
+    };
+    assert_eq!(told.opener_pid, Some(std::process::id()));
+    let message = told.to_string();
+    assert!(
+        message.contains("with message type u64 v0") && message.contains("carries u32 v0"),
+        "a process asked for u64 and the channel carries u32, but the message says: {message}"
     );
 }
 
@@ -1150,6 +1159,7 @@ fn check_told(m: &shmesh::channel::SchemaMismatch, name: &ChannelName) {
         "who names the refused opener's pid: {}",
         m.who
     );
+    assert_eq!(m.opener_pid, Some(std::process::id()));
 }
 
 #[test]
@@ -1257,13 +1267,10 @@ fn loans_hear_of_a_refused_opener_once() {
     assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
 }
 
-/// The ends hear of a refused opener "on their next operation": `try_recv` reports it before a
-/// message that is waiting, and so must `recv` and `recv_timeout`.
+/// The ends hear of a refused opener "on their next operation": `try_recv`, `recv_timeout` and
+/// `recv` report it before a message that is waiting.
 #[test]
-#[ignore = "bug: recv/recv_timeout return a waiting message and report a refused opener only \
-            when they wait (src/channel/mod.rs Receiver::recv fast path and wait()); try_recv \
-            checks first"]
-fn recv_reports_a_refused_opener_before_a_waiting_message_as_try_recv_does() {
+fn receivers_report_a_refused_opener_before_a_waiting_message() {
     let _watchdog = Watchdog::new("schema_before_message", TEST_LIMIT);
     let name = ChannelName::new("schema-first");
     let channel = create::<u32>(&name, SMALL);
@@ -1294,6 +1301,26 @@ fn recv_reports_a_refused_opener_before_a_waiting_message_as_try_recv_does() {
     assert_eq!(
         recv_timeout, "SchemaMismatch",
         "recv_timeout with a message waiting after a refused opener"
+    );
+    assert_eq!(*rx.recv_timeout(DEADLINE).unwrap(), 2);
+    assert!(matches!(
+        tx.try_send(&3),
+        Err(TrySendError::Failed(SendFailure::SchemaMismatch(_)))
+    ));
+
+    tx.try_send(&3).unwrap();
+    refused_opener(&name);
+    within(
+        "recv with a message waiting after a refused opener",
+        move || {
+            let recv = match rx.recv() {
+                Err(RecvError::SchemaMismatch(_)) => "SchemaMismatch".to_owned(),
+                Ok(v) => format!("message {}", *v),
+                Err(e) => format!("{e:?}"),
+            };
+            assert_eq!(recv, "SchemaMismatch", "recv");
+            assert_eq!(*rx.recv().unwrap(), 3);
+        },
     );
 }
 
