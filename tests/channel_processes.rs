@@ -11,6 +11,7 @@
 //! | `ping_pong_*` | 1000 round trips of rich messages over two channels, each reply computed from the deserialized request |
 //! | `*_schema_mismatch_*` | a process that opens the channel with another type is refused, and the creator blocked in `recv_timeout` or in `send` on a full ring hears of it (not a timeout, not a hang) |
 //! | `sender_killed_*` | a sender killed with SIGKILL mid-stream: every message it committed arrives valid and in order, then `Disconnected`; a new sender takes over |
+//! | `receiver_killed_*` | a receiver killed holding a message: a sender blocked on the full ring gets `Disconnected`; a new receiver gets every unreleased message, the held one included |
 //! | `other_user_*` | a child running as uid 65534 cannot open the channel (root only) |
 
 mod common;
@@ -99,6 +100,7 @@ fn child_entry() {
         "pong" => role_pong(a.s(0), a.s(1), a.get(2)),
         "open_other" => role_open_other(a.s(0), a.s(1) == "on-go"),
         "stream" => role_stream(a.s(0)),
+        "hold" => role_hold(a.s(0)),
         "open_report" => role_open_report(a.s(0), a.octal(1)),
         other => panic!("unknown child role '{other}'"),
     }
@@ -207,6 +209,18 @@ fn role_stream(name: &str) {
             Err(e) => panic!("send {seq}: {e}"),
         }
     }
+}
+
+/// Receives message 0, checks it and holds it (the guard keeps its record) until killed.
+fn role_hold(name: &str) {
+    let channel = open(name);
+    let mut rx = channel.receiver().expect("attach receiver");
+    let got = rx.recv_timeout(DEADLINE).expect("recv");
+    check_received(&got, &rich(0));
+    say("holding", got.seq);
+    wait_for_parent();
+    // Only reached if the parent died without killing us.
+    std::process::exit(3);
 }
 
 /// Opens the channel accepting modes up to `mode` and reports the outcome.
@@ -470,6 +484,59 @@ fn sender_killed_mid_stream_loses_no_committed_message_and_disconnects() {
         );
         eprintln!("round {round}: killed after {announced} announced, {next} received");
     }
+}
+
+/// A receiver killed while it holds a message: the sender, blocked on the full ring, is told
+/// `Disconnected` (no hang), and a new receiver reads every message the killed one did not
+/// release, the held one included.
+#[test]
+fn receiver_killed_holding_a_message_disconnects_a_blocked_sender() {
+    let _watchdog = Watchdog::new("receiver_killed", TEST_LIMIT);
+    let name = ChannelName::new("rx-killed");
+    let channel = create(&name, 64 * 1024);
+    let mut tx = channel.sender().unwrap();
+    let mut child = Proc::spawn("hold", &[&name]);
+    tx.send_timeout(&rich(0), DEADLINE).unwrap();
+    assert_eq!(child.expect("holding"), "0");
+    let mut sent = 1;
+    loop {
+        match tx.try_send(&rich(sent)) {
+            Ok(()) => sent += 1,
+            Err(TrySendError::Full) => break,
+            Err(e) => child.fail(format!("filling: {e}")),
+        }
+    }
+    child.kill();
+    let (tx, result) = {
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let result = tx.send(&rich(sent));
+            let _ = done.send((tx, result));
+        });
+        wait.recv_timeout(DEADLINE)
+            .expect("send on a full ring whose receiver was killed did not return")
+    };
+    match result {
+        Err(SendError::Disconnected) => {}
+        other => panic!("send after the receiver was killed: {other:?}"),
+    }
+    drop(tx);
+    // Nothing is lost for a new receiver: the held message was never released, so it comes
+    // again, then every message after it.
+    let mut rx = channel
+        .receiver()
+        .expect("a new receiver after the killed one");
+    for seq in 0..sent {
+        match rx.recv_timeout(DEADLINE) {
+            Ok(got) => check_received(&got, &rich(seq)),
+            Err(e) => panic!("message {seq} of {sent}: {e}"),
+        }
+    }
+    match rx.recv_timeout(DEADLINE) {
+        Err(RecvError::Disconnected) => {}
+        Ok(got) => panic!("an extra message: seq {}", got.seq),
+        Err(e) => panic!("after the last message: {e}"),
+    };
 }
 
 // ---- another user ----
