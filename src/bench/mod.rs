@@ -627,6 +627,8 @@ fn measure(
         tag: &tag,
         dir: ctx.dir.path(),
     };
+    // Declared before everything of the measurement, so dropped after all of it, on every path.
+    let _clean_up = CleanUp(&plan);
     let (setup, endpoint) = ParentSetup::new(&plan)?;
     let measured = ctx
         .iters
@@ -656,7 +658,6 @@ fn measure(
     );
     let peer_result = peer.finish(outcome.is_err());
     drop(kept);
-    transport::clean_up(&plan);
     match (outcome, peer_result) {
         (Ok(row), Ok(())) => Ok(row),
         // The watchdog killed the peer: that is the story, not the peer's death.
@@ -664,6 +665,16 @@ fn measure(
         // When the peer failed, its error is the cause; the parent's is a consequence.
         (_, Err(peer_error)) => Err(peer_error),
         (Err(e), Ok(())) => Err(e),
+    }
+}
+
+/// Removes what a measurement may leave outside the run's private directory (iceoryx2's files
+/// in /dev/shm) when dropped: after both ends are gone, whether the measurement worked or not.
+struct CleanUp<'a>(&'a Plan<'a>);
+
+impl Drop for CleanUp<'_> {
+    fn drop(&mut self) {
+        transport::clean_up(self.0);
     }
 }
 
