@@ -22,7 +22,10 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::hint::black_box;
+use std::io::Read;
 use std::mem::{offset_of, size_of};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
@@ -89,6 +92,11 @@ fn read_u32(bytes: &[u8], at: usize) -> u32 {
 
 fn write_u32(bytes: &mut [u8], at: usize, value: u32) {
     bytes[at..at + 4].copy_from_slice(&value.to_le_bytes());
+}
+
+/// Where the relative pointer at `at` points (rkyv: an `i32` offset from its own address).
+fn target(bytes: &[u8], at: usize) -> usize {
+    at.wrapping_add_signed(read_u32(bytes, at) as i32 as isize)
 }
 
 /// The first word of an out-of-line `ArchivedString` that declares `len` bytes (rkyv 0.8,
@@ -685,6 +693,139 @@ fn pointers_and_lengths_outside_the_message_are_refused() {
             "{count} values"
         );
     }
+}
+
+/// Where the map's parts are in an archive of `samples()[2]` (6 entries: an inner root node
+/// holding 5, whose first lesser pointer leads to a leaf holding 1), rkyv 0.8's node layout
+/// for `<ArchivedU32, ArchivedString, 5>`: `kind: u8`, `keys` at 4, `values` at 24; a leaf's
+/// `len` and an inner node's `lesser_nodes` at 64.
+struct MapLayout {
+    len: usize,
+    inner: usize,
+    leaf: usize,
+}
+
+fn map_layout(bytes: &[u8]) -> MapLayout {
+    let map = root(bytes.len()) + offset_of!(ArchivedRich, tags);
+    let inner = target(bytes, map);
+    let leaf = target(bytes, inner + 64);
+    let layout = MapLayout {
+        len: map + 4,
+        inner,
+        leaf,
+    };
+    assert_eq!(read_u32(bytes, layout.len), 6, "map length");
+    assert_eq!(
+        (bytes[inner], bytes[leaf]),
+        (1, 0),
+        "node kinds: inner, leaf"
+    );
+    assert_eq!(read_u32(bytes, leaf + 64), 1, "entries in the leaf");
+    assert_eq!(
+        read_u32(bytes, inner + 68),
+        1,
+        "the second lesser pointer is empty"
+    );
+    layout
+}
+
+/// A leaf that says it holds no entry, in a map whose length counts without it: validation
+/// accepts it (an inner node's 5 entries plus 0), and the receiver must not read the leaf's
+/// first slot, whose string here points 1 GiB before the message.
+///
+/// Fails with rkyv 0.8.18: `ArchivedBTreeMap::iter` yields the first slot of every leaf it
+/// reaches, whatever the leaf's length: 6 entries from a map of 5, one of them a string that
+/// validation never saw, outside the message (`get` and `visit` respect the length).
+#[test]
+fn a_map_leaf_with_no_entries_is_refused_or_read_safely() {
+    in_child_process(
+        "a_map_leaf_with_no_entries_is_refused_or_read_safely",
+        empty_leaf,
+    );
+}
+
+fn empty_leaf() {
+    let mut rig = Rig::new("empty-leaf");
+    let value = &samples()[2];
+    let mut bytes = archive(value);
+    let map = map_layout(&bytes);
+    write_u32(&mut bytes, map.len, 5);
+    write_u32(&mut bytes, map.leaf + 64, 0);
+    write_u32(&mut bytes, map.leaf + 24, string_len_word(1 << 20));
+    write_u32(&mut bytes, map.leaf + 28, (1u32 << 30).wrapping_neg());
+    rig.check(&bytes, 0, value);
+}
+
+/// An inner node whose first lesser pointer is rkyv's "no node" (offset 1), in a map whose
+/// length counts without that subtree: validation skips the pointer, and the receiver must not
+/// follow it.
+///
+/// Fails with rkyv 0.8.18: `ArchivedBTreeMap::iter` descends through `lesser_nodes[0]` without
+/// checking it, to a misaligned "node" one byte past the pointer (debug builds abort: misaligned
+/// pointer dereference), takes its garbage length as the number of its entries and indexes past
+/// the node's 5 slots (release builds panic: index out of bounds).
+#[test]
+fn a_map_without_its_first_subtree_is_refused_or_read_safely() {
+    in_child_process(
+        "a_map_without_its_first_subtree_is_refused_or_read_safely",
+        no_first_subtree,
+    );
+}
+
+fn no_first_subtree() {
+    let mut rig = Rig::new("no-subtree");
+    let value = &samples()[2];
+    let mut bytes = archive(value);
+    let map = map_layout(&bytes);
+    write_u32(&mut bytes, map.len, 5);
+    write_u32(&mut bytes, map.inner + 64, 1);
+    rig.check(&bytes, 0, value);
+}
+
+/// Set in the child process that [`in_child_process`] starts.
+const CHILD: &str = "SHMESH_HOSTILE_CHILD";
+
+/// Runs `body` in a child process (this test binary, filtered to `test`), so that a receiver
+/// that crashes or aborts fails this test instead of killing the whole test binary.
+fn in_child_process(test: &str, body: impl FnOnce()) {
+    if std::env::var_os(CHILD).is_some() {
+        return body();
+    }
+    let mut child = Command::new(std::env::current_exe().expect("current_exe"))
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the child process");
+    let mut stderr = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for the child") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            break child.wait().expect("wait for the child");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    let cause = stderr
+        .lines()
+        .skip_while(|l| !l.contains("panicked at"))
+        .take(4)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        status.success(),
+        "{test} failed in its own process ({status}):\n{cause}"
+    );
 }
 
 /// Writes the sample archives as seeds for the fuzz target:
