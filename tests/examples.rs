@@ -1,0 +1,167 @@
+//! Runs the examples as a user would, checking what they print and that they leave nothing in
+//! `/dev/shm`.
+//!
+//! Cargo builds the examples for `cargo test` without target filters (as the README's
+//! `cargo test --workspace --release` does), next to this test's own directory, but does not
+//! tell integration tests where: they are found from this test's path. With a filter such as
+//! `--test examples` cargo does not build them, and the test builds the one it runs.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// The longest an example may run before the test kills it.
+const WATCHDOG: Duration = Duration::from_secs(60);
+
+/// The example binary `name` of this build profile: `target/<profile>/examples/<name>`, where
+/// this test runs from `target/<profile>/deps/`. Builds it when it is missing or older than its
+/// source (a run with target filters, such as `cargo test --test examples`).
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let path = profile_dir.join("examples").join(name);
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&path).is_none() || modified(&path) < modified(&source) {
+        build(name, profile_dir);
+    }
+    assert!(
+        modified(&path) >= modified(&source) && modified(&path).is_some(),
+        "{} is missing or older than its source: build it with `cargo build --release \
+         --examples` (without --release for a debug test)",
+        path.display()
+    );
+    path
+}
+
+/// Builds example `name` into `profile_dir` with the cargo that runs this test, if any.
+fn build(name: &str, profile_dir: &Path) {
+    let (Ok(cargo), Some(target_dir), Some(profile)) = (
+        std::env::var("CARGO"),
+        profile_dir.parent(),
+        profile_dir.file_name().and_then(|p| p.to_str()),
+    ) else {
+        return;
+    };
+    let build = Command::new(cargo)
+        .args(["build", "--example", name, "--profile"])
+        .arg(if profile == "debug" { "dev" } else { profile })
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .spawn();
+    if let Ok(mut build) = build {
+        // A build can take minutes, but not forever (a cargo that holds the build lock while
+        // it runs tests would block this one).
+        let status = wait(&mut build, Duration::from_secs(600));
+        eprintln!("built example {name}: {status:?}");
+    }
+}
+
+/// Waits for `child`, killing it after `limit`; `None` if it was killed.
+fn wait(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait for a child process") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Run {
+    pid: u32,
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `path`, killing it after `WATCHDOG`.
+fn run(path: &Path) -> Run {
+    let mut child = Command::new(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
+    let pid = child.id();
+    // Read the pipes on threads, so a chatty child never blocks on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).map(|_| s)
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        stderr.read_to_string(&mut s).map(|_| s)
+    });
+    let Some(status) = wait(&mut child, WATCHDOG) else {
+        // Not waiting for the readers: a process the example started may hold the pipes.
+        panic!("{} ran for more than {WATCHDOG:?}: killed", path.display());
+    };
+    Run {
+        pid,
+        status,
+        stdout: out.join().unwrap().expect("stdout is UTF-8"),
+        stderr: err.join().unwrap().expect("stderr is UTF-8"),
+    }
+}
+
+/// Shared-memory objects left whose name contains `pid`.
+fn leftovers(pid: u32) -> Vec<String> {
+    let pid = pid.to_string();
+    std::fs::read_dir("/dev/shm")
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("shmesh.") && name.contains(&pid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn quickstart_exchanges_typed_messages_between_two_processes() {
+    let run = run(&example("quickstart"));
+    let output = format!(
+        "exit: {}\n--- stdout\n{}--- stderr\n{}",
+        run.status, run.stdout, run.stderr
+    );
+    assert!(run.status.success(), "{output}");
+    // What the second process read in place, field by field.
+    for field in [
+        "shop: order from Ada",
+        "items [3, 14, 15]",
+        "note \"ring the bell twice\"",
+        "delivery: courier in 2 days",
+    ] {
+        assert!(run.stdout.contains(field), "missing {field:?}\n{output}");
+    }
+    // The reply, and a measured round trip.
+    assert!(
+        run.stdout
+            .contains("customer: receipt for order 1: 3 items, \"thank you, Ada\""),
+        "{output}"
+    );
+    let median = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("customer: round trip over 1000 orders: median "))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no round-trip line\n{output}"));
+    assert!(
+        median.starts_with(|c: char| c.is_ascii_digit()) && median.ends_with('s'),
+        "a duration: {median:?}\n{output}"
+    );
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}
