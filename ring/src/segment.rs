@@ -550,7 +550,8 @@ impl SegmentBuilder {
     pub fn open(&self) -> Result<Segment, SegmentError> {
         let path = object_name(&self.name)?;
         let started = Instant::now();
-        let deadline = started + self.open_timeout;
+        // A timeout too long for the clock (Duration::MAX) means no deadline.
+        let deadline = started.checked_add(self.open_timeout);
         let not_initialized = || SegmentError::NotInitialized {
             name: self.name.clone(),
             waited: started.elapsed(),
@@ -584,10 +585,10 @@ impl SegmentBuilder {
                 if size >= DATA_OFFSET as u64 && published_magic(&fd) != 0 {
                     break (fd, size);
                 }
-                if Instant::now() >= deadline {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
                     return Err(not_initialized());
                 }
-            } else if Instant::now() >= deadline {
+            } else if deadline.is_some_and(|d| Instant::now() >= d) {
                 // A reclaimer kept removing a dead object of this name.
                 return Err(SegmentError::NotFound {
                     name: self.name.clone(),

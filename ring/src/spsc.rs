@@ -408,7 +408,7 @@ impl<M: RingMemory> Producer<M> {
         len: usize,
         timeout: Duration,
     ) -> Result<Grant<'_, M>, ClaimError> {
-        let reserved = self.reserve_until(len as u64, Some(Instant::now() + timeout))?;
+        let reserved = self.reserve_until(len as u64, Instant::now().checked_add(timeout))?;
         Ok(Grant::new(self, reserved, true))
     }
 
@@ -435,7 +435,7 @@ impl<M: RingMemory> Producer<M> {
     pub fn wait_for_space(&mut self, len: usize, timeout: Duration) -> Result<(), ClaimError> {
         // A reservation that is not turned into a grant is an aborted claim: the tail did not
         // move and the next claim overwrites the marked header.
-        self.reserve_until(len as u64, Some(Instant::now() + timeout))
+        self.reserve_until(len as u64, Instant::now().checked_add(timeout))
             .map(drop)
     }
 
@@ -952,7 +952,7 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// As [`read`](Self::read), and [`ReadError::Timeout`].
     pub fn read_timeout(&mut self, timeout: Duration) -> Result<Record<'_, M>, ReadError> {
-        let next = self.next_until(Some(Instant::now() + timeout))?;
+        let next = self.next_until(Instant::now().checked_add(timeout))?;
         Ok(Record::new(self, next, true))
     }
 
@@ -974,7 +974,8 @@ impl<M: RingMemory> Consumer<M> {
     ///
     /// As [`read_timeout`](Self::read_timeout).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<(), ReadError> {
-        self.next_until(Some(Instant::now() + timeout)).map(drop)
+        self.next_until(Instant::now().checked_add(timeout))
+            .map(drop)
     }
 
     /// Starts a batch: records read through it are released together, with one index store,

@@ -84,18 +84,25 @@ pub enum SendFailure {
     /// The message is larger than the ring allows.
     #[error(
         "message of {size} bytes (archived) does not fit the channel: its ring of {capacity} \
-         bytes takes messages of at most {max} bytes; create the channel with a capacity of at \
-         least {needed} bytes"
+         bytes takes messages of at most {max} bytes; {}",
+        match needed {
+            Some(cap) => format!("create the channel with a capacity of at least {cap} bytes"),
+            None => format!(
+                "no ring takes it (a message is at most {} bytes): split it",
+                shmesh_ring::spsc::max_payload(shmesh_ring::spsc::MAX_CAPACITY)
+            ),
+        }
     )]
     TooLarge {
-        /// The archived size of the message.
+        /// The archived size of the message (`usize::MAX` when it does not even fit a
+        /// `usize`).
         size: usize,
         /// The largest message the ring takes.
         max: u64,
         /// The ring capacity.
         capacity: u64,
-        /// The smallest capacity that takes this message.
-        needed: u64,
+        /// The smallest capacity that takes this message; `None` when no ring does.
+        needed: Option<u64>,
     },
     /// rkyv could not serialize the value (a `Serialize` impl of the type failed).
     #[error("serializing the message failed: {0}")]

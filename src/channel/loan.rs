@@ -19,7 +19,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ops::{Deref, DerefMut};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytemuck::Pod;
 use rkyv::vec::ArchivedVec;
@@ -87,7 +87,8 @@ impl<U: Pod> SliceLoan<'_, U> {
         let data = self.len * size_of::<U>();
         let root = self.root;
         root.write(&mut self.grant[data..], data, self.len);
-        self.grant.commit(root.end(data));
+        let end = data.next_multiple_of(root.align) + 2 * root.width;
+        self.grant.commit(end);
     }
 }
 
@@ -134,26 +135,28 @@ impl VecRoot {
         }
     }
 
-    /// Where the root goes after `data` bytes of elements.
-    fn start(&self, data: usize) -> usize {
-        data.next_multiple_of(self.align)
+    /// Where the root goes after `data` bytes of elements (`None`: beyond `usize`).
+    fn start(&self, data: usize) -> Option<usize> {
+        data.checked_next_multiple_of(self.align)
     }
 
-    /// The archive's total length.
-    fn end(&self, data: usize) -> usize {
-        self.start(data) + 2 * self.width
+    /// The archive's total length (`None`: beyond `usize`).
+    fn end(&self, data: usize) -> Option<usize> {
+        self.start(data)?.checked_add(2 * self.width)
     }
 
     /// Whether the offset and the length fit the pointer width.
     fn fits(&self, data: usize, len: usize) -> bool {
         let bits = 8 * self.width as u32;
-        let start = self.start(data) as u128;
-        start < 1u128 << (bits - 1) && (len as u128) < 1u128 << bits
+        self.start(data)
+            .is_some_and(|start| (start as u128) < 1u128 << (bits - 1))
+            && (len as u128) < 1u128 << bits
     }
 
-    /// Writes padding and the root into `tail`, the bytes after `data` bytes of elements.
+    /// Writes padding and the root into `tail`, the bytes after `data` bytes of elements
+    /// (`fits` said yes).
     fn write(&self, tail: &mut [u8], data: usize, len: usize) {
-        let start = self.start(data);
+        let start = data.next_multiple_of(self.align);
         let pad = start - data;
         tail[..pad].fill(0);
         // The relative pointer points from itself back to the first element, at 0.
@@ -173,7 +176,7 @@ impl VecRoot {
 }
 
 fn deadline(timeout: Duration) -> Patience {
-    Patience::Until(Instant::now() + timeout)
+    Patience::within(timeout)
 }
 
 impl<T: Message + Pod + Archive<Archived = T>> Sender<T> {
@@ -299,12 +302,18 @@ where
     ) -> Result<SliceLoan<'_, U>, LoanError> {
         const { assert!(align_of::<U>() <= 16, "ring payloads are 16-byte aligned") };
         let root = VecRoot::of::<U>();
-        let too_large = |size| LoanError::Failed(super::too_large(size, self.producer.capacity()));
-        let data = n.checked_mul(size_of::<U>()).ok_or(too_large(usize::MAX))?;
+        let capacity = self.producer.capacity();
+        let too_large = |size| LoanError::Failed(super::too_large(size, capacity));
+        let Some(data) = n.checked_mul(size_of::<U>()) else {
+            return Err(too_large(usize::MAX));
+        };
+        let Some(end) = root.end(data) else {
+            return Err(too_large(usize::MAX));
+        };
         if !root.fits(data, n) {
-            return Err(too_large(root.end(data)));
+            return Err(too_large(end));
         }
-        let grant = self.claim_loan(root.end(data), patience)?;
+        let grant = self.claim_loan(end, patience)?;
         Ok(SliceLoan {
             grant,
             len: n,

@@ -398,6 +398,16 @@ enum Patience {
     Until(Instant),
 }
 
+impl Patience {
+    /// At most `timeout` from now; a timeout too long for the clock (`Duration::MAX`) waits
+    /// forever, as in `std::sync::mpsc` and crossbeam.
+    fn within(timeout: Duration) -> Patience {
+        Instant::now()
+            .checked_add(timeout)
+            .map_or(Patience::Forever, Patience::Until)
+    }
+}
+
 /// Why a send or a loan did not happen (before the value is handed back).
 #[derive(Debug)]
 enum Fail {
@@ -508,8 +518,7 @@ impl<T: Message> Sender<T> {
     ///
     /// [`SendTimeoutError::Timeout`]; otherwise as [`send`](Self::send).
     pub fn send_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError> {
-        let deadline = Instant::now() + timeout;
-        match self.send_with(value, Patience::Until(deadline)) {
+        match self.send_with(value, Patience::within(timeout)) {
             Ok(()) => Ok(()),
             Err(Fail::Full | Fail::Timeout) => Err(SendTimeoutError::Timeout),
             Err(Fail::Disconnected) => Err(SendTimeoutError::Disconnected),
@@ -695,12 +704,19 @@ impl<T> Sender<T> {
 }
 
 fn too_large(size: usize, capacity: u64) -> SendFailure {
+    use shmesh_ring::spsc::{max_payload, MAX_CAPACITY};
+    // max_payload(cap) = cap/2 - 24, capped at 1 GiB - 24: `size` needs 2 * (size + 24) if that
+    // is a capacity at all.
+    let needed = (size as u64)
+        .checked_add(24)
+        .and_then(|n| n.checked_mul(2))
+        .and_then(u64::checked_next_power_of_two)
+        .filter(|&cap| cap <= MAX_CAPACITY && max_payload(cap) >= size as u64);
     SendFailure::TooLarge {
         size,
-        max: shmesh_ring::spsc::max_payload(capacity),
+        max: max_payload(capacity),
         capacity,
-        // max_payload(cap) = cap/2 - 24 (at most 1 GiB - 24), so `size` needs 2 * (size + 24).
-        needed: (2 * (size as u64 + 24)).next_power_of_two(),
+        needed,
     }
 }
 
@@ -821,7 +837,8 @@ impl<T: Message> Receiver<T> {
         if self.ready()? {
             return self.take();
         }
-        self.wait(Some(Instant::now() + timeout))?;
+        // A timeout too long for the clock (Duration::MAX) means no deadline.
+        self.wait(Instant::now().checked_add(timeout))?;
         self.take()
     }
 
