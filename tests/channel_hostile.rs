@@ -140,6 +140,9 @@ fn read_str(msg: &[u8], s: &ArchivedString, what: &str) -> u64 {
 /// checking first that each part lies inside `msg`, the message's bytes, and that the map yields
 /// as many entries as it declares (validation counted that many). Returns a digest of what it
 /// read.
+/// Read maps with `ArchivedBTreeMap::iter` instead of `visit` (the upstream-bug tests only).
+static MAP_ITER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn read_all(msg: &[u8], m: &ArchivedRich) -> u64 {
     assert_ref_inside(msg, m, "the root object");
     let mut h = read_str(msg, &m.name, "name");
@@ -163,18 +166,32 @@ fn read_all(msg: &[u8], m: &ArchivedRich) -> u64 {
                 .fold(0, |h, s| h ^ read_str(msg, s, "list item"))
         }
     };
-    assert_eq!(
-        m.tags.iter().count(),
-        m.tags.len(),
-        "a validated map yields as many entries as it declares"
-    );
-    for (key, value) in m.tags.iter() {
+    // `visit` and `get`, not `iter`: with rkyv 0.8.18, `ArchivedBTreeMap::iter` reads outside a
+    // validated archive whose map has an empty leaf or a missing first subtree (see the
+    // `..._iter_upstream_bug` tests); `visit` follows the node lengths and pointers validation
+    // checked.
+    let mut entries = 0usize;
+    let mut entry = |key: &rkyv::Archived<u32>, value: &ArchivedString| {
         assert_ref_inside(msg, key, "map key");
         h ^= u64::from(key.to_native()) ^ read_str(msg, value, "map value");
         if let Some(found) = m.tags.get(key) {
             h ^= read_str(msg, found, "map value (get)");
         }
+        entries += 1;
+    };
+    if MAP_ITER.load(std::sync::atomic::Ordering::Relaxed) {
+        m.tags.iter().for_each(|(k, v)| entry(k, v));
+    } else {
+        m.tags.visit(|k, v| {
+            entry(k, v);
+            std::ops::ControlFlow::<()>::Continue(())
+        });
     }
+    assert_eq!(
+        entries,
+        m.tags.len(),
+        "a validated map yields as many entries as it declares"
+    );
     h
 }
 
@@ -733,15 +750,26 @@ fn map_layout(bytes: &[u8]) -> MapLayout {
 /// accepts it (an inner node's 5 entries plus 0), and the receiver must not read the leaf's
 /// first slot, whose string here points 1 GiB before the message.
 ///
-/// Fails with rkyv 0.8.18: `ArchivedBTreeMap::iter` yields the first slot of every leaf it
-/// reaches, whatever the leaf's length: 6 entries from a map of 5, one of them a string that
-/// validation never saw, outside the message (`get` and `visit` respect the length).
+/// Read with `visit` and `get`, as the receivers are documented to (see `Access`).
 #[test]
 fn a_map_leaf_with_no_entries_is_refused_or_read_safely() {
     in_child_process(
         "a_map_leaf_with_no_entries_is_refused_or_read_safely",
         empty_leaf,
     );
+}
+
+/// The same read with `iter`. Fails with rkyv 0.8.18 (an upstream bug, to be reported):
+/// `ArchivedBTreeMap::iter` yields the first slot of every leaf it reaches, whatever the leaf's
+/// length: 6 entries from a map of 5, one of them a string that validation never saw, outside
+/// the message.
+#[test]
+#[ignore = "upstream bug in rkyv 0.8.18: ArchivedBTreeMap::iter ignores a leaf's length"]
+fn a_map_leaf_with_no_entries_iter_upstream_bug() {
+    in_child_process("a_map_leaf_with_no_entries_iter_upstream_bug", || {
+        MAP_ITER.store(true, std::sync::atomic::Ordering::Relaxed);
+        empty_leaf()
+    });
 }
 
 fn empty_leaf() {
@@ -760,16 +788,27 @@ fn empty_leaf() {
 /// length counts without that subtree: validation skips the pointer, and the receiver must not
 /// follow it.
 ///
-/// Fails with rkyv 0.8.18: `ArchivedBTreeMap::iter` descends through `lesser_nodes[0]` without
-/// checking it, to a misaligned "node" one byte past the pointer (debug builds abort: misaligned
-/// pointer dereference), takes its garbage length as the number of its entries and indexes past
-/// the node's 5 slots (release builds panic: index out of bounds).
+/// Read with `visit` and `get`, as the receivers are documented to (see `Access`).
 #[test]
 fn a_map_without_its_first_subtree_is_refused_or_read_safely() {
     in_child_process(
         "a_map_without_its_first_subtree_is_refused_or_read_safely",
         no_first_subtree,
     );
+}
+
+/// The same read with `iter`. Fails with rkyv 0.8.18 (an upstream bug, to be reported):
+/// `ArchivedBTreeMap::iter` descends through `lesser_nodes[0]` without checking it, to a
+/// misaligned "node" one byte past the pointer (debug builds abort: misaligned pointer
+/// dereference), takes its garbage length as the number of its entries and indexes past the
+/// node's 5 slots (release builds panic: index out of bounds).
+#[test]
+#[ignore = "upstream bug in rkyv 0.8.18: ArchivedBTreeMap::iter follows a missing subtree"]
+fn a_map_without_its_first_subtree_iter_upstream_bug() {
+    in_child_process("a_map_without_its_first_subtree_iter_upstream_bug", || {
+        MAP_ITER.store(true, std::sync::atomic::Ordering::Relaxed);
+        no_first_subtree()
+    });
 }
 
 fn no_first_subtree() {
@@ -792,7 +831,13 @@ fn in_child_process(test: &str, body: impl FnOnce()) {
         return body();
     }
     let mut child = Command::new(std::env::current_exe().expect("current_exe"))
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .args([
+            test,
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+            "--include-ignored",
+        ])
         .env(CHILD, "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
