@@ -128,14 +128,16 @@ fn read_all(got: &ArchivedSample, want: &Sample) -> u64 {
     assert_eq!(got.header.id, want.header.id);
     assert!(got.header.source == *want.header.source);
     assert_eq!(got.header.flags, want.header.flags);
+    // Wrapping: `header.id` is `!seq`, near u64::MAX.
     let mut sum = got.seq.to_native() ^ got.header.id.to_native();
-    sum += got.label.len() as u64 + u64::from(got.header.flags.to_native());
-    sum += got.header.source.bytes().map(u64::from).sum::<u64>();
-    sum += got
-        .values
-        .iter()
-        .map(|v| u64::from(v.to_native()))
-        .sum::<u64>();
+    sum = sum.wrapping_add(got.label.len() as u64 + u64::from(got.header.flags.to_native()));
+    sum = sum.wrapping_add(got.header.source.bytes().map(u64::from).sum::<u64>());
+    sum = sum.wrapping_add(
+        got.values
+            .iter()
+            .map(|v| u64::from(v.to_native()))
+            .sum::<u64>(),
+    );
     black_box(sum)
 }
 
