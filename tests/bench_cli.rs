@@ -575,3 +575,53 @@ fn peers_measure_and_leave_nothing_behind() {
         "iceoryx2's default root directory was used"
     );
 }
+
+/// The archived size of the bench's typed message (`BenchMessage`), as the typed transport
+/// reports it.
+fn typed_message_size() -> u64 {
+    let msg = shmesh::bench::message::BenchMessage::new(0);
+    rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap().len() as u64
+}
+
+#[test]
+fn typed_measures_its_message_once_in_both_touch_modes() {
+    let _serial = serial();
+    let size = typed_message_size();
+    for touch in ["all", "none"] {
+        let lines = json_lines(&[
+            "bench",
+            "pingpong",
+            "--transport",
+            "shm,typed",
+            "--size",
+            "64,4096",
+            "--iters",
+            "500",
+            "--touch",
+            touch,
+            "--json",
+        ]);
+        let seen: Vec<(&str, u64)> = lines
+            .iter()
+            .map(|v| (v["transport"].as_str().unwrap_or("?"), uint(v, "size")))
+            .collect();
+        // The typed message is measured once, with its archived size.
+        assert_eq!(seen, [("shm", 64), ("typed", size), ("shm", 4096)]);
+        check_pingpong_touch(&lines[1..2], &["typed"], size, 500, touch);
+
+        let lines = json_lines(&[
+            "bench",
+            "throughput",
+            "--transport",
+            "typed",
+            "--size",
+            "64",
+            "--iters",
+            "20000",
+            "--touch",
+            touch,
+            "--json",
+        ]);
+        check_throughput(&lines, &[("typed", size)]);
+    }
+}

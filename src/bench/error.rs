@@ -151,6 +151,15 @@ pub enum BenchError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
+    /// A call into shmesh's typed channel failed.
+    #[error("typed channel: {what} failed: {source}")]
+    Typed {
+        /// What was being done.
+        what: String,
+        /// The channel's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     /// A line of the input of `shmesh bench plot` is not a result line of `shmesh bench`.
     #[error(
         "{path}, line {line}: {detail} (the input must be the output of `shmesh bench pingpong \
@@ -200,6 +209,17 @@ impl BenchError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(io::Error) -> BenchError {
         let what = what.into();
         move |source| BenchError::Io { what, source }
+    }
+
+    /// A [`Typed`](Self::Typed) error maker for `map_err`.
+    pub(crate) fn typed<E: std::error::Error + Send + Sync + 'static>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::Typed {
+            what,
+            source: Box::new(source),
+        }
     }
 
     /// A [`Library`](Self::Library) error maker for `map_err`.

@@ -63,14 +63,14 @@ pub enum Transport {
     /// servo's ipc-channel: a typed message of about 1 KiB (`BenchMessage`) through serde and
     /// bincode over Unix sockets (feature `peers`).
     IpcChannel,
-    // The `typed` transport (shmesh's own typed rkyv channel, `src/channel`, sending the same
-    // `BenchMessage`) comes here: a variant, its name, `sends_typed_message() == true`, and a
-    // `ParentSetup` variant and `connect_peer` arm like `IpcChannel`'s.
+    /// shmesh's typed channel: the same typed message as ipc-channel (`BenchMessage`, about
+    /// 1 KiB), serialized with rkyv straight into the ring and validated and read in place.
+    Typed,
 }
 
 impl Transport {
     /// Every transport.
-    pub const ALL: [Transport; 7] = [
+    pub const ALL: [Transport; 8] = [
         Transport::Cacheline,
         Transport::Shm,
         Transport::Uds,
@@ -78,6 +78,7 @@ impl Transport {
         Transport::Tcp,
         Transport::Iceoryx2,
         Transport::IpcChannel,
+        Transport::Typed,
     ];
 
     /// The default `--transport` list: those that need no optional feature.
@@ -99,6 +100,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Iceoryx2 => "iceoryx2",
             Transport::IpcChannel => "ipc-channel",
+            Transport::Typed => "typed",
         }
     }
 
@@ -111,7 +113,7 @@ impl Transport {
     /// [`BenchMessage`](super::message::BenchMessage) rather than `--size` bytes: it is then
     /// measured once, and its rows give the message's encoded size.
     pub fn sends_typed_message(self) -> bool {
-        matches!(self, Transport::IpcChannel)
+        matches!(self, Transport::IpcChannel | Transport::Typed)
     }
 
     /// Whether the receiver polls shared memory (no system call per message): such transports
@@ -119,7 +121,7 @@ impl Transport {
     pub fn is_shared_memory(self) -> bool {
         matches!(
             self,
-            Transport::Cacheline | Transport::Shm | Transport::Iceoryx2
+            Transport::Cacheline | Transport::Shm | Transport::Iceoryx2 | Transport::Typed
         )
     }
 
@@ -142,6 +144,7 @@ impl Transport {
         match self {
             #[cfg(feature = "peers")]
             Transport::IpcChannel => super::ipc::message_size(),
+            Transport::Typed => super::typed::message_size(),
             _ => size,
         }
     }
@@ -415,6 +418,8 @@ pub(crate) enum ParentSetup {
     /// The ipc-channel one-shot server the peer connects to.
     #[cfg(feature = "peers")]
     IpcChannel(super::ipc::Setup),
+    /// The parent's ends of the typed channels.
+    Typed(Box<super::typed::TypedEndpoint>),
 }
 
 /// Where the transport named `tag` lives, and how its ends are set.
@@ -551,6 +556,10 @@ impl ParentSetup {
                 let (setup, endpoint) = super::ipc::Setup::new()?;
                 Ok((ParentSetup::IpcChannel(setup), endpoint))
             }
+            Transport::Typed => {
+                let (ep, endpoint) = super::typed::parent(plan)?;
+                Ok((ParentSetup::Typed(Box::new(ep)), endpoint))
+            }
             #[cfg(not(feature = "peers"))]
             transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
                 Err(BenchError::NeedsPeers { transport })
@@ -625,6 +634,7 @@ impl ParentSetup {
             ParentSetup::Iceoryx2(setup) => setup.connect(alive),
             #[cfg(feature = "peers")]
             ParentSetup::IpcChannel(setup) => setup.connect(plan, alive),
+            ParentSetup::Typed(ep) => super::typed::connect(*ep, alive),
         }
     }
 }
@@ -895,6 +905,7 @@ pub(crate) fn connect_peer(
         Transport::Iceoryx2 => super::iceoryx::connect_peer(plan, endpoint),
         #[cfg(feature = "peers")]
         Transport::IpcChannel => super::ipc::connect_peer(plan, endpoint),
+        Transport::Typed => super::typed::connect_peer(plan, endpoint),
         #[cfg(not(feature = "peers"))]
         transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
             Err(BenchError::NeedsPeers { transport })
