@@ -101,7 +101,8 @@ fn child_entry() {
         "open_other" => role_open_other(a.s(0), a.s(1) == "on-go"),
         "stream" => role_stream(a.s(0)),
         "hold" => role_hold(a.s(0)),
-        "open_report" => role_open_report(a.s(0), a.octal(1)),
+        "open_report" => role_open_report(a.s(0), a.octal(1), None),
+        "open_report_owner" => role_open_report(a.s(0), a.octal(1), Some(0)),
         other => panic!("unknown child role '{other}'"),
     }
 }
@@ -224,8 +225,13 @@ fn role_hold(name: &str) {
 }
 
 /// Opens the channel accepting modes up to `mode` and reports the outcome.
-fn role_open_report(name: &str, mode: u32) {
-    let outcome = match Channel::<Rich>::builder(name).mode(mode).open() {
+fn role_open_report(name: &str, mode: u32, owner: Option<u32>) {
+    let builder = Channel::<Rich>::builder(name).mode(mode);
+    let builder = match owner {
+        Some(uid) => builder.owner(uid),
+        None => builder,
+    };
+    let outcome = match builder.open() {
         Ok(_) => "ok".to_owned(),
         Err(ChannelError::Segment(SegmentError::PermissionDenied { .. })) => {
             "PermissionDenied".to_owned()
@@ -581,7 +587,7 @@ fn other_user_cannot_open_the_channel() {
     assert_eq!(child.expect("open"), "PermissionDenied");
     child.wait_success();
     // Mode 0666 lets the other user's open() through, but the channel belongs to root: refused
-    // as a possible squat (a channel has no way to trust another owner).
+    // as a possible squat unless the opener names root as the owner it expects.
     let name = ChannelName::new("shared-mode");
     let _channel = Channel::<Rich>::builder(name.as_str())
         .capacity(CAP)
@@ -590,5 +596,8 @@ fn other_user_cannot_open_the_channel() {
         .unwrap();
     let mut child = spawn_as_nobody(&exe, "open_report", &[&name, &"666"]);
     assert_eq!(child.expect("open"), format!("NotOwner {NOBODY} 0"));
+    child.wait_success();
+    let mut child = spawn_as_nobody(&exe, "open_report_owner", &[&name, &"666"]);
+    assert_eq!(child.expect("open"), "ok");
     child.wait_success();
 }

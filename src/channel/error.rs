@@ -12,7 +12,9 @@ use thiserror::Error;
 /// The end that opens with another type is refused at open
 /// ([`ChannelError::SchemaMismatch`]); the ends already on the channel learn of it from the note
 /// the refused opener leaves, on their next operation ([`SendFailure::SchemaMismatch`],
-/// [`RecvError::SchemaMismatch`]), once per refused opener.
+/// [`RecvError::SchemaMismatch`]). Each end reports each refusal once, counting from when the
+/// [`Channel`](super::Channel) handle it was made from was created; several refusals between two
+/// operations are reported together, as the last one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SchemaMismatch {
     /// Channel name.
@@ -107,8 +109,8 @@ pub enum SendFailure {
     /// rkyv could not serialize the value (a `Serialize` impl of the type failed).
     #[error("serializing the message failed: {0}")]
     Serialize(rkyv::rancor::Error),
-    /// A process tried to open the channel with another message type. Reported once per
-    /// refused opener; the message was not sent, and the channel still works.
+    /// A process tried to open the channel with another message type. Reported once (see
+    /// [`SchemaMismatch`]); the message was not sent, and the channel still works.
     #[error(transparent)]
     SchemaMismatch(Box<SchemaMismatch>),
     /// The ring's shared state is corrupt.
@@ -201,8 +203,8 @@ pub enum RecvError {
         /// What bytecheck found.
         source: rkyv::rancor::Error,
     },
-    /// A process tried to open the channel with another message type. Reported once per
-    /// refused opener; the channel still works.
+    /// A process tried to open the channel with another message type. Reported once (see
+    /// [`SchemaMismatch`]); the channel still works.
     #[error(transparent)]
     SchemaMismatch(Box<SchemaMismatch>),
     /// The ring's shared state is corrupt.

@@ -48,7 +48,9 @@
 //!
 //! Which operation blocks: `send`/`recv` wait (with the channel's
 //! [`WaitStrategy`]), `send_timeout`/`recv_timeout` wait at most so long, `try_send`/`try_recv`
-//! never wait.
+//! never wait. A gone peer (its process died or it dropped its end) is seen by the waiting
+//! forms within milliseconds; the `try_` forms look at the peer's liveness token only every
+//! 1024th time they find the ring empty (or full), so that polling costs no system call.
 
 mod access;
 mod error;
@@ -116,11 +118,20 @@ pub struct ChannelBuilder<T> {
     mode: Option<u32>,
     schema: Schema,
     open_timeout: Option<Duration>,
+    owner: Option<u32>,
     wait: WaitStrategy,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Message> ChannelBuilder<T> {
+    /// Open: the uid that must own the channel (the effective uid by default). To share a
+    /// channel between users, the creator widens its [`mode`](Self::mode) and the others name
+    /// the creator's uid here; a channel owned by anyone else is refused (it may be squatted).
+    pub fn owner(mut self, uid: u32) -> Self {
+        self.owner = Some(uid);
+        self
+    }
+
     /// Create: ring capacity in bytes, a power of two from 128 bytes to 1 TiB
     /// ([`DEFAULT_CAPACITY`] if not set). A message can take at most half of it, less 24
     /// bytes. Open: ignored (the creator decided).
@@ -209,6 +220,10 @@ impl<T: Message> ChannelBuilder<T> {
             (None, Some(t)) => segment.open_timeout(t),
             (None, None) => segment,
         };
+        let segment = match self.owner {
+            Some(uid) => segment.owner(uid),
+            None => segment,
+        };
         let segment = segment.open().map_err(ChannelError::from_segment)?;
         Ok(Channel::new(segment, self.schema, self.wait))
     }
@@ -246,6 +261,7 @@ impl<T: Message> Channel<T> {
             mode: None,
             schema: Schema::of::<T>(),
             open_timeout: None,
+            owner: None,
             wait: WaitStrategy::default(),
             _type: PhantomData,
         }
