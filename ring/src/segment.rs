@@ -545,7 +545,8 @@ impl SegmentBuilder {
     ///
     /// [`SegmentError::InvalidName`], `NotFound`, `PermissionDenied`, `NotOwner`,
     /// `ModeTooWide`, `NotInitialized` (the header was not published within the open timeout),
-    /// `Mismatch` (magic, layout version, kind, total size, data offset, capacity or schema),
+    /// `Mismatch` (magic, layout version, kind, total size, data offset or capacity),
+    /// `SchemaMismatch` (another message type: the segment records the refusal for its users),
     /// `Os`.
     pub fn open(&self) -> Result<Segment, SegmentError> {
         let path = object_name(&self.name)?;

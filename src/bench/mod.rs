@@ -301,7 +301,7 @@ pub struct BenchArgs {
     /// it). shm: the shmesh SPSC ring in shared memory (two rings for pingpong, one for
     /// throughput). uds: Unix stream socket. pipe: named FIFOs. tcp: loopback 127.0.0.1 with
     /// TCP_NODELAY. typed: shmesh's typed channel sending a typed message of 1 KiB (a String, a
-    /// Vec<u32>, a few numbers) serialized with rkyv into the ring and validated and read in
+    /// vector of u32, a few numbers) serialized with rkyv into the ring and validated and read in
     /// place; like ipc-channel below, it is measured once, with its archived size.
     ///
     /// Built with `--features peers` only: iceoryx2: iceoryx2 publish-subscribe, a [u8]

@@ -29,17 +29,52 @@ use rkyv::Portable;
 /// `visit`, `get` or `contains_key`, or deserialize; these follow only what validation checked
 /// (our hostile-sender tests and fuzz target exercise exactly that; the `iter` failure is kept
 /// as an ignored test in `tests/channel_hostile.rs`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// `Access` is neither `Clone` nor `Copy`: a value made by the `unsafe` [`Access::trusted`]
+/// vouches for one receiver, the one it is given to.
+#[derive(Debug, PartialEq, Eq)]
 pub struct Access(pub(crate) Mode);
 
+/// The access mode of a receiver, as [`Receiver::access_mode`](super::Receiver::access_mode)
+/// reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
+pub enum AccessMode {
+    /// Validated in place.
     Validated,
+    /// Validated on a private copy.
     Untrusted,
+    /// Not validated.
     Trusted,
 }
 
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Validated,
+    Untrusted,
+    Trusted(TrustedProof),
+}
+
+impl Mode {
+    pub(crate) fn public(&self) -> AccessMode {
+        match self {
+            Mode::Validated => AccessMode::Validated,
+            Mode::Untrusted => AccessMode::Untrusted,
+            Mode::Trusted(_) => AccessMode::Trusted,
+        }
+    }
+}
+
+/// Made only by the `unsafe` [`Access::trusted`]: holding one is the caller's promise that the
+/// receiver it was given to reads only valid archives.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TrustedProof(());
+
 impl Access {
+    /// The mode this value selects.
+    pub fn mode(&self) -> AccessMode {
+        self.0.public()
+    }
+
     /// Validate each message in place (zero-copy). The default.
     pub const fn validated() -> Access {
         Access(Mode::Validated)
@@ -57,8 +92,23 @@ impl Access {
     /// Every message sent on the channel must be a valid rkyv archive of the channel's type, as
     /// the `Sender` of the same type (same schema) writes them, and must not change while it is
     /// read: only peers you control, built from the same type definitions.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmesh::channel::{Access, Channel};
+    ///
+    /// # let name = format!("doc-trusted-{}", std::process::id());
+    /// let channel = Channel::<u64>::create(&name)?;
+    /// let mut tx = channel.sender()?;
+    /// // SAFETY: the sender is this process, which sends `u64`s through `Sender<u64>`.
+    /// let mut rx = channel.receiver_with(unsafe { Access::trusted() })?;
+    /// tx.send(&7)?;
+    /// assert_eq!(*rx.recv()?, 7);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub const unsafe fn trusted() -> Access {
-        Access(Mode::Trusted)
+        Access(Mode::Trusted(TrustedProof(())))
     }
 }
 
@@ -70,10 +120,9 @@ impl Default for Access {
 
 /// rkyv's unchecked access to the archive in `bytes`, for a receiver in `Trusted` mode.
 ///
-/// The only caller is `Receiver` when its mode is `Mode::Trusted`, which exists only through
-/// the `unsafe` [`Access::trusted`], whose caller promised that every message is a valid archive
-/// of `A`.
-pub(crate) fn trusted_view<A: Portable>(bytes: &[u8]) -> &A {
+/// The proof exists only through the `unsafe` [`Access::trusted`], whose caller promised that
+/// every message of the receiver holding it is a valid archive of `A`.
+pub(crate) fn trusted_view<'a, A: Portable>(bytes: &'a [u8], _proof: &TrustedProof) -> &'a A {
     // SAFETY: the caller of `Access::trusted` guaranteed that `bytes` (a committed message of
     // the channel) is a valid archive of `A` that does not change while borrowed; rkyv's
     // root-at-the-end layout is what `Sender` writes, at a 16-byte aligned payload start.

@@ -85,8 +85,9 @@ impl ChannelError {
 pub enum SendFailure {
     /// The message is larger than the ring allows.
     #[error(
-        "message of {size} bytes (archived) does not fit the channel: its ring of {capacity} \
+        "message of {} bytes (archived) does not fit the channel: its ring of {capacity} \
          bytes takes messages of at most {max} bytes; {}",
+        if *size == usize::MAX { "more than usize::MAX".to_owned() } else { size.to_string() },
         match needed {
             Some(cap) => format!("create the channel with a capacity of at least {cap} bytes"),
             None => format!(
@@ -176,6 +177,13 @@ pub enum TryRecvError {
     /// Every other cause.
     #[error(transparent)]
     Failed(#[from] RecvError),
+}
+
+impl RecvError {
+    /// Whether the sender is gone.
+    pub fn is_disconnected(&self) -> bool {
+        matches!(self, RecvError::Disconnected)
+    }
 }
 
 /// Why [`Receiver::recv`](super::Receiver::recv) or

@@ -76,8 +76,8 @@ use shmesh_ring::{
     SegmentBuilder, ShmMemory, TryClaimError, TryReadError, WaitStrategy,
 };
 
-pub use self::access::Access;
 use self::access::Mode;
+pub use self::access::{Access, AccessMode};
 pub use self::error::{
     ChannelError, LoanError, RecvError, SchemaMismatch, SendError, SendFailure, SendTimeoutError,
     TryRecvError, TrySendError,
@@ -255,6 +255,13 @@ impl<T> fmt::Debug for Channel<T> {
 impl<T: Message> Channel<T> {
     /// A builder for the channel `name` (1 to 200 characters from `[A-Za-z0-9._-]`).
     pub fn builder(name: impl Into<String>) -> ChannelBuilder<T> {
+        const {
+            assert!(
+                std::mem::align_of::<Archived<T>>() <= 16,
+                "a channel's message type must archive with an alignment of at most 16 bytes \
+                 (ring payloads are 16-byte aligned)"
+            )
+        };
         ChannelBuilder {
             name: name.into(),
             capacity: DEFAULT_CAPACITY,
@@ -453,12 +460,22 @@ impl From<Fail> for LoanError {
 /// What one claim-and-serialize attempt of a send came to.
 enum Attempt {
     Sent(usize),
+    /// No room for this claim.
     Full,
+    /// No room even for the smallest message of the type.
+    FullForAny,
     Overflow,
     Failed(Fail),
 }
 
 /// The sending end of a [`Channel`]. `Send`, not `Sync`: one thread sends.
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// # let name = format!("doc-not-sync-tx-{}", std::process::id());
+/// let tx = shmesh::Channel::<u32>::create(&name).unwrap().sender().unwrap();
+/// shared(&tx); // a Sender cannot be shared between threads
+/// ```
 pub struct Sender<T> {
     producer: Producer<ShmMemory>,
     watch: Watch,
@@ -517,8 +534,9 @@ impl<T: Message> Sender<T> {
     ///
     /// # Errors
     ///
-    /// [`TrySendError::Full`] when the ring has no room now for the size the sender claims
-    /// (the size of recent messages plus an eighth); otherwise as [`send`](Self::send).
+    /// [`TrySendError::Full`] when the ring has no room now for this message (its exact size:
+    /// on a full ring the sender counts it, one extra serialization pass, unless not even the
+    /// smallest message of the type would fit); otherwise as [`send`](Self::send).
     pub fn try_send(&mut self, value: &T) -> Result<(), TrySendError> {
         match self.send_with(value, Patience::Never) {
             Ok(()) => Ok(()),
@@ -550,6 +568,8 @@ impl<T: Message> Sender<T> {
         let max = self.producer.max_payload() as usize;
         let mut want = (self.hint + self.hint / 8 + 64).min(max);
         let mut exact = false;
+        // The smallest record any value of `T` takes: its root, a header, the next slot.
+        let min_record = (std::mem::size_of::<Archived<T>>() as u64 + 8).next_multiple_of(16) + 16;
         loop {
             // Fast path: claim at once, serialize into the claim; wait (in slices) only when
             // the ring is full.
@@ -561,6 +581,9 @@ impl<T: Message> Sender<T> {
                         Share::new(),
                     );
                     match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
+                        // A `Serialize` impl that swallowed the writer's overflow error left a
+                        // gap: never commit it.
+                        Ok(_) if serializer.writer.overflowed() => Attempt::Overflow,
                         Ok(_) => {
                             let len = serializer.writer.pos();
                             drop(serializer);
@@ -572,6 +595,8 @@ impl<T: Message> Sender<T> {
                         Err(e) => Attempt::Failed(SendFailure::Serialize(e).into()),
                     }
                 }
+                // Not even the root fits: full for any message, no need to count this one.
+                Err(TryClaimError::Full { free, .. }) if free < min_record => Attempt::FullForAny,
                 Err(TryClaimError::Full { .. }) => Attempt::Full,
                 Err(e) => Attempt::Failed(claim_failure(e, capacity)),
             };
@@ -590,6 +615,12 @@ impl<T: Message> Sender<T> {
                     exact = true;
                     self.hint = size;
                     want = size;
+                }
+                Attempt::FullForAny if matches!(patience, Patience::Never) => {
+                    return Err(Fail::Full)
+                }
+                Attempt::FullForAny => {
+                    self.wait_for_space(want.min(min_record as usize), patience)?
                 }
                 Attempt::Full => match patience {
                     Patience::Never => return Err(Fail::Full),
@@ -746,6 +777,13 @@ fn claim_failure(e: TryClaimError, capacity: u64) -> Fail {
 }
 
 /// The receiving end of a [`Channel`]. `Send`, not `Sync`: one thread receives.
+///
+/// ```compile_fail
+/// fn shared<T: Sync>(_: &T) {}
+/// # let name = format!("doc-not-sync-{}", std::process::id());
+/// let rx = shmesh::Channel::<u32>::create(&name).unwrap().receiver().unwrap();
+/// shared(&rx); // a Receiver cannot be shared between threads
+/// ```
 pub struct Receiver<T> {
     consumer: Consumer<ShmMemory>,
     watch: Watch,
@@ -830,6 +868,26 @@ impl<T: Message> Receiver<T> {
     /// `Invalid` when a message fails validation (it is dropped: the next call reads the one
     /// after); `SchemaMismatch` when a process tried to open the channel with another type
     /// (once; the channel still works); `Corrupt`. Never `Timeout`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use shmesh::Channel;
+    ///
+    /// # let name = format!("doc-recv-{}", std::process::id());
+    /// let channel = Channel::<HashMap<String, u32>>::create(&name)?;
+    /// let (mut tx, mut rx) = (channel.sender()?, channel.receiver()?);
+    /// tx.send(&HashMap::from([("apples".to_owned(), 3)]))?;
+    /// let stock = rx.recv()?; // derefs to the archived map, in shared memory
+    /// assert_eq!(stock.get("apples").map(|n| n.to_native()), Some(3));
+    /// drop(stock); // gives the record back to the sender
+    /// tx.send(&HashMap::new())?;
+    /// drop(tx);
+    /// assert!(rx.recv()?.is_empty());
+    /// assert!(rx.recv().unwrap_err().is_disconnected()); // the sender is gone
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv(&mut self) -> Result<Received<'_, T>, RecvError> {
         if let Some(mismatch) = self.watch.check() {
             return Err(RecvError::SchemaMismatch(mismatch));
@@ -874,12 +932,26 @@ impl<T: Message> Receiver<T> {
     /// # Errors
     ///
     /// [`TryRecvError::Empty`] when there is none; otherwise as [`recv`](Self::recv).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use shmesh::channel::{Channel, TryRecvError};
+    ///
+    /// # let name = format!("doc-try-recv-{}", std::process::id());
+    /// let channel = Channel::<String>::create(&name)?;
+    /// let (mut tx, mut rx) = (channel.sender()?, channel.receiver()?);
+    /// assert!(matches!(rx.try_recv(), Err(TryRecvError::Empty)));
+    /// tx.send(&"ready".to_owned())?;
+    /// assert_eq!(rx.try_recv()?.as_str(), "ready");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn try_recv(&mut self) -> Result<Received<'_, T>, TryRecvError> {
         if let Some(mismatch) = self.watch.check() {
             return Err(RecvError::SchemaMismatch(mismatch).into());
         }
         match self.consumer.try_read() {
-            Ok(record) => Self::view(record, self.access, &mut self.scratch).map_err(Into::into),
+            Ok(record) => Self::view(record, &self.access, &mut self.scratch).map_err(Into::into),
             Err(TryReadError::Empty) => Err(TryRecvError::Empty),
             Err(TryReadError::PeerGone) => Err(RecvError::Disconnected.into()),
             Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c).into()),
@@ -913,7 +985,7 @@ impl<T: Message> Receiver<T> {
     /// Takes the record `wait` saw.
     fn take(&mut self) -> Result<Received<'_, T>, RecvError> {
         match self.consumer.try_read() {
-            Ok(record) => Self::view(record, self.access, &mut self.scratch),
+            Ok(record) => Self::view(record, &self.access, &mut self.scratch),
             Err(TryReadError::PeerGone) => Err(RecvError::Disconnected),
             Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c)),
             // `wait` returned because a record is committed; only a corrupting peer can make it
@@ -928,7 +1000,7 @@ impl<T: Message> Receiver<T> {
 
     fn view<'a>(
         record: shmesh_ring::Record<'a, ShmMemory>,
-        mode: Mode,
+        mode: &Mode,
         scratch: &'a mut AlignedVec<16>,
     ) -> Result<Received<'a, T>, RecvError> {
         let position = record.position();
@@ -954,9 +1026,11 @@ impl<T: Message> Receiver<T> {
                     bytes,
                 )
             }
-            Mode::Trusted => View::Shared(
+            Mode::Trusted(proof) => View::Shared(
                 record
-                    .map(|bytes| Ok::<_, rancor::Error>(access::trusted_view::<Archived<T>>(bytes)))
+                    .map(|bytes| {
+                        Ok::<_, rancor::Error>(access::trusted_view::<Archived<T>>(bytes, proof))
+                    })
                     .map_err(invalid)?,
             ),
         };
@@ -986,7 +1060,7 @@ impl<T> Receiver<T> {
     }
 
     /// The access mode chosen when this end was made.
-    pub fn access(&self) -> Access {
-        Access(self.access)
+    pub fn access_mode(&self) -> AccessMode {
+        self.access.public()
     }
 }
