@@ -300,7 +300,13 @@ where
         n: usize,
         patience: Patience,
     ) -> Result<SliceLoan<'_, U>, LoanError> {
-        const { assert!(align_of::<U>() <= 16, "ring payloads are 16-byte aligned") };
+        const {
+            assert!(align_of::<U>() <= 16, "ring payloads are 16-byte aligned");
+            assert!(
+                size_of::<U>() > 0,
+                "a slice loan of a zero-sized type holds nothing"
+            );
+        };
         let root = VecRoot::of::<U>();
         let capacity = self.producer.capacity();
         let too_large = |size| LoanError::Failed(super::too_large(size, capacity));
