@@ -297,16 +297,17 @@ impl Endpoint for ShmEndpoint {
 impl ShmEndpoint {
     /// Whether the peer's end of every ring this end uses has attached.
     fn peers_attached(&self) -> bool {
-        let tx = self
-            .tx
-            .as_ref()
-            .is_none_or(|tx| tx.peer() != PeerState::NotYet);
-        let rx = self
-            .rx
-            .as_ref()
-            .is_none_or(|rx| rx.peer() != PeerState::NotYet);
-        tx && rx
+        peers_attached(
+            self.tx.as_ref().map(Producer::peer),
+            self.rx.as_ref().map(Consumer::peer),
+        )
     }
+}
+
+/// Whether the peer has attached to every ring this end uses: `tx` and `rx` are the peer states
+/// seen from this end's producer and consumer, `None` where it has none.
+pub(crate) fn peers_attached(tx: Option<PeerState>, rx: Option<PeerState>) -> bool {
+    tx.into_iter().chain(rx).all(|p| p != PeerState::NotYet)
 }
 
 /// One end of a byte-stream transport (socket or pipes): whole messages with `write_all` and

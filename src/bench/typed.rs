@@ -11,7 +11,6 @@
 //! a typed channel has nothing to loan.
 
 use crate::channel::{Channel, ChannelError, Receiver, Sender};
-use shmesh_ring::PeerState;
 
 use super::error::BenchError;
 use super::message::BenchMessage;
@@ -74,15 +73,10 @@ impl TypedEndpoint {
 
     /// Whether the peer's end of every channel this end uses has attached.
     pub(crate) fn peers_attached(&self) -> bool {
-        let tx = self
-            .tx
-            .as_ref()
-            .is_none_or(|tx| tx.peer() != PeerState::NotYet);
-        let rx = self
-            .rx
-            .as_ref()
-            .is_none_or(|rx| rx.peer() != PeerState::NotYet);
-        tx && rx
+        super::transport::peers_attached(
+            self.tx.as_ref().map(Sender::peer),
+            self.rx.as_ref().map(Receiver::peer),
+        )
     }
 }
 
