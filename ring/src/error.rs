@@ -141,13 +141,28 @@ pub enum AttachError {
         /// The pid recorded by the holder (display only).
         pid: u32,
     },
-    /// The segment is not a ring (wrong kind).
-    #[error("segment '{name}' is a {kind}, not an SPSC ring")]
+    /// The segment is not the kind of ring this endpoint needs.
+    #[error("segment '{name}' is a {kind}, not {expected}: open it with the matching endpoint")]
     NotARing {
         /// Segment name.
         name: String,
         /// Its kind.
         kind: String,
+        /// The kind the endpoint needs.
+        expected: &'static str,
+    },
+    /// Every endpoint slot of the many side (MPSC writers, broadcast readers) is held by a live
+    /// endpoint.
+    #[error(
+        "all {slots} {what} slots of ring '{name}' are held by live endpoints: detach one, or          create the ring with more endpoint slots"
+    )]
+    NoFreeSlot {
+        /// Segment name.
+        name: String,
+        /// Which endpoints ("writer", "reader").
+        what: &'static str,
+        /// How many slots the ring has for them.
+        slots: usize,
     },
     /// An operating-system call failed.
     #[error("{op} failed for ring '{name}': {source}")]

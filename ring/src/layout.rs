@@ -8,7 +8,20 @@
 //! | 128    | 256  | two [`EndpointSlot`]s: producer (0) and consumer (1) |
 //! | 384    | 512  | [`RingControl`]: tail, head and the two parked words, 128 bytes each |
 //! | 896    | 640  | [`SchemaBlock`]: the message type's description, and the last opener refused for a different one |
-//! | 1544   | cap  | the data area (records): `≡ 8 (mod 64)`, payloads 16-byte aligned |
+//! | 1544   | cap  | SPSC ring: the data area (records): `≡ 8 (mod 64)`, payloads 16-byte aligned |
+//!
+//! The many-endpoint kinds (MPSC and broadcast rings) add, after the schema block:
+//!
+//! | offset | size | what |
+//! |-------:|-----:|------|
+//! | 1536   | 128  | [`BroadcastControl`]: the broadcast writer's intent, limit and record count (zero for MPSC) |
+//! | 1664   | 128 × (slots − 2) | endpoint slots 2.. (the "many" side: MPSC writers, broadcast readers) |
+//! | ...    | 8 × history, rounded up to 128 | broadcast history: start positions of the last records |
+//! | [`data_offset`] | cap | the data area, `≡ 8 (mod 64)` |
+//!
+//! Endpoint slot `i` is liveness-token byte `1 + i`. Slot 0 is the SPSC producer and the
+//! broadcast writer; slot 1 the SPSC and MPSC consumer; MPSC writers and broadcast readers take
+//! free slots from 2 on.
 //!
 //! The header is written by the creator first; `magic` is stored last with `Release`
 //! (an opener that loads it with `Acquire` sees the rest). Everything an opener or a peer reads
@@ -30,7 +43,7 @@ use crate::sync::{AtomicU32, AtomicU64};
 /// `b"SHMESH\0\x01"` read as a little-endian `u64`: the segment is initialized.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SHMESH\0\x01");
 /// The version of this layout; bumped on any change of this module.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Alignment and granularity of record positions, in bytes.
 pub const RECORD_ALIGN: u64 = 16;
 /// Size of a record header, in bytes.
@@ -55,6 +68,35 @@ pub const SCHEMA_TEXT_WORDS: usize = SCHEMA_TEXT_LEN / 8;
 /// header and first 48 payload bytes on one cache line (payloads stay 16-byte aligned), and a
 /// small message costs the reader one line.
 pub const DATA_OFFSET: usize = 1544;
+/// Offset of the [`BroadcastControl`] block of the many-endpoint kinds.
+pub const EXT_OFFSET: usize = 1536;
+/// Offset of endpoint slot 2 of the many-endpoint kinds (slots 0 and 1 are at [`SLOTS_OFFSET`]).
+pub const EXTRA_SLOTS_OFFSET: usize = EXT_OFFSET + LINE;
+/// Most endpoint slots a segment may have (token bytes 1..=1024).
+pub const MAX_SLOTS: usize = 1026;
+/// Longest broadcast history, in records.
+pub const MAX_HISTORY: usize = 1 << 16;
+
+/// Offset of endpoint slot `index` in a segment.
+pub const fn slot_offset(index: usize) -> usize {
+    if index < 2 {
+        SLOTS_OFFSET + index * LINE
+    } else {
+        EXTRA_SLOTS_OFFSET + (index - 2) * LINE
+    }
+}
+
+/// Offset of the history table of a many-endpoint segment with `slots` endpoint slots.
+pub const fn history_offset(slots: usize) -> usize {
+    slot_offset(if slots < 2 { 2 } else { slots })
+}
+
+/// Offset of the data area of a many-endpoint segment with `slots` endpoint slots and a history
+/// of `history` records: after the history table, `≡ 8 (mod 64)`.
+pub const fn data_offset(slots: usize, history: usize) -> usize {
+    let end = history_offset(slots) + (history * 8).div_ceil(LINE) * LINE;
+    end.div_ceil(64) * 64 + 8
+}
 
 /// Segment header. Written once by the creator, then read-only.
 #[repr(C)]
@@ -74,17 +116,27 @@ pub struct SegmentHeader {
     pub data_offset: AtomicU64,
     /// Pid of the creator in its own pid namespace. Display only.
     pub creator_pid: AtomicU32,
-    /// Reserved, zero.
-    pub reserved0: AtomicU32,
+    /// Number of endpoint slots (2 for SPSC rings and probes).
+    pub slot_count: AtomicU32,
     /// Start time of the creator (clock ticks since boot, `/proc/self/stat` field 22). Display only.
     pub creator_start_time: AtomicU64,
     /// Creation time, nanoseconds since the Unix epoch. Display only.
     pub created_unix_ns: AtomicU64,
     /// Schema fingerprint of the message type (all zero for byte rings).
     pub schema: [AtomicU64; 4],
+    /// Broadcast rings: the slow-reader policy ([`POLICY_BLOCK`] or [`POLICY_LAP`]); 0 otherwise.
+    pub policy: AtomicU32,
+    /// Broadcast rings: how many of the last records are kept for late joiners (the length of
+    /// the history table); 0 otherwise.
+    pub history: AtomicU32,
     /// Reserved, zero.
-    pub reserved: [AtomicU64; 4],
+    pub reserved: [AtomicU64; 3],
 }
+
+/// Broadcast policy code: the writer waits for the slowest live reader.
+pub const POLICY_BLOCK: u32 = 1;
+/// Broadcast policy code: the writer never waits; lapped readers lose records.
+pub const POLICY_LAP: u32 = 2;
 
 /// Endpoint slot state: no endpoint has attached yet.
 pub const SLOT_NEVER: u32 = 0;
@@ -92,6 +144,39 @@ pub const SLOT_NEVER: u32 = 0;
 pub const SLOT_ATTACHED: u32 = 1;
 /// Endpoint slot state: the endpoint detached cleanly.
 pub const SLOT_CLOSED: u32 = 2;
+
+/// The broadcast writer's words that readers read (128 bytes, at [`EXT_OFFSET`]). Written by the
+/// writer only.
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct BroadcastControl {
+    /// The end of the region the writer may be overwriting now: stored before it writes a
+    /// record, so a `Lap` reader that reads it after copying a record knows whether the copy
+    /// can have been overwritten.
+    pub tail_intent: AtomicU64,
+    /// `Block`: the position up to which the writer may write without looking at the readers'
+    /// cursors again. A joining reader checks its start against it.
+    pub limit: AtomicU64,
+    /// Records published so far (the history table holds the start of record `n` at `n % history`).
+    pub published: AtomicU64,
+    /// Position of the first record ever written (the ring's start).
+    pub start: AtomicU64,
+    /// Reserved, zero.
+    pub reserved: [AtomicU64; 12],
+}
+
+impl BroadcastControl {
+    /// A control block for a ring starting at `start`.
+    pub fn new(start: u64) -> Self {
+        Self {
+            tail_intent: AtomicU64::new(start),
+            limit: AtomicU64::new(start),
+            published: AtomicU64::new(0),
+            start: AtomicU64::new(start),
+            reserved: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
 
 /// One endpoint (producer or consumer) of a ring. Written by that endpoint when it attaches
 /// and detaches; read by its peer and by tools.
@@ -107,6 +192,22 @@ pub struct EndpointSlot {
     pub start_time: AtomicU64,
     /// How many endpoints have attached to this slot so far (takeovers included).
     pub attach_count: AtomicU64,
+    /// Broadcast readers: the next position this reader will read (its head). Written by the
+    /// reader only, read by the writer (`Block`) and by tools.
+    pub cursor: AtomicU64,
+    /// Messages written (writers) or read (readers) through this slot so far, all the endpoints
+    /// that used it together. Written by the endpoint only (`Relaxed`), read by tools.
+    pub messages: AtomicU64,
+    /// Payload bytes of those messages.
+    pub bytes: AtomicU64,
+    /// Writers: how many times a write found the ring full and had to wait or fail. Readers:
+    /// how many times a read found it empty and parked.
+    pub waits: AtomicU64,
+    /// Readers of `Lap` broadcast rings: records lost to being lapped.
+    pub dropped: AtomicU64,
+    /// MPSC writers: the tail position this writer is claiming at (stored before its claim),
+    /// so that the consumer never treats a live writer's claim as abandoned.
+    pub intent: AtomicU64,
 }
 
 /// What the message type of a segment is, in words a person can read, and the last opener that
@@ -204,6 +305,12 @@ impl EndpointSlot {
             pid: AtomicU32::new(0),
             start_time: AtomicU64::new(0),
             attach_count: AtomicU64::new(0),
+            cursor: AtomicU64::new(0),
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            waits: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            intent: AtomicU64::new(u64::MAX),
         }
     }
 }
@@ -249,6 +356,16 @@ const _: () = {
     assert!(offset_of!(EndpointSlot, pid) == 4);
     assert!(offset_of!(EndpointSlot, start_time) == 8);
     assert!(offset_of!(EndpointSlot, attach_count) == 16);
+    assert!(offset_of!(EndpointSlot, cursor) == 24);
+    assert!(offset_of!(EndpointSlot, intent) == 64);
+    assert!(offset_of!(SegmentHeader, slot_count) == 44);
+    assert!(offset_of!(SegmentHeader, policy) == 96);
+    assert!(offset_of!(SegmentHeader, history) == 100);
+    assert!(size_of::<BroadcastControl>() == LINE);
+    assert!(EXT_OFFSET == SCHEMA_OFFSET + size_of::<SchemaBlock>());
+    assert!(slot_offset(1) + LINE == CONTROL_OFFSET);
+    assert!(data_offset(2, 0) % 64 == 8);
+    assert!(data_offset(MAX_SLOTS, MAX_HISTORY) % 64 == 8);
     assert!(size_of::<RingControl>() == 4 * LINE);
     assert!(offset_of!(RingControl, tail) == 0);
     assert!(offset_of!(RingControl, head) == LINE);

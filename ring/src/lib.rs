@@ -32,6 +32,7 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+mod counters;
 pub mod error;
 pub mod layout;
 pub mod memory;

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::layout::{EndpointSlot, RingControl, SLOT_ATTACHED};
+use crate::layout::{BroadcastControl, EndpointSlot, RingControl, SLOT_ATTACHED};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// One of the two ends of an SPSC ring.
@@ -50,6 +50,45 @@ impl fmt::Display for Side {
     }
 }
 
+/// What a broadcast ring's writer does about a reader that falls a whole ring behind. Chosen at
+/// creation, stored in the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BroadcastPolicy {
+    /// The writer waits for the slowest live reader (a dead reader is dropped from the set).
+    Block,
+    /// The writer never waits; a lapped reader is told how many records it lost and resumes at
+    /// the oldest record still intact.
+    Lap,
+}
+
+impl BroadcastPolicy {
+    /// The code stored in the header.
+    pub fn code(self) -> u32 {
+        match self {
+            BroadcastPolicy::Block => crate::layout::POLICY_BLOCK,
+            BroadcastPolicy::Lap => crate::layout::POLICY_LAP,
+        }
+    }
+
+    /// The policy with this header code.
+    pub fn from_code(code: u32) -> Option<Self> {
+        match code {
+            crate::layout::POLICY_BLOCK => Some(BroadcastPolicy::Block),
+            crate::layout::POLICY_LAP => Some(BroadcastPolicy::Lap),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for BroadcastPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BroadcastPolicy::Block => "block",
+            BroadcastPolicy::Lap => "lap",
+        })
+    }
+}
+
 /// What one endpoint knows of the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PeerState {
@@ -61,12 +100,15 @@ pub enum PeerState {
     Gone,
 }
 
-/// Memory that holds one ring: a control block, two endpoint slots and a data area.
+/// Memory that holds one ring: a control block, endpoint slots (two for an SPSC ring, more for
+/// the many-endpoint kinds), a broadcast control block, a history table and a data area.
 ///
 /// # Safety
 ///
 /// Implementors guarantee, for as long as the value lives:
-/// - [`control`](Self::control) and [`slot`](Self::slot) refer to memory that stays mapped;
+/// - [`control`](Self::control), [`slot`](Self::slot), [`broadcast`](Self::broadcast) and
+///   [`history`](Self::history) refer to memory that stays mapped;
+/// - [`slot_count`](Self::slot_count) is at least 2 and never changes;
 /// - [`data`](Self::data) points to [`capacity`](Self::capacity) bytes that stay mapped and
 ///   are valid for reads and writes, at an address `≡ 8 (mod 16)`;
 /// - [`capacity`](Self::capacity) is a power of two, at least 128, and never changes;
@@ -74,8 +116,20 @@ pub enum PeerState {
 pub unsafe trait RingMemory {
     /// The ring's control block.
     fn control(&self) -> &RingControl;
-    /// The endpoint slot of `side`.
-    fn slot(&self, side: Side) -> &EndpointSlot;
+    /// Endpoint slot `index`: 0 is the SPSC producer (and the broadcast writer), 1 the SPSC
+    /// consumer (and the MPSC consumer), 2.. the many side.
+    ///
+    /// # Panics
+    ///
+    /// If `index >= self.slot_count()` (a bug of the caller: indices come from attach, never
+    /// from shared memory).
+    fn slot(&self, index: usize) -> &EndpointSlot;
+    /// How many endpoint slots there are.
+    fn slot_count(&self) -> usize;
+    /// The broadcast control block (all zero and unused for the other kinds).
+    fn broadcast(&self) -> &BroadcastControl;
+    /// The broadcast history table (empty for the other kinds and without history).
+    fn history(&self) -> &[AtomicU64];
     /// Start of the data area.
     fn data(&self) -> NonNull<u8>;
     /// Size of the data area in bytes.
@@ -88,9 +142,9 @@ pub unsafe trait RingMemory {
     ///
     /// `off` is a multiple of 16 below [`capacity`](Self::capacity).
     unsafe fn header(&self, off: u64) -> &AtomicU64;
-    /// Whether the liveness token of `side` is held by a live endpoint. Called only when the
-    /// slot says attached, and never on the fast path (it may be a syscall).
-    fn token_held(&self, side: Side) -> bool;
+    /// Whether the liveness token of slot `index` is held by a live endpoint. Called only when
+    /// the slot says attached, and never on the fast path (it may be a syscall).
+    fn token_held(&self, index: usize) -> bool;
     /// Sleeps while `word == expected`, up to `timeout`; may return early or spuriously.
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
     /// Wakes every thread sleeping in [`futex_wait`](Self::futex_wait) on `word`.
@@ -178,7 +232,9 @@ pub struct HeapMemory {
 
 struct HeapInner {
     control: RingControl,
-    slots: [EndpointSlot; 2],
+    slots: Vec<EndpointSlot>,
+    broadcast: BroadcastControl,
+    history: Vec<AtomicU64>,
     base: NonNull<u8>,
     layout: std::alloc::Layout,
     capacity: u64,
@@ -191,6 +247,10 @@ struct HeapInner {
     #[cfg(loom)]
     headers: Vec<AtomicU64>,
 }
+
+/// Heap slot state after [`HeapMemory::kill`]: neither attached nor closed, so the peer asks
+/// the token, which is not held.
+const SLOT_KILLED: u32 = 3;
 
 /// Offset of the data area inside the (128-aligned) heap allocation: `≡ 8 (mod 64)`, like the
 /// segment layout.
@@ -209,7 +269,14 @@ impl HeapMemory {
     /// `capacity` must be a power of two of at least 128 and `start` a multiple of 16; the
     /// callers ([`crate::spsc::channel`]) check both.
     pub(crate) fn new(capacity: u64, start: u64) -> Self {
+        Self::with_slots(capacity, start, 2, 0)
+    }
+
+    /// Allocates a zeroed ring of `capacity` bytes with both positions at `start`, `slots`
+    /// endpoint slots (at least 2) and a history table of `history` entries.
+    pub(crate) fn with_slots(capacity: u64, start: u64, slots: usize, history: usize) -> Self {
         debug_assert!(capacity.is_power_of_two() && capacity >= 128 && start % 16 == 0);
+        debug_assert!(slots >= 2);
         let layout = std::alloc::Layout::from_size_align(HEAP_DATA_OFFSET + capacity as usize, 128)
             .expect("ring capacity overflows the address space");
         // SAFETY: the layout has a non-zero size.
@@ -218,7 +285,9 @@ impl HeapMemory {
         HeapMemory {
             inner: Arc::new(HeapInner {
                 control: RingControl::new(start),
-                slots: [EndpointSlot::new(), EndpointSlot::new()],
+                slots: (0..slots).map(|_| EndpointSlot::new()).collect(),
+                broadcast: BroadcastControl::new(start),
+                history: (0..history).map(|_| AtomicU64::new(start)).collect(),
                 base,
                 layout,
                 capacity,
@@ -258,12 +327,43 @@ impl HeapMemory {
         }
     }
 
-    /// Marks `side` attached (heap endpoints are created attached).
-    pub(crate) fn attach(&self, side: Side) {
-        let slot = &self.inner.slots[side.index()];
+    /// Marks slot `index` attached (heap endpoints are created attached).
+    pub(crate) fn attach(&self, index: usize) {
+        let slot = &self.inner.slots[index];
         slot.pid.store(std::process::id(), Ordering::Relaxed);
         slot.attach_count.fetch_add(1, Ordering::Relaxed);
         slot.state.store(SLOT_ATTACHED, Ordering::Release);
+    }
+
+    /// Takes the first slot in `range` that no endpoint holds, marks it attached and returns
+    /// its index; `None` when all are held. Heap slots are held while attached (the state
+    /// word is the token), so "free" means never used, closed or [`kill`](Self::kill)ed.
+    #[allow(dead_code)] // used by the MPSC and broadcast rings
+    pub(crate) fn attach_free(&self, range: std::ops::Range<usize>) -> Option<usize> {
+        for index in range {
+            let state = &self.inner.slots.get(index)?.state;
+            let current = state.load(Ordering::Acquire);
+            if current != SLOT_ATTACHED
+                && state
+                    .compare_exchange(current, SLOT_ATTACHED, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                let slot = &self.inner.slots[index];
+                slot.pid.store(std::process::id(), Ordering::Relaxed);
+                slot.attach_count.fetch_add(1, Ordering::Relaxed);
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Simulates the death of the endpoint in slot `index`: its token is released without a
+    /// clean detach, as when its process is killed (the slot keeps saying "attached"). For
+    /// tests of the recovery paths on the heap.
+    pub fn kill(&self, index: usize) {
+        if let Some(slot) = self.inner.slots.get(index) {
+            slot.state.store(SLOT_KILLED, Ordering::Release);
+        }
     }
 }
 
@@ -291,8 +391,20 @@ unsafe impl RingMemory for HeapMemory {
         &self.inner.control
     }
 
-    fn slot(&self, side: Side) -> &EndpointSlot {
-        &self.inner.slots[side.index()]
+    fn slot(&self, index: usize) -> &EndpointSlot {
+        &self.inner.slots[index]
+    }
+
+    fn slot_count(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    fn broadcast(&self) -> &BroadcastControl {
+        &self.inner.broadcast
+    }
+
+    fn history(&self) -> &[AtomicU64] {
+        &self.inner.history
     }
 
     fn data(&self) -> NonNull<u8> {
@@ -316,8 +428,8 @@ unsafe impl RingMemory for HeapMemory {
         &self.inner.headers[(off / crate::layout::RECORD_ALIGN) as usize]
     }
 
-    fn token_held(&self, side: Side) -> bool {
-        self.inner.slots[side.index()].state.load(Ordering::Acquire) == SLOT_ATTACHED
+    fn token_held(&self, index: usize) -> bool {
+        self.inner.slots[index].state.load(Ordering::Acquire) == SLOT_ATTACHED
     }
 
     #[cfg(not(loom))]

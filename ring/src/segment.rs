@@ -45,10 +45,11 @@ use thiserror::Error;
 
 use crate::error::AttachError;
 use crate::layout::{
-    pack_text, unpack_text, EndpointSlot, RingControl, SchemaBlock, SegmentHeader, CONTROL_OFFSET,
-    DATA_OFFSET, LAYOUT_VERSION, MAGIC, SCHEMA_OFFSET, SLOTS_OFFSET, SLOT_ATTACHED,
+    self, pack_text, unpack_text, BroadcastControl, EndpointSlot, RingControl, SchemaBlock,
+    SegmentHeader, CONTROL_OFFSET, DATA_OFFSET, EXT_OFFSET, LAYOUT_VERSION, MAGIC, MAX_HISTORY,
+    MAX_SLOTS, SCHEMA_OFFSET, SLOT_ATTACHED,
 };
-use crate::memory::{RingMemory, Side};
+use crate::memory::{BroadcastPolicy, RingMemory, Side};
 use crate::os::{self, LockKind};
 use crate::spsc::{self, Consumer, Producer};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
@@ -65,10 +66,13 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Byte of the "in use" lock held shared by every handle.
 const USERS_BYTE: u64 = 0;
 
-/// Byte of the liveness lock of an endpoint.
-fn endpoint_byte(side: Side) -> u64 {
-    1 + side.index() as u64
+/// Byte of the liveness lock of endpoint slot `index`.
+pub(crate) fn endpoint_byte(index: usize) -> u64 {
+    1 + index as u64
 }
+
+/// Default number of many-side endpoint slots (MPSC writers, broadcast readers).
+pub const DEFAULT_ENDPOINTS: usize = 16;
 
 /// What a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +81,10 @@ pub enum SegmentKind {
     SpscRing,
     /// A cache-line ping-pong probe ([`crate::probe`]): no data area.
     Probe,
+    /// A multi-producer/single-consumer byte ring ([`crate::mpsc`]).
+    MpscRing,
+    /// A one-writer, many-reader broadcast ring ([`crate::broadcast`]).
+    BroadcastRing,
 }
 
 impl SegmentKind {
@@ -85,7 +93,19 @@ impl SegmentKind {
         match self {
             SegmentKind::SpscRing => 1,
             SegmentKind::Probe => 2,
+            SegmentKind::MpscRing => 3,
+            SegmentKind::BroadcastRing => 4,
         }
+    }
+
+    /// Whether segments of this kind have a data area (all but the probe).
+    pub fn is_ring(self) -> bool {
+        self != SegmentKind::Probe
+    }
+
+    /// Whether segments of this kind have a table of many-side endpoint slots.
+    pub fn has_many_side(self) -> bool {
+        matches!(self, SegmentKind::MpscRing | SegmentKind::BroadcastRing)
     }
 
     /// The kind with this header code.
@@ -93,6 +113,8 @@ impl SegmentKind {
         match code {
             1 => Some(SegmentKind::SpscRing),
             2 => Some(SegmentKind::Probe),
+            3 => Some(SegmentKind::MpscRing),
+            4 => Some(SegmentKind::BroadcastRing),
             _ => None,
         }
     }
@@ -103,6 +125,8 @@ impl fmt::Display for SegmentKind {
         f.write_str(match self {
             SegmentKind::SpscRing => "spsc ring",
             SegmentKind::Probe => "cache-line probe",
+            SegmentKind::MpscRing => "mpsc ring",
+            SegmentKind::BroadcastRing => "broadcast ring",
         })
     }
 }
@@ -211,6 +235,18 @@ pub enum SegmentError {
     /// The capacity is not usable.
     #[error(transparent)]
     Capacity(#[from] AttachError),
+    /// A shape parameter (endpoints, history) is out of range.
+    #[error("segment '{name}': {found} {what} asked for, at most {max} (and at least 1 endpoint)")]
+    Shape {
+        /// Segment name.
+        name: String,
+        /// Which parameter.
+        what: &'static str,
+        /// The value asked for.
+        found: u64,
+        /// The largest allowed.
+        max: u64,
+    },
     /// Another operating-system call failed.
     #[error("{op} failed for segment '{name}': {source}")]
     Os {
@@ -284,6 +320,9 @@ pub struct SegmentBuilder {
     schema_text: String,
     open_timeout: Duration,
     start: u64,
+    endpoints: Option<usize>,
+    policy: Option<BroadcastPolicy>,
+    history: Option<usize>,
 }
 
 impl SegmentBuilder {
@@ -299,6 +338,44 @@ impl SegmentBuilder {
             schema_text: String::new(),
             open_timeout: DEFAULT_OPEN_TIMEOUT,
             start: 0,
+            endpoints: None,
+            policy: None,
+            history: None,
+        }
+    }
+
+    /// MPSC and broadcast rings. Create: how many endpoints the many side may have at once
+    /// (writers of an MPSC ring, readers of a broadcast ring; [`DEFAULT_ENDPOINTS`] by
+    /// default, at most 1024). Open: the number required, when given.
+    pub fn endpoints(mut self, n: usize) -> Self {
+        self.endpoints = Some(n);
+        self
+    }
+
+    /// Broadcast rings. Create: the slow-reader policy ([`BroadcastPolicy::Block`] by
+    /// default). Open: the policy required, when given.
+    pub fn policy(mut self, policy: BroadcastPolicy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+
+    /// Broadcast rings. Create: how many of the last records the writer keeps for readers that
+    /// join late (0 by default, at most 65536). Open: the number required, when given.
+    pub fn history(mut self, records: usize) -> Self {
+        self.history = Some(records);
+        self
+    }
+
+    /// The endpoint slot count and history length a new segment of this builder gets.
+    fn shape(&self) -> (usize, usize) {
+        if self.kind.has_many_side() {
+            let history = match self.kind {
+                SegmentKind::BroadcastRing => self.history.unwrap_or(0),
+                _ => 0,
+            };
+            (2 + self.endpoints.unwrap_or(DEFAULT_ENDPOINTS), history)
+        } else {
+            (2, 0)
         }
     }
 
@@ -357,9 +434,13 @@ impl SegmentBuilder {
     }
 
     fn total_size(&self, capacity: u64) -> u64 {
+        let (slots, history) = self.shape();
         let bytes = match self.kind {
             SegmentKind::SpscRing => DATA_OFFSET as u64 + capacity,
             SegmentKind::Probe => DATA_OFFSET as u64,
+            SegmentKind::MpscRing | SegmentKind::BroadcastRing => {
+                layout::data_offset(slots, history) as u64 + capacity
+            }
         };
         let page = rustix::param::page_size() as u64;
         bytes.div_ceil(page) * page
@@ -375,7 +456,8 @@ impl SegmentBuilder {
     pub fn create(&self) -> Result<Segment, SegmentError> {
         let path = object_name(&self.name)?;
         let capacity = match self.kind {
-            SegmentKind::SpscRing => {
+            SegmentKind::Probe => 0,
+            _ => {
                 let capacity = self.capacity.unwrap_or(0);
                 spsc::check_capacity(capacity)?;
                 if self.start % 16 != 0 {
@@ -383,8 +465,24 @@ impl SegmentBuilder {
                 }
                 capacity
             }
-            SegmentKind::Probe => 0,
         };
+        let (slots, history) = self.shape();
+        if slots > MAX_SLOTS || (self.kind.has_many_side() && slots < 3) {
+            return Err(SegmentError::Shape {
+                name: self.name.clone(),
+                what: "endpoints",
+                found: (slots - 2) as u64,
+                max: (MAX_SLOTS - 2) as u64,
+            });
+        }
+        if history > MAX_HISTORY {
+            return Err(SegmentError::Shape {
+                name: self.name.clone(),
+                what: "history",
+                found: history as u64,
+                max: MAX_HISTORY as u64,
+            });
+        }
         let total = self.total_size(capacity);
         for _ in 0..16 {
             let flags = ShmOFlags::CREATE | ShmOFlags::EXCL | ShmOFlags::RDWR;
@@ -499,12 +597,26 @@ impl SegmentBuilder {
             .populate()
             .map_raw(&file)
             .map_err(|e| os_err("mmap", &self.name)(io_errno(&e)))?;
+        let (slots, history) = self.shape();
+        let policy = match self.kind {
+            SegmentKind::BroadcastRing => Some(self.policy.unwrap_or(BroadcastPolicy::Block)),
+            _ => None,
+        };
+        let data_offset = match self.kind {
+            SegmentKind::SpscRing | SegmentKind::Probe => DATA_OFFSET,
+            _ => layout::data_offset(slots, history),
+        };
         let inner = Inner {
             name: self.name.clone(),
             path: path.to_owned(),
             kind: self.kind,
             capacity,
             total_size: total,
+            slot_count: slots,
+            history,
+            policy,
+            data_offset,
+            local_broadcast: BroadcastControl::new(0),
             creator: true,
             map,
             file,
@@ -514,7 +626,11 @@ impl SegmentBuilder {
         h.kind.store(self.kind.code(), Ordering::Relaxed);
         h.total_size.store(total, Ordering::Relaxed);
         h.capacity.store(capacity, Ordering::Relaxed);
-        h.data_offset.store(DATA_OFFSET as u64, Ordering::Relaxed);
+        h.data_offset.store(data_offset as u64, Ordering::Relaxed);
+        h.slot_count.store(slots as u32, Ordering::Relaxed);
+        h.policy
+            .store(policy.map_or(0, BroadcastPolicy::code), Ordering::Relaxed);
+        h.history.store(history as u32, Ordering::Relaxed);
         h.creator_pid.store(std::process::id(), Ordering::Relaxed);
         h.creator_start_time
             .store(os::process_start_time(), Ordering::Relaxed);
@@ -532,6 +648,18 @@ impl SegmentBuilder {
         let control = inner.control();
         control.tail.0.store(self.start, Ordering::Relaxed);
         control.head.0.store(self.start, Ordering::Relaxed);
+        for index in 0..slots {
+            inner.slot(index).intent.store(u64::MAX, Ordering::Relaxed);
+        }
+        if self.kind == SegmentKind::BroadcastRing {
+            let b = inner.broadcast();
+            b.tail_intent.store(self.start, Ordering::Relaxed);
+            b.limit.store(self.start, Ordering::Relaxed);
+            b.start.store(self.start, Ordering::Relaxed);
+            for word in inner.history() {
+                word.store(self.start, Ordering::Relaxed);
+            }
+        }
         // Published last: an opener that sees the magic (Acquire) sees everything above.
         h.magic.store(MAGIC, Ordering::Release);
         Ok(Segment {
@@ -612,6 +740,11 @@ impl SegmentBuilder {
             kind: self.kind,
             capacity: 0,
             total_size: size,
+            slot_count: 2,
+            history: 0,
+            policy: None,
+            data_offset: DATA_OFFSET,
+            local_broadcast: BroadcastControl::new(0),
             creator: false,
             map,
             file,
@@ -637,14 +770,60 @@ impl SegmentBuilder {
         if total != size {
             return Err(self.mismatch("total size (header vs fstat)", size, total));
         }
+        let slots = h.slot_count.load(Ordering::Relaxed) as usize;
+        let history = h.history.load(Ordering::Relaxed) as usize;
+        let policy_code = h.policy.load(Ordering::Relaxed);
+        let mut found_policy = None;
+        let expected_offset = if self.kind.has_many_side() {
+            if !(3..=MAX_SLOTS).contains(&slots) {
+                return Err(self.mismatch("slot count", format!("3 to {MAX_SLOTS}"), slots));
+            }
+            if let Some(n) = self.endpoints {
+                if n + 2 != slots {
+                    return Err(self.mismatch("endpoints", n, slots - 2));
+                }
+            }
+            let history_max = if self.kind == SegmentKind::BroadcastRing {
+                MAX_HISTORY
+            } else {
+                0
+            };
+            if history > history_max {
+                return Err(self.mismatch("history", format!("0 to {history_max}"), history));
+            }
+            if let Some(n) = self.history {
+                if n != history {
+                    return Err(self.mismatch("history", n, history));
+                }
+            }
+            if self.kind == SegmentKind::BroadcastRing {
+                let Some(policy) = BroadcastPolicy::from_code(policy_code) else {
+                    return Err(self.mismatch("policy", "1 (block) or 2 (lap)", policy_code));
+                };
+                if let Some(expected) = self.policy {
+                    if expected != policy {
+                        return Err(self.mismatch("policy", expected, policy));
+                    }
+                }
+                found_policy = Some(policy);
+            }
+            layout::data_offset(slots, history)
+        } else {
+            if slots != 2 {
+                return Err(self.mismatch("slot count", 2, slots));
+            }
+            DATA_OFFSET
+        };
         let data_offset = h.data_offset.load(Ordering::Relaxed);
-        if data_offset != DATA_OFFSET as u64 {
-            return Err(self.mismatch("data offset", DATA_OFFSET, data_offset));
+        if data_offset != expected_offset as u64 {
+            return Err(self.mismatch("data offset", expected_offset, data_offset));
         }
         let capacity = h.capacity.load(Ordering::Relaxed);
         match self.kind {
-            SegmentKind::SpscRing => {
-                if spsc::check_capacity(capacity).is_err() || DATA_OFFSET as u64 + capacity > size {
+            SegmentKind::SpscRing | SegmentKind::MpscRing | SegmentKind::BroadcastRing => {
+                if spsc::check_capacity(capacity).is_err()
+                    || expected_offset as u64 + capacity > size
+                {
                     return Err(self.mismatch(
                         "capacity",
                         format!("a power of two that fits the {size}-byte object"),
@@ -692,6 +871,12 @@ impl SegmentBuilder {
             }
         }
         inner.capacity = capacity;
+        inner.data_offset = expected_offset;
+        inner.policy = found_policy;
+        if self.kind.has_many_side() {
+            inner.slot_count = slots;
+            inner.history = history;
+        }
         Ok(Segment {
             inner: Arc::new(inner),
         })
@@ -851,6 +1036,16 @@ struct Inner {
     /// Validated once at create/open; never re-read from shared memory.
     capacity: u64,
     total_size: u64,
+    /// Endpoint slots (validated, kept in process memory).
+    slot_count: usize,
+    /// Broadcast history length (validated).
+    history: usize,
+    /// Broadcast policy (validated).
+    policy: Option<BroadcastPolicy>,
+    /// Offset of the data area (validated).
+    data_offset: usize,
+    /// Stands in for the broadcast block of kinds that have none.
+    local_broadcast: BroadcastControl,
     creator: bool,
     map: MmapRaw,
     /// Holds the shared "in use" lock while open.
@@ -872,10 +1067,44 @@ impl Inner {
     }
 
     #[inline]
-    fn slot(&self, side: Side) -> &EndpointSlot {
-        let off = SLOTS_OFFSET + side.index() * std::mem::size_of::<EndpointSlot>();
-        // SAFETY: as in `header`: the slots lie below DATA_OFFSET, 128-aligned, all atomics.
+    fn slot(&self, index: usize) -> &EndpointSlot {
+        assert!(
+            index < self.slot_count,
+            "endpoint slot {index} out of range"
+        );
+        let off = layout::slot_offset(index);
+        // SAFETY: as in `header`: slot `index < slot_count` lies below the data offset (checked
+        // against the slot count at create/open), 128-aligned, all atomics.
         unsafe { self.base().add(off).cast::<EndpointSlot>().as_ref() }
+    }
+
+    #[inline]
+    fn broadcast(&self) -> &BroadcastControl {
+        if !self.kind.has_many_side() {
+            // SPSC rings and probes have no such block (their data area starts at 1544).
+            return &self.local_broadcast;
+        }
+        // SAFETY: as in `header`: for the many-endpoint kinds the block lies at EXT_OFFSET,
+        // below slot 2 and the data offset (checked at create/open), 128-aligned, all atomics.
+        unsafe {
+            self.base()
+                .add(EXT_OFFSET)
+                .cast::<BroadcastControl>()
+                .as_ref()
+        }
+    }
+
+    #[inline]
+    fn history(&self) -> &[AtomicU64] {
+        let off = layout::history_offset(self.slot_count);
+        // SAFETY: the table of `history` words lies between the slots and the data offset
+        // (checked at create/open), 8-aligned, all atomics.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base().add(off).cast::<AtomicU64>().as_ptr(),
+                self.history,
+            )
+        }
     }
 
     #[inline]
@@ -1020,41 +1249,131 @@ impl Segment {
     }
 
     fn attach(&self, side: Side) -> Result<ShmMemory, AttachError> {
+        self.expect_kind(SegmentKind::SpscRing, "an SPSC ring")?;
         let inner = &self.inner;
-        if inner.kind != SegmentKind::SpscRing {
-            return Err(AttachError::NotARing {
-                name: inner.name.clone(),
-                kind: inner.kind.to_string(),
-            });
-        }
-        let os = |op| {
-            move |source| AttachError::Os {
-                op,
-                name: inner.name.clone(),
-                source,
-            }
-        };
-        let lock = self.reopen().map_err(os("reopen"))?;
-        let slot = inner.slot(side);
-        if !os::try_lock(lock.as_fd(), endpoint_byte(side), LockKind::Exclusive)
-            .map_err(os("fcntl(F_OFD_SETLK)"))?
-        {
-            return Err(AttachError::Busy {
+        let lock = self.reopen().map_err(self.attach_os("reopen"))?;
+        match self.lock_slot(&lock, side.index())? {
+            true => Ok(self.attached(lock, side.index())),
+            false => Err(AttachError::Busy {
                 name: inner.name.clone(),
                 side,
-                pid: slot.pid.load(Ordering::Relaxed),
-            });
+                pid: inner.slot(side.index()).pid.load(Ordering::Relaxed),
+            }),
         }
+    }
+
+    /// `Err(NotARing)` unless the segment is of kind `kind`.
+    pub(crate) fn expect_kind(
+        &self,
+        kind: SegmentKind,
+        expected: &'static str,
+    ) -> Result<(), AttachError> {
+        if self.inner.kind == kind {
+            Ok(())
+        } else {
+            Err(AttachError::NotARing {
+                name: self.inner.name.clone(),
+                kind: self.inner.kind.to_string(),
+                expected,
+            })
+        }
+    }
+
+    fn attach_os(&self, op: &'static str) -> impl Fn(Errno) -> AttachError + '_ {
+        move |source| AttachError::Os {
+            op,
+            name: self.inner.name.clone(),
+            source,
+        }
+    }
+
+    /// Tries to take the liveness token of slot `index` through `lock`.
+    fn lock_slot(&self, lock: &OwnedFd, index: usize) -> Result<bool, AttachError> {
+        os::try_lock(lock.as_fd(), endpoint_byte(index), LockKind::Exclusive)
+            .map_err(self.attach_os("fcntl(F_OFD_SETLK)"))
+    }
+
+    /// Fills in slot `index`, whose token `lock` holds, and makes the endpoint memory.
+    fn attached(&self, lock: OwnedFd, index: usize) -> ShmMemory {
+        let slot = self.inner.slot(index);
         slot.pid.store(std::process::id(), Ordering::Relaxed);
         slot.start_time
             .store(os::process_start_time(), Ordering::Relaxed);
         slot.attach_count.fetch_add(1, Ordering::Relaxed);
         slot.state.store(SLOT_ATTACHED, Ordering::Release);
-        Ok(ShmMemory {
-            seg: Arc::clone(inner),
+        ShmMemory {
+            seg: Arc::clone(&self.inner),
             lock,
-            side,
+            slot: index,
+        }
+    }
+
+    /// Attaches to a fixed endpoint slot (0 or 1) of a many-endpoint ring: the broadcast
+    /// writer or the MPSC consumer. `what` names it in the error.
+    ///
+    /// The slot is marked attached before this returns; the caller's endpoint initializes its
+    /// own words.
+    #[allow(dead_code)] // used by the MPSC and broadcast rings
+    pub(crate) fn attach_single(
+        &self,
+        kind: SegmentKind,
+        expected: &'static str,
+        index: usize,
+        side: Side,
+    ) -> Result<ShmMemory, AttachError> {
+        self.expect_kind(kind, expected)?;
+        let lock = self.reopen().map_err(self.attach_os("reopen"))?;
+        if self.lock_slot(&lock, index)? {
+            Ok(self.attached(lock, index))
+        } else {
+            Err(AttachError::Busy {
+                name: self.inner.name.clone(),
+                side,
+                pid: self.inner.slot(index).pid.load(Ordering::Relaxed),
+            })
+        }
+    }
+
+    /// Attaches to the first free slot of the many side (slots 2..) of a many-endpoint ring: a
+    /// slot whose token no live endpoint holds (never used, detached, or its process died).
+    /// `before` runs with the token held and before the slot is marked attached: an endpoint
+    /// taking over a dead one's slot cleans up after it there.
+    #[allow(dead_code)] // used by the MPSC and broadcast rings
+    pub(crate) fn attach_many(
+        &self,
+        kind: SegmentKind,
+        expected: &'static str,
+        what: &'static str,
+        before: impl FnOnce(&EndpointSlot),
+    ) -> Result<ShmMemory, AttachError> {
+        self.expect_kind(kind, expected)?;
+        let lock = self.reopen().map_err(self.attach_os("reopen"))?;
+        for index in 2..self.inner.slot_count {
+            if self.lock_slot(&lock, index)? {
+                before(self.inner.slot(index));
+                return Ok(self.attached(lock, index));
+            }
+        }
+        Err(AttachError::NoFreeSlot {
+            name: self.inner.name.clone(),
+            what,
+            slots: self.inner.slot_count - 2,
         })
+    }
+
+    /// Number of endpoint slots (2 for SPSC rings; 2 + the many side's for the others).
+    pub fn slot_count(&self) -> usize {
+        self.inner.slot_count
+    }
+
+    /// The broadcast policy (`None` for other kinds).
+    pub fn policy(&self) -> Option<BroadcastPolicy> {
+        self.inner.policy
+    }
+
+    /// The broadcast history length in records (0 for other kinds).
+    pub fn history_len(&self) -> usize {
+        self.inner.history
     }
 
     /// A new open file description of the same object, for an endpoint's own lock.
@@ -1105,21 +1424,22 @@ impl fmt::Debug for Segment {
 pub struct ShmMemory {
     seg: Arc<Inner>,
     lock: OwnedFd,
-    side: Side,
+    slot: usize,
 }
 
 impl fmt::Debug for ShmMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ShmMemory")
             .field("segment", &self.seg.name)
-            .field("side", &self.side)
+            .field("slot", &self.slot)
             .finish()
     }
 }
 
-// SAFETY: the mapping is at least DATA_OFFSET + capacity bytes (validated at create/open,
-// `capacity` kept in process memory, never re-read from the segment) and stays mapped while the
-// `Arc<Inner>` lives; DATA_OFFSET ≡ 8 (mod 16) on a page-aligned mapping.
+// SAFETY: the mapping is at least data_offset + capacity bytes (validated at create/open, both
+// kept in process memory, never re-read from the segment) and stays mapped while the
+// `Arc<Inner>` lives; data offsets are ≡ 8 (mod 64) on a page-aligned mapping; the slot count
+// and history length were validated against the data offset.
 unsafe impl RingMemory for ShmMemory {
     #[inline]
     fn control(&self) -> &RingControl {
@@ -1127,14 +1447,29 @@ unsafe impl RingMemory for ShmMemory {
     }
 
     #[inline]
-    fn slot(&self, side: Side) -> &EndpointSlot {
-        self.seg.slot(side)
+    fn slot(&self, index: usize) -> &EndpointSlot {
+        self.seg.slot(index)
+    }
+
+    #[inline]
+    fn slot_count(&self) -> usize {
+        self.seg.slot_count
+    }
+
+    #[inline]
+    fn broadcast(&self) -> &BroadcastControl {
+        self.seg.broadcast()
+    }
+
+    #[inline]
+    fn history(&self) -> &[AtomicU64] {
+        self.seg.history()
     }
 
     #[inline]
     fn data(&self) -> NonNull<u8> {
-        // SAFETY: DATA_OFFSET is inside the mapping (see the impl's SAFETY).
-        unsafe { self.seg.base().add(DATA_OFFSET) }
+        // SAFETY: the data offset is inside the mapping (see the impl's SAFETY).
+        unsafe { self.seg.base().add(self.seg.data_offset) }
     }
 
     #[inline]
@@ -1151,9 +1486,9 @@ unsafe impl RingMemory for ShmMemory {
     }
 
     #[inline]
-    fn token_held(&self, side: Side) -> bool {
+    fn token_held(&self, index: usize) -> bool {
         // An error here (there should be none) must not declare a live peer dead.
-        os::is_locked(self.lock.as_fd(), endpoint_byte(side)).unwrap_or(true)
+        os::is_locked(self.lock.as_fd(), endpoint_byte(index)).unwrap_or(true)
     }
 
     #[inline]
@@ -1168,9 +1503,19 @@ unsafe impl RingMemory for ShmMemory {
 }
 
 impl ShmMemory {
-    /// Which endpoint this is.
+    /// Which endpoint this is, for the two fixed slots (0: producer or broadcast writer; 1:
+    /// consumer). Many-side endpoints (slots 2..) report [`Side::Producer`] for MPSC writers
+    /// and [`Side::Consumer`] for broadcast readers.
     pub fn side(&self) -> Side {
-        self.side
+        match (self.slot, self.seg.kind) {
+            (0, _) | (2.., SegmentKind::MpscRing) => Side::Producer,
+            _ => Side::Consumer,
+        }
+    }
+
+    /// The index of this endpoint's slot.
+    pub fn slot_index(&self) -> usize {
+        self.slot
     }
 
     /// The segment's name.

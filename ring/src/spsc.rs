@@ -65,6 +65,7 @@ use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
+use crate::counters::Counters;
 use crate::error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
 use crate::layout::{
     align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED, SLOT_NEVER,
@@ -158,8 +159,8 @@ pub fn channel_at(
         return Err(AttachError::StartPosition(start));
     }
     let mem = HeapMemory::new(capacity, start);
-    mem.attach(Side::Producer);
-    mem.attach(Side::Consumer);
+    mem.attach(Side::Producer.index());
+    mem.attach(Side::Consumer.index());
     Ok((Producer::new(mem.clone())?, Consumer::new(mem)?))
 }
 
@@ -192,10 +193,10 @@ unsafe fn header<M: RingMemory>(mem: &M, off: u64) -> &crate::sync::AtomicU64 {
 /// The state of the peer, as seen from `side`: slot state first, liveness token second.
 fn peer_state<M: RingMemory>(mem: &M, side: Side) -> PeerState {
     let peer = side.peer();
-    match mem.slot(peer).state.load(Ordering::Acquire) {
+    match mem.slot(peer.index()).state.load(Ordering::Acquire) {
         SLOT_NEVER => PeerState::NotYet,
         SLOT_CLOSED => PeerState::Gone,
-        _ if mem.token_held(peer) => PeerState::Alive,
+        _ if mem.token_held(peer.index()) => PeerState::Alive,
         _ => PeerState::Gone,
     }
 }
@@ -224,7 +225,9 @@ fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
 
 /// Marks `side` detached and wakes its peer so that it notices at once.
 fn detach<M: RingMemory>(mem: &M, side: Side) {
-    mem.slot(side).state.store(SLOT_CLOSED, Ordering::Release);
+    mem.slot(side.index())
+        .state
+        .store(SLOT_CLOSED, Ordering::Release);
     let control = mem.control();
     let word = match side {
         Side::Producer => &control.consumer_parked.0,
@@ -286,6 +289,7 @@ pub struct Producer<M: RingMemory> {
     peer_check: PeerCheck,
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
     light: bool,
+    counters: Counters,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -325,6 +329,7 @@ impl<M: RingMemory> Producer<M> {
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
             light: light_wakes(),
+            counters: Counters::resume(mem.slot(Side::Producer.index())),
             _not_sync: PhantomData,
             mem,
         })
@@ -502,6 +507,8 @@ impl<M: RingMemory> Producer<M> {
         }
         // Records committed in a batch must be visible before we wait for the consumer.
         self.publish();
+        self.counters.wait();
+        self.counters.flush(self.mem.slot(Side::Producer.index()));
         let mut waiter = Waiter::new(self.wait, deadline);
         loop {
             match waiter.next() {
@@ -588,6 +595,7 @@ impl<M: RingMemory> Producer<M> {
                 .0
                 .store(self.tail, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0, self.light);
+            self.counters.flush(self.mem.slot(Side::Producer.index()));
         }
         debug_assert_eq!(self.published, self.tail);
     }
@@ -734,6 +742,7 @@ impl<'a, M: RingMemory> Grant<'a, M> {
             producer.stage(start, encode(pos.wrapping_sub(start) as i32, PADDING));
         }
         producer.tail = end;
+        producer.counters.message(len);
         self.done = true;
         if self.publish {
             producer.publish();
@@ -868,6 +877,7 @@ pub struct Consumer<M: RingMemory> {
     peer_check: PeerCheck,
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
     light: bool,
+    counters: Counters,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -893,6 +903,7 @@ impl<M: RingMemory> Consumer<M> {
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
             light: light_wakes(),
+            counters: Counters::resume(mem.slot(Side::Consumer.index())),
             _not_sync: PhantomData,
             mem,
         })
@@ -1041,6 +1052,7 @@ impl<M: RingMemory> Consumer<M> {
                     }
                 }
                 Step::Park(slice) => {
+                    self.counters.wait();
                     let word = &self.mem.control().consumer_parked.0;
                     word.store(1, Ordering::Relaxed);
                     // SYNC POINT C: pairs with the producer's `wake_if_parked`.
@@ -1084,6 +1096,7 @@ impl<M: RingMemory> Consumer<M> {
                 .0
                 .store(self.head, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().producer_parked.0, self.light);
+            self.counters.flush(self.mem.slot(Side::Consumer.index()));
         }
     }
 }
@@ -1250,6 +1263,7 @@ impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
         self.track.end();
         self.consumer.head = self.next.end;
+        self.consumer.counters.message(self.next.len);
         if self.release {
             self.consumer.release();
         }
