@@ -32,10 +32,12 @@
 #![deny(unsafe_op_in_unsafe_fn, missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
+pub mod broadcast;
 mod counters;
 pub mod error;
 pub mod layout;
 pub mod memory;
+pub mod mpsc;
 #[cfg(not(loom))]
 mod os;
 #[cfg(not(loom))]
@@ -47,7 +49,7 @@ mod sync;
 pub mod wait;
 
 pub use error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
-pub use memory::{HeapMemory, PeerState, RingMemory, Side};
+pub use memory::{BroadcastPolicy, HeapMemory, PeerState, RingMemory, Side};
 #[cfg(not(loom))]
 pub use probe::CacheLineProbe;
 #[cfg(not(loom))]

@@ -1171,6 +1171,37 @@ impl Segment {
         })
     }
 
+    /// Removes the segment `name` if no live process uses it: no handle anywhere holds its
+    /// "in use" token (every handle holds it, so every endpoint does). `Ok(true)`: removed;
+    /// `Ok(false)`: in use, left alone. Safe against a concurrent `create` of the same name: the
+    /// check takes the token exclusively, and a creator that finds it taken starts afresh,
+    /// so the new segment is never the one removed.
+    ///
+    /// # Errors
+    ///
+    /// [`SegmentError::InvalidName`], `NotFound`, `NotOwner` (another user's object: never
+    /// removed), `PermissionDenied`, `Os`.
+    pub fn remove_unused(name: &str) -> Result<bool, SegmentError> {
+        let path = object_name(name)?;
+        let builder = SegmentBuilder::new(name);
+        match open_nofollow(&path) {
+            Ok(_) => {}
+            Err(Errno::NOENT) => {
+                return Err(SegmentError::NotFound {
+                    name: name.to_owned(),
+                })
+            }
+            Err(Errno::LOOP) => return Err(builder.symlink_error(&path)),
+            Err(Errno::ACCESS) => {
+                return Err(SegmentError::PermissionDenied {
+                    name: name.to_owned(),
+                })
+            }
+            Err(e) => return Err(os_err("open", name)(e)),
+        }
+        builder.reclaim(&path)
+    }
+
     /// The segment name (without prefix).
     pub fn name(&self) -> &str {
         &self.inner.name

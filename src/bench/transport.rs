@@ -400,8 +400,8 @@ pub(crate) fn wait_for<T>(
 pub(crate) enum ParentSetup {
     /// The cache-line probe segment the peer will answer on.
     Line(CacheLineProbe),
-    /// The rings, created and attached.
-    Shm(ShmEndpoint),
+    /// The rings, created and attached (boxed: two endpoints are far larger than a socket).
+    Shm(Box<ShmEndpoint>),
     /// A bound Unix socket.
     Uds(UnixListener),
     /// A bound loopback TCP socket.
@@ -513,7 +513,7 @@ impl ParentSetup {
                 if let Some(rx) = ep.rx.as_mut() {
                     rx.set_wait_strategy(plan.wait);
                 }
-                Ok((ParentSetup::Shm(ep), tag.to_owned()))
+                Ok((ParentSetup::Shm(Box::new(ep)), tag.to_owned()))
             }
             Transport::Uds => {
                 let path = plan.dir.join(format!("{n}.sock"));
@@ -586,7 +586,7 @@ impl ParentSetup {
                 wait_for("the peer to attach to the rings", alive, || {
                     Ok(ep.peers_attached().then_some(()))
                 })?;
-                Ok(Box::new(ep))
+                Ok(ep)
             }
             ParentSetup::Uds(listener) => {
                 listener

@@ -1,0 +1,1 @@
+//! The one-writer, many-reader broadcast ring (in progress).
