@@ -215,6 +215,17 @@ pub enum RecvError {
     /// [`SchemaMismatch`]); the channel still works.
     #[error(transparent)]
     SchemaMismatch(Box<SchemaMismatch>),
+    /// A subscriber of a `Lap` topic fell a whole ring behind its publisher and lost `lost`
+    /// messages; the next receive continues with the oldest message still available.
+    #[error(
+        "lapped: the publisher overwrote {lost} messages this subscriber had not read yet (the \
+         topic's policy is Lap); receiving continues with the oldest message still available: \
+         read faster, or create the topic with a larger capacity or the Block policy"
+    )]
+    Lapped {
+        /// How many messages were lost.
+        lost: u64,
+    },
     /// The ring's shared state is corrupt.
     #[error(transparent)]
     Corrupt(#[from] Corruption),

@@ -53,6 +53,7 @@
 //! 1024th time they find the ring empty (or full), so that polling costs no system call.
 
 mod access;
+mod ends;
 mod error;
 mod loan;
 mod schema;
@@ -65,19 +66,16 @@ use std::time::{Duration, Instant};
 
 use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
-use rkyv::rancor::{self, Source as _};
-use rkyv::ser::allocator::{Arena, ArenaHandle};
-use rkyv::ser::sharing::Share;
-use rkyv::ser::{Positional, Serializer};
-use rkyv::util::AlignedVec;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
 use rkyv::{Archive, Archived};
 use shmesh_ring::{
-    ClaimError, Consumer, MappedRecord, PeerState, Producer, ReadError, SchemaId, Segment,
-    SegmentBuilder, ShmMemory, TryClaimError, TryReadError, WaitStrategy,
+    Consumer, MappedRecord, PeerState, Producer, SchemaId, Segment, SegmentBuilder, ShmMemory,
+    TryClaimError, WaitStrategy,
 };
 
-use self::access::Mode;
 pub use self::access::{Access, AccessMode};
+use self::ends::{claim_failure, Decoder, Encoder};
 pub use self::error::{
     ChannelError, LoanError, RecvError, SchemaMismatch, SendError, SendFailure, SendTimeoutError,
     TryRecvError, TrySendError,
@@ -347,9 +345,7 @@ impl<T: Message> Channel<T> {
         Ok(Sender {
             producer,
             watch: self.watch(),
-            arena: Arena::new(),
-            hint: 0,
-            _type: PhantomData,
+            enc: Encoder::new(),
         })
     }
 
@@ -373,9 +369,7 @@ impl<T: Message> Channel<T> {
         Ok(Receiver {
             consumer,
             watch: self.watch(),
-            access: access.0,
-            scratch: AlignedVec::new(),
-            _type: PhantomData,
+            dec: Decoder::new(access.0),
         })
     }
 }
@@ -457,17 +451,6 @@ impl From<Fail> for LoanError {
     }
 }
 
-/// What one claim-and-serialize attempt of a send came to.
-enum Attempt {
-    Sent(usize),
-    /// No room for this claim.
-    Full,
-    /// No room even for the smallest message of the type.
-    FullForAny,
-    Overflow,
-    Failed(Fail),
-}
-
 /// The sending end of a [`Channel`]. `Send`, not `Sync`: one thread sends.
 ///
 /// ```compile_fail
@@ -479,11 +462,7 @@ enum Attempt {
 pub struct Sender<T> {
     producer: Producer<ShmMemory>,
     watch: Watch,
-    /// rkyv's scratch space, reused for every message.
-    arena: Arena,
-    /// Recent archived sizes (decaying maximum): what a send claims before it knows.
-    hint: usize,
-    _type: PhantomData<fn(T)>,
+    enc: Encoder<T>,
 }
 
 impl<T> fmt::Debug for Sender<T> {
@@ -561,95 +540,8 @@ impl<T: Message> Sender<T> {
     }
 
     fn send_with(&mut self, value: &T, patience: Patience) -> Result<(), Fail> {
-        if let Some(mismatch) = self.watch.check() {
-            return Err(SendFailure::SchemaMismatch(mismatch).into());
-        }
-        let capacity = self.producer.capacity();
-        let max = self.producer.max_payload() as usize;
-        let mut want = (self.hint + self.hint / 8 + 64).min(max);
-        let mut exact = false;
-        // The smallest record any value of `T` takes: its root, a header, the next slot.
-        let min_record = (std::mem::size_of::<Archived<T>>() as u64 + 8).next_multiple_of(16) + 16;
-        loop {
-            // Fast path: claim at once, serialize into the claim; wait (in slices) only when
-            // the ring is full.
-            let outcome = match self.producer.try_claim(want) {
-                Ok(mut grant) => {
-                    let mut serializer = Serializer::new(
-                        SliceWriter::new(&mut grant),
-                        self.arena.acquire(),
-                        Share::new(),
-                    );
-                    match rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer) {
-                        // A `Serialize` impl that swallowed the writer's overflow error left a
-                        // gap: never commit it.
-                        Ok(_) if serializer.writer.overflowed() => Attempt::Overflow,
-                        Ok(_) => {
-                            let len = serializer.writer.pos();
-                            drop(serializer);
-                            grant.commit(len);
-                            Attempt::Sent(len)
-                        }
-                        // Dropping the grant aborts the claim.
-                        Err(_) if serializer.writer.overflowed() => Attempt::Overflow,
-                        Err(e) => Attempt::Failed(SendFailure::Serialize(e).into()),
-                    }
-                }
-                // Not even the root fits: full for any message, no need to count this one.
-                Err(TryClaimError::Full { free, .. }) if free < min_record => Attempt::FullForAny,
-                Err(TryClaimError::Full { .. }) => Attempt::Full,
-                Err(e) => Attempt::Failed(claim_failure(e, capacity)),
-            };
-            match outcome {
-                Attempt::Sent(len) => {
-                    self.hint = len.max(self.hint - self.hint / 16);
-                    return Ok(());
-                }
-                // The estimate may be larger than the message: learn the exact size before
-                // saying "full" or waiting for room the message does not need.
-                Attempt::Full | Attempt::Overflow if !exact => {
-                    let size = self.archived_size(value)?;
-                    if size > max {
-                        return Err(self.too_large(size).into());
-                    }
-                    exact = true;
-                    self.hint = size;
-                    want = size;
-                }
-                Attempt::FullForAny if matches!(patience, Patience::Never) => {
-                    return Err(Fail::Full)
-                }
-                Attempt::FullForAny => {
-                    self.wait_for_space(want.min(min_record as usize), patience)?
-                }
-                Attempt::Full => match patience {
-                    Patience::Never => return Err(Fail::Full),
-                    _ => self.wait_for_space(want, patience)?,
-                },
-                Attempt::Overflow => {
-                    // Cannot happen: the exact size was claimed. Report it rather than loop.
-                    return Err(
-                        SendFailure::Serialize(rancor::Error::new(std::io::Error::other(
-                            "the archive outgrew its exact size between two serializations",
-                        )))
-                        .into(),
-                    );
-                }
-                Attempt::Failed(fail) => return Err(fail),
-            }
-        }
-    }
-
-    /// The exact archived size of `value`, by a serialization that only counts.
-    fn archived_size(&mut self, value: &T) -> Result<usize, SendFailure> {
-        let mut serializer = Serializer::new(
-            CountingWriter::default(),
-            self.arena.acquire(),
-            Share::new(),
-        );
-        rkyv::api::serialize_using::<_, rancor::Error>(value, &mut serializer)
-            .map_err(SendFailure::Serialize)?;
-        Ok(serializer.writer.pos())
+        self.enc
+            .send(&mut self.producer, &mut self.watch, value, patience, &[], 0)
     }
 
     /// The archived size of `value`, in bytes: what a send of it takes in the ring (plus an
@@ -659,7 +551,7 @@ impl<T: Message> Sender<T> {
     ///
     /// [`SendFailure::Serialize`] when the type's serialization fails.
     pub fn message_size(&mut self, value: &T) -> Result<usize, SendFailure> {
-        self.archived_size(value)
+        self.enc.archived_size(value)
     }
 }
 
@@ -667,34 +559,7 @@ impl<T> Sender<T> {
     /// Waits (as `patience` allows) until `len` bytes can be claimed, reporting refused
     /// openers while it waits.
     fn wait_for_space(&mut self, len: usize, patience: Patience) -> Result<(), Fail> {
-        loop {
-            let slice = match patience {
-                Patience::Never => return Ok(()),
-                Patience::Forever => REJECTION_POLL,
-                Patience::Until(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    left.min(REJECTION_POLL)
-                }
-            };
-            match self.producer.wait_for_space(len, slice) {
-                Ok(()) => return Ok(()),
-                Err(ClaimError::Timeout) => {
-                    if let Some(mismatch) = self.watch.check() {
-                        return Err(SendFailure::SchemaMismatch(mismatch).into());
-                    }
-                    if let Patience::Until(deadline) = patience {
-                        if Instant::now() >= deadline {
-                            return Err(Fail::Timeout);
-                        }
-                    }
-                }
-                Err(ClaimError::PeerGone) => return Err(Fail::Disconnected),
-                Err(ClaimError::TooLarge { len, .. }) => {
-                    return Err(self.too_large(len as usize).into())
-                }
-                Err(ClaimError::Corrupt(c)) => return Err(SendFailure::Corrupt(c).into()),
-            }
-        }
+        ends::wait_for_space(&mut self.producer, &mut self.watch, len, patience)
     }
 
     /// Claims `len` bytes for a loan, as `patience` allows.
@@ -718,10 +583,6 @@ impl<T> Sender<T> {
             Ok(grant) => Ok(grant),
             Err(e) => Err(claim_failure(e, capacity).into()),
         }
-    }
-
-    fn too_large(&self, size: usize) -> SendFailure {
-        too_large(size, self.producer.capacity())
     }
 
     /// The receiver's state: not attached yet, alive, or gone.
@@ -767,15 +628,6 @@ fn too_large(size: usize, capacity: u64) -> SendFailure {
     }
 }
 
-fn claim_failure(e: TryClaimError, capacity: u64) -> Fail {
-    match e {
-        TryClaimError::Full { .. } => Fail::Full,
-        TryClaimError::PeerGone => Fail::Disconnected,
-        TryClaimError::TooLarge { len, .. } => Fail::Failed(too_large(len as usize, capacity)),
-        TryClaimError::Corrupt(c) => Fail::Failed(SendFailure::Corrupt(c)),
-    }
-}
-
 /// The receiving end of a [`Channel`]. `Send`, not `Sync`: one thread receives.
 ///
 /// ```compile_fail
@@ -787,17 +639,14 @@ fn claim_failure(e: TryClaimError, capacity: u64) -> Fail {
 pub struct Receiver<T> {
     consumer: Consumer<ShmMemory>,
     watch: Watch,
-    access: Mode,
-    /// The private copy of the last message (`Untrusted` mode), reused.
-    scratch: AlignedVec<16>,
-    _type: PhantomData<fn() -> T>,
+    dec: Decoder<T>,
 }
 
 impl<T> fmt::Debug for Receiver<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Receiver")
             .field("channel", &self.watch.segment.name())
-            .field("access", &self.access)
+            .field("access", &self.dec.access)
             .field("consumer", &self.consumer)
             .finish()
     }
@@ -808,10 +657,14 @@ impl<T> fmt::Debug for Receiver<T> {
 /// the record was released already.)
 pub struct Received<'a, T: Archive> {
     view: View<'a, T::Archived>,
+    /// Envelope bytes in front of the archive in a shared record.
+    skip: usize,
 }
 
-enum View<'a, A> {
-    Shared(MappedRecord<'a, ShmMemory, A>),
+/// Where a received message's bytes are: in a record of some ring kind, or in the receiver's
+/// private copy.
+pub(crate) enum View<'a, A: ?Sized> {
+    Spsc(MappedRecord<'a, ShmMemory, A>),
     /// The view and the bytes of the receiver's private copy.
     Private(&'a A, &'a [u8]),
 }
@@ -822,7 +675,7 @@ impl<T: Archive> Deref for Received<'_, T> {
     #[inline]
     fn deref(&self) -> &Archived<T> {
         match &self.view {
-            View::Shared(record) => record,
+            View::Spsc(record) => record,
             View::Private(view, _) => view,
         }
     }
@@ -832,7 +685,7 @@ impl<T: Archive> Received<'_, T> {
     /// The archived bytes of the message.
     pub fn bytes(&self) -> &[u8] {
         match &self.view {
-            View::Shared(record) => record.bytes(),
+            View::Spsc(record) => &record.bytes()[self.skip..],
             View::Private(_, bytes) => bytes,
         }
     }
@@ -889,14 +742,7 @@ impl<T: Message> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn recv(&mut self) -> Result<Received<'_, T>, RecvError> {
-        if let Some(mismatch) = self.watch.check() {
-            return Err(RecvError::SchemaMismatch(mismatch));
-        }
-        if self.ready()? {
-            return self.take();
-        }
-        self.wait(None)?;
-        self.take()
+        self.dec.recv(&mut self.consumer, &mut self.watch, None, 0)
     }
 
     /// Receives the next message, waiting at most `timeout`.
@@ -905,26 +751,10 @@ impl<T: Message> Receiver<T> {
     ///
     /// As [`recv`](Self::recv), and [`RecvError::Timeout`].
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Received<'_, T>, RecvError> {
-        if let Some(mismatch) = self.watch.check() {
-            return Err(RecvError::SchemaMismatch(mismatch));
-        }
-        if self.ready()? {
-            return self.take();
-        }
         // A timeout too long for the clock (Duration::MAX) means no deadline.
-        self.wait(Instant::now().checked_add(timeout))?;
-        self.take()
-    }
-
-    /// Whether a message can be taken now (the fast path: no clock read, no wait).
-    #[inline]
-    fn ready(&mut self) -> Result<bool, RecvError> {
-        match self.consumer.check_record() {
-            Ok(()) => Ok(true),
-            Err(TryReadError::Empty) => Ok(false),
-            Err(TryReadError::PeerGone) => Err(RecvError::Disconnected),
-            Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c)),
-        }
+        let deadline = Instant::now().checked_add(timeout);
+        self.dec
+            .recv(&mut self.consumer, &mut self.watch, deadline, 0)
     }
 
     /// Receives the next message if there is one now; never waits.
@@ -947,94 +777,11 @@ impl<T: Message> Receiver<T> {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn try_recv(&mut self) -> Result<Received<'_, T>, TryRecvError> {
-        if let Some(mismatch) = self.watch.check() {
-            return Err(RecvError::SchemaMismatch(mismatch).into());
+        match self.dec.try_recv(&mut self.consumer, &mut self.watch, 0) {
+            Ok(Some(received)) => Ok(received),
+            Ok(None) => Err(TryRecvError::Empty),
+            Err(e) => Err(e.into()),
         }
-        match self.consumer.try_read() {
-            Ok(record) => Self::view(record, &self.access, &mut self.scratch).map_err(Into::into),
-            Err(TryReadError::Empty) => Err(TryRecvError::Empty),
-            Err(TryReadError::PeerGone) => Err(RecvError::Disconnected.into()),
-            Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c).into()),
-        }
-    }
-
-    fn wait(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
-        loop {
-            let slice = match deadline {
-                None => REJECTION_POLL,
-                Some(deadline) => deadline
-                    .saturating_duration_since(Instant::now())
-                    .min(REJECTION_POLL),
-            };
-            match self.consumer.wait_timeout(slice) {
-                Ok(()) => return Ok(()),
-                Err(ReadError::Timeout) => {
-                    if let Some(mismatch) = self.watch.check() {
-                        return Err(RecvError::SchemaMismatch(mismatch));
-                    }
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Err(RecvError::Timeout);
-                    }
-                }
-                Err(ReadError::PeerGone) => return Err(RecvError::Disconnected),
-                Err(ReadError::Corrupt(c)) => return Err(RecvError::Corrupt(c)),
-            }
-        }
-    }
-
-    /// Takes the record `wait` saw.
-    fn take(&mut self) -> Result<Received<'_, T>, RecvError> {
-        match self.consumer.try_read() {
-            Ok(record) => Self::view(record, &self.access, &mut self.scratch),
-            Err(TryReadError::PeerGone) => Err(RecvError::Disconnected),
-            Err(TryReadError::Corrupt(c)) => Err(RecvError::Corrupt(c)),
-            // `wait` returned because a record is committed; only a corrupting peer can make it
-            // vanish.
-            Err(TryReadError::Empty) => Err(RecvError::Corrupt(shmesh_ring::Corruption {
-                what: "a committed record",
-                found: 0,
-                expected: "to still be there after the wait saw it".into(),
-            })),
-        }
-    }
-
-    fn view<'a>(
-        record: shmesh_ring::Record<'a, ShmMemory>,
-        mode: &Mode,
-        scratch: &'a mut AlignedVec<16>,
-    ) -> Result<Received<'a, T>, RecvError> {
-        let position = record.position();
-        let len = record.len();
-        let invalid = |source| RecvError::Invalid {
-            len,
-            position,
-            source,
-        };
-        let view = match mode {
-            Mode::Validated => View::Shared(
-                record
-                    .map(rkyv::access::<Archived<T>, rancor::Error>)
-                    .map_err(invalid)?,
-            ),
-            Mode::Untrusted => {
-                scratch.clear();
-                scratch.extend_from_slice(&record);
-                drop(record);
-                let bytes: &'a [u8] = scratch;
-                View::Private(
-                    rkyv::access::<Archived<T>, rancor::Error>(bytes).map_err(invalid)?,
-                    bytes,
-                )
-            }
-            Mode::Trusted(proof) => View::Shared(
-                record
-                    .map(|bytes| {
-                        Ok::<_, rancor::Error>(access::trusted_view::<Archived<T>>(bytes, proof))
-                    })
-                    .map_err(invalid)?,
-            ),
-        };
-        Ok(Received { view })
     }
 }
 
@@ -1061,6 +808,6 @@ impl<T> Receiver<T> {
 
     /// The access mode chosen when this end was made.
     pub fn access_mode(&self) -> AccessMode {
-        self.access.public()
+        self.dec.access.public()
     }
 }
