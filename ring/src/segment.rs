@@ -323,6 +323,7 @@ pub struct SegmentBuilder {
     endpoints: Option<usize>,
     policy: Option<BroadcastPolicy>,
     history: Option<usize>,
+    any_ring: bool,
 }
 
 impl SegmentBuilder {
@@ -341,7 +342,15 @@ impl SegmentBuilder {
             endpoints: None,
             policy: None,
             history: None,
+            any_ring: false,
         }
+    }
+
+    /// Open: accept a ring of any kind (SPSC, MPSC, broadcast) instead of the builder's kind;
+    /// [`Segment::kind`] then says which it is.
+    pub fn any_ring(mut self) -> Self {
+        self.any_ring = true;
+        self
     }
 
     /// MPSC and broadcast rings. Create: how many endpoints the many side may have at once
@@ -761,11 +770,19 @@ impl SegmentBuilder {
             return Err(self.mismatch("layout version", LAYOUT_VERSION, version));
         }
         let code = h.kind.load(Ordering::Relaxed);
-        if code != self.kind.code() {
-            let found = SegmentKind::from_code(code)
-                .map_or(format!("unknown kind {code}"), |k| k.to_string());
-            return Err(self.mismatch("kind", self.kind, found));
-        }
+        let kind = match SegmentKind::from_code(code) {
+            Some(found) if found == self.kind => found,
+            Some(found) if self.any_ring && found.is_ring() => found,
+            found => {
+                let found = found.map_or(format!("unknown kind {code}"), |k| k.to_string());
+                let expected = if self.any_ring {
+                    "a ring of any kind".to_owned()
+                } else {
+                    self.kind.to_string()
+                };
+                return Err(self.mismatch("kind", expected, found));
+            }
+        };
         let total = h.total_size.load(Ordering::Relaxed);
         if total != size {
             return Err(self.mismatch("total size (header vs fstat)", size, total));
@@ -774,7 +791,7 @@ impl SegmentBuilder {
         let history = h.history.load(Ordering::Relaxed) as usize;
         let policy_code = h.policy.load(Ordering::Relaxed);
         let mut found_policy = None;
-        let expected_offset = if self.kind.has_many_side() {
+        let expected_offset = if kind.has_many_side() {
             if !(3..=MAX_SLOTS).contains(&slots) {
                 return Err(self.mismatch("slot count", format!("3 to {MAX_SLOTS}"), slots));
             }
@@ -783,7 +800,7 @@ impl SegmentBuilder {
                     return Err(self.mismatch("endpoints", n, slots - 2));
                 }
             }
-            let history_max = if self.kind == SegmentKind::BroadcastRing {
+            let history_max = if kind == SegmentKind::BroadcastRing {
                 MAX_HISTORY
             } else {
                 0
@@ -796,7 +813,7 @@ impl SegmentBuilder {
                     return Err(self.mismatch("history", n, history));
                 }
             }
-            if self.kind == SegmentKind::BroadcastRing {
+            if kind == SegmentKind::BroadcastRing {
                 let Some(policy) = BroadcastPolicy::from_code(policy_code) else {
                     return Err(self.mismatch("policy", "1 (block) or 2 (lap)", policy_code));
                 };
@@ -819,7 +836,7 @@ impl SegmentBuilder {
             return Err(self.mismatch("data offset", expected_offset, data_offset));
         }
         let capacity = h.capacity.load(Ordering::Relaxed);
-        match self.kind {
+        match kind {
             SegmentKind::SpscRing | SegmentKind::MpscRing | SegmentKind::BroadcastRing => {
                 if spsc::check_capacity(capacity).is_err()
                     || expected_offset as u64 + capacity > size
@@ -870,10 +887,11 @@ impl SegmentBuilder {
                 })));
             }
         }
+        inner.kind = kind;
         inner.capacity = capacity;
         inner.data_offset = expected_offset;
         inner.policy = found_policy;
-        if self.kind.has_many_side() {
+        if kind.has_many_side() {
             inner.slot_count = slots;
             inner.history = history;
         }
