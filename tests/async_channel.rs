@@ -387,20 +387,26 @@ fn idle_task_uses_little_cpu_and_wakes_on_a_message_multi_thread() {
     idle_task_uses_little_cpu_and_wakes_on_a_message(FLAVORS[1]);
 }
 
-/// The idle tests could not fail if the measure missed a busy poller: it does not.
+/// The idle tests could not fail if the measure missed a busy poller: it does not. A busy
+/// process gets less than a whole CPU when others compete for the two of the machine, so a
+/// share at or under the bound is measured again (up to three times) before the test fails.
 #[test]
 fn the_cpu_measure_sees_a_busy_polling_task() {
     let _watchdog = Watchdog::new("busy", TEST_LIMIT);
-    let (_, cpu, wall) = measured_child("busy_poll", "current", None);
-    let share = cpu.as_secs_f64() / wall.as_secs_f64();
-    eprintln!(
-        "busy polling: {cpu:?} of CPU in {wall:?} ({:.1} %)",
-        share * 100.0
-    );
-    assert!(
-        share > IDLE_CPU_MAX,
-        "a busy-polling task used only {cpu:?} of CPU in {wall:?}: the measure is blind"
-    );
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let (_, cpu, wall) = measured_child("busy_poll", "current", None);
+        let share = cpu.as_secs_f64() / wall.as_secs_f64();
+        eprintln!(
+            "busy polling: {cpu:?} of CPU in {wall:?} ({:.1} %)",
+            share * 100.0
+        );
+        if share > IDLE_CPU_MAX {
+            return;
+        }
+        seen.push(format!("{cpu:?} in {wall:?}"));
+    }
+    panic!("a busy-polling task used only {seen:?} of CPU: the measure is blind");
 }
 
 /// Dropping a pending `recv_async` (here: after the message came and woke it, before it was

@@ -37,7 +37,8 @@
 //!   parked word, fences (`SeqCst`, plus a process-wide membarrier where available), re-checks
 //!   the ring, then sleeps on the word; the other side, after its publishing store, fences
 //!   (`SeqCst`, or only a compiler fence where sleepers issue the membarrier) and wakes only if
-//!   it reads 1.
+//!   it reads 1. The async reads ([`Consumer::read_async`]) take the sleeper's part the same
+//!   way, with the futex sleep itself done by a helper thread (see [`crate::park`]).
 //!
 //! Everything read from the shared control block or from record headers is checked before use
 //! (the head in range of the tail, record and padding lengths inside the data area and no
