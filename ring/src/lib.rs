@@ -8,6 +8,8 @@
 //!   [`Grant`], [`Record`]), generic over its memory ([`RingMemory`]: [`HeapMemory`] or
 //!   [`ShmMemory`]).
 //! - [`wait`]: how blocking calls wait ([`WaitStrategy`]: spin, yield, futex).
+//! - [`park`]: how async calls wait ([`Consumer::read_async`]): a helper thread sleeps on the
+//!   same futex and wakes the task.
 //! - [`layout`]: the shared-memory ABI.
 //! - [`probe`]: the cache-line ping-pong that measures the machine's floor.
 //!
@@ -40,6 +42,7 @@ pub mod memory;
 pub mod mpsc;
 #[cfg(not(loom))]
 mod os;
+pub mod park;
 #[cfg(not(loom))]
 pub mod probe;
 #[cfg(not(loom))]
@@ -57,5 +60,5 @@ pub use segment::{
     SchemaId, SchemaMismatch, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind,
     ShmMemory,
 };
-pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadBatch, Record, WriteBatch};
+pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadAsync, ReadBatch, Record, WriteBatch};
 pub use wait::WaitStrategy;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::layout::{BroadcastControl, EndpointSlot, RingControl, SLOT_ATTACHED};
+use crate::park::FutexHost;
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
 /// One of the two ends of an SPSC ring.
@@ -112,7 +113,10 @@ pub enum PeerState {
 /// - [`data`](Self::data) points to [`capacity`](Self::capacity) bytes that stay mapped and
 ///   are valid for reads and writes, at an address `≡ 8 (mod 16)`;
 /// - [`capacity`](Self::capacity) is a power of two, at least 128, and never changes;
-/// - no other Rust reference to the data area exists outside the ring protocol.
+/// - no other Rust reference to the data area exists outside the ring protocol;
+/// - the handle [`futex_host`](Self::futex_host) returns keeps the memory behind
+///   [`control`](Self::control), [`slot`](Self::slot) and [`broadcast`](Self::broadcast)
+///   valid, at the same addresses, for as long as it lives (also after `self` is dropped).
 pub unsafe trait RingMemory {
     /// The ring's control block.
     fn control(&self) -> &RingControl;
@@ -149,6 +153,11 @@ pub unsafe trait RingMemory {
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
     /// Wakes every thread sleeping in [`futex_wait`](Self::futex_wait) on `word`.
     fn futex_wake(&self, word: &AtomicU32);
+    /// A `Send + 'static` handle through which another thread sleeps on this memory's futex
+    /// words exactly as [`futex_wait`](Self::futex_wait) does, and which keeps the words
+    /// mapped while it lives: what the async waits of [`crate::park`] hand to their helper
+    /// thread.
+    fn futex_host(&self) -> Arc<dyn FutexHost>;
     /// Shadow cells (one per 16-byte record granule) through which loom checks that the
     /// protocol never lets the two sides touch the same bytes concurrently.
     #[cfg(loom)]
@@ -461,8 +470,26 @@ unsafe impl RingMemory for HeapMemory {
         cvar.notify_all();
     }
 
+    fn futex_host(&self) -> Arc<dyn FutexHost> {
+        Arc::new(HeapHost(self.clone()))
+    }
+
     #[cfg(loom)]
     fn shadow(&self) -> Option<&[loom::cell::UnsafeCell<()>]> {
         Some(&self.inner.shadow)
+    }
+}
+
+/// The [`FutexHost`] of a heap ring: a clone of it keeps it allocated, and it waits as the
+/// ring's endpoints do (a private futex, or loom's model of one).
+struct HeapHost(HeapMemory);
+
+impl FutexHost for HeapHost {
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        RingMemory::futex_wait(&self.0, word, expected, timeout);
+    }
+
+    fn futex_wake(&self, word: &AtomicU32) {
+        RingMemory::futex_wake(&self.0, word);
     }
 }

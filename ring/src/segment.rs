@@ -51,6 +51,7 @@ use crate::layout::{
 };
 use crate::memory::{BroadcastPolicy, RingMemory, Side};
 use crate::os::{self, LockKind};
+use crate::park::FutexHost;
 use crate::spsc::{self, Consumer, Producer};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -1546,6 +1547,22 @@ unsafe impl RingMemory for ShmMemory {
     }
 
     #[inline]
+    fn futex_wake(&self, word: &AtomicU32) {
+        crate::wait::futex_wake(word, true);
+    }
+
+    fn futex_host(&self) -> Arc<dyn FutexHost> {
+        Arc::clone(&self.seg) as Arc<dyn FutexHost>
+    }
+}
+
+/// The mapping stays while the `Arc<Inner>` lives (it unmaps on drop); its futexes are shared,
+/// like those of [`ShmMemory`].
+impl FutexHost for Inner {
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        crate::wait::futex_wait(word, expected, timeout, true);
+    }
+
     fn futex_wake(&self, word: &AtomicU32) {
         crate::wait::futex_wake(word, true);
     }

@@ -37,7 +37,8 @@
 //!   parked word, fences (`SeqCst`, plus a process-wide membarrier where available), re-checks
 //!   the ring, then sleeps on the word; the other side, after its publishing store, fences
 //!   (`SeqCst`, or only a compiler fence where sleepers issue the membarrier) and wakes only if
-//!   it reads 1.
+//!   it reads 1. The async reads ([`Consumer::read_async`]) take the sleeper's part the same
+//!   way, with the futex sleep itself done by a helper thread (see [`crate::park`]).
 //!
 //! Everything read from the shared control block or from record headers is checked before use
 //! (the head in range of the tail, record and padding lengths inside the data area and no
@@ -60,9 +61,12 @@
 
 use std::cell::Cell;
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
 use std::ptr::NonNull;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
@@ -71,6 +75,7 @@ use crate::layout::{
     align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED, SLOT_NEVER,
 };
 use crate::memory::{HeapMemory, PeerState, RingMemory, Side, Track};
+use crate::park::{AsyncPark, Look, ParkWord, ASYNC_PARK_SLICE};
 use crate::sync::{AtomicU32, Ordering};
 use crate::wait::{
     light_wakes, sleeper_fence, waker_fence, Step, WaitStrategy, Waiter, DEGRADED_PARK_SLICE,
@@ -878,6 +883,8 @@ pub struct Consumer<M: RingMemory> {
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
     light: bool,
     counters: Counters,
+    /// The async waits ([`read_async`](Self::read_async)): made on the first one.
+    park: Option<AsyncPark>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -904,6 +911,7 @@ impl<M: RingMemory> Consumer<M> {
             peer_check: PeerCheck::default(),
             light: light_wakes(),
             counters: Counters::resume(mem.slot(Side::Consumer.index())),
+            park: None,
             _not_sync: PhantomData,
             mem,
         })
@@ -987,6 +995,122 @@ impl<M: RingMemory> Consumer<M> {
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<(), ReadError> {
         self.next_until(Instant::now().checked_add(timeout))
             .map(drop)
+    }
+
+    /// Reads the next record without blocking the thread: a future for async code, on any
+    /// executor. While the ring is empty the task sleeps: this consumer's helper thread
+    /// (started on first use, stopped when the consumer drops) sleeps on the same futex as
+    /// [`read`](Self::read) would and wakes the task when the producer publishes, or after
+    /// [`ASYNC_PARK_SLICE`] (100 ms) so that the task checks the producer's liveness: no busy
+    /// polling (see [`crate::park`]).
+    ///
+    /// Cancellation safe: a record is taken only when the future resolves to it; dropping the
+    /// future before (a `select!` that took another branch, a timeout) loses nothing.
+    ///
+    /// # Errors
+    ///
+    /// As [`read`](Self::read): [`ReadError::PeerGone`] when the producer is gone and
+    /// everything it committed was read, `Corrupt`; never `Timeout`.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the helper thread (as [`std::thread::spawn`]), or
+    /// if the future is polled again after it resolved.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::task::{Context, Poll, Wake};
+    /// use std::thread::{self, Thread};
+    ///
+    /// /// The simplest executor: poll, and park the thread until the waker unparks it.
+    /// fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    ///     struct Unpark(Thread);
+    ///     impl Wake for Unpark {
+    ///         fn wake(self: Arc<Self>) {
+    ///             self.0.unpark()
+    ///         }
+    ///     }
+    ///     let waker = Arc::new(Unpark(thread::current())).into();
+    ///     let mut cx = Context::from_waker(&waker);
+    ///     let mut future = std::pin::pin!(future);
+    ///     loop {
+    ///         if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+    ///             return out;
+    ///         }
+    ///         thread::park();
+    ///     }
+    /// }
+    ///
+    /// let (mut tx, mut rx) = shmesh_ring::spsc::channel(4096)?;
+    /// let writer = thread::spawn(move || {
+    ///     let mut grant = tx.claim(5)?;
+    ///     grant.copy_from_slice(b"async");
+    ///     grant.commit(5);
+    ///     Ok::<_, shmesh_ring::ClaimError>(())
+    /// });
+    /// let record = block_on(rx.read_async())?;
+    /// assert_eq!(&*record, b"async");
+    /// drop(record);
+    /// writer.join().unwrap()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn read_async(&mut self) -> ReadAsync<'_, M> {
+        ReadAsync {
+            consumer: Some(self),
+        }
+    }
+
+    /// Polls for a record without reading it: `Ready(Ok(()))` when the next
+    /// [`try_read`](Self::try_read) returns one; `Pending` while the ring is empty, with the
+    /// task to be woken as [`read_async`](Self::read_async) says. The async form of
+    /// [`wait_timeout`](Self::wait_timeout), for callers that look at something else each time
+    /// the task is woken (at least every [`ASYNC_PARK_SLICE`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`read_async`](Self::read_async).
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the helper thread.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
+        self.poll_next_async(cx).map(|found| found.map(drop))
+    }
+
+    fn poll_next_async(&mut self, cx: &mut Context<'_>) -> Poll<Result<Next, ReadError>> {
+        let mut park = match self.park.take() {
+            Some(park) => park,
+            None => AsyncPark::new(ParkWord::consumer_parked(&self.mem)),
+        };
+        let poll = park.poll(cx, ASYNC_PARK_SLICE, |look| self.look_async(look));
+        self.park = Some(park);
+        poll
+    }
+
+    /// A look at the ring for [`AsyncPark::poll`]: the next record and, once the parked word
+    /// is armed, the producer's liveness (as [`next_until`](Self::next_until) before it
+    /// sleeps).
+    fn look_async(&mut self, look: Look) -> Result<Option<Next>, ReadError> {
+        if let Some(next) = self.poll()? {
+            return Ok(Some(next));
+        }
+        match look {
+            Look::First => {
+                // Release what a batch read so far: the producer may be waiting for that space.
+                self.release();
+                Ok(None)
+            }
+            Look::Armed => {
+                self.counters.wait();
+                if self.peer() == PeerState::Gone {
+                    // What the producer committed before it went is visible now: drain it first.
+                    return self.poll()?.map(Some).ok_or(ReadError::PeerGone);
+                }
+                Ok(None)
+            }
+        }
     }
 
     /// Starts a batch: records read through it are released together, with one index store,
@@ -1115,6 +1239,41 @@ impl<M: RingMemory> fmt::Debug for Consumer<M> {
             .field("head", &self.head)
             .field("released", &self.released)
             .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+/// The future of [`Consumer::read_async`]: resolves to the next record.
+#[must_use = "futures do nothing unless polled"]
+pub struct ReadAsync<'a, M: RingMemory> {
+    /// `None` once the future resolved.
+    consumer: Option<&'a mut Consumer<M>>,
+}
+
+impl<'a, M: RingMemory> Future for ReadAsync<'a, M> {
+    type Output = Result<Record<'a, M>, ReadError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let consumer = this
+            .consumer
+            .take()
+            .expect("ReadAsync polled after it resolved");
+        match consumer.poll_next_async(cx) {
+            Poll::Ready(Ok(next)) => Poll::Ready(Ok(Record::new(consumer, next, true))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                this.consumer = Some(consumer);
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<M: RingMemory> fmt::Debug for ReadAsync<'_, M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReadAsync")
+            .field("consumer", &self.consumer)
             .finish()
     }
 }

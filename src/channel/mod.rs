@@ -48,11 +48,13 @@
 //!
 //! Which operation blocks: `send`/`recv` wait (with the channel's
 //! [`WaitStrategy`]), `send_timeout`/`recv_timeout` wait at most so long, `try_send`/`try_recv`
-//! never wait. A gone peer (its process died or it dropped its end) is seen by the waiting
-//! forms within milliseconds; the `try_` forms look at the peer's liveness token only every
+//! never wait; [`Receiver::recv_async`] waits without blocking the thread (async code, any
+//! executor). A gone peer (its process died or it dropped its end) is seen by the waiting
+//! forms within milliseconds (`recv_async`: within 100 ms of a death); the `try_` forms look at the peer's liveness token only every
 //! 1024th time they find the ring empty (or full), so that polling costs no system call.
 
 mod access;
+mod asynch;
 mod ends;
 mod error;
 mod loan;
@@ -75,6 +77,7 @@ use shmesh_ring::{
 };
 
 pub use self::access::{Access, AccessMode};
+pub use self::asynch::RecvAsync;
 use self::ends::{claim_failure, Decoder, Encoder};
 pub use self::error::{
     ChannelError, LoanError, RecvError, SchemaMismatch, SendError, SendFailure, SendTimeoutError,
