@@ -35,6 +35,8 @@
 pub mod broadcast;
 mod counters;
 pub mod error;
+#[cfg(not(loom))]
+pub mod inspect;
 pub mod layout;
 pub mod memory;
 pub mod mpsc;
