@@ -41,5 +41,6 @@
 
 pub mod bench;
 pub mod channel;
+pub mod tools;
 
 pub use channel::{Channel, Receiver, Sender};

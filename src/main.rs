@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shmesh::bench::{self, BenchCommand, PeerArgs};
+use shmesh::tools::{self, GcArgs, InspectArgs, LsArgs, RmArgs, StatArgs};
 
 /// shmesh: zero-copy IPC over lock-free shared-memory rings.
 #[derive(Debug, Parser)]
@@ -20,6 +21,16 @@ enum Command {
     /// Measure IPC between two processes: latency, throughput, and the machine's references.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// List every shmesh segment on this host: kind, message type, fill, endpoints, counters.
+    Ls(LsArgs),
+    /// Decode a segment field by field and call out what is wrong with it.
+    Inspect(InspectArgs),
+    /// Live rates of a segment (messages/s, bytes/s, drops), refreshed every interval.
+    Stat(StatArgs),
+    /// Remove segments that no live process uses (never one with a live endpoint).
+    Rm(RmArgs),
+    /// Remove every segment of yours that no live process uses (or list them: --dry-run).
+    Gc(GcArgs),
     /// The peer process of `shmesh bench` (started by it; not for direct use).
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(PeerArgs),
@@ -27,9 +38,15 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Bench(command) => bench::run(command),
-        Command::BenchPeer(args) => bench::run_peer(&args),
+    let out = &mut std::io::stdout().lock();
+    let result: Result<(), Box<dyn Error>> = match cli.command {
+        Command::Bench(command) => bench::run(command).map_err(Into::into),
+        Command::BenchPeer(args) => bench::run_peer(&args).map_err(Into::into),
+        Command::Ls(args) => tools::ls(&args, out).map_err(Into::into),
+        Command::Inspect(args) => tools::inspect(&args, out).map_err(Into::into),
+        Command::Stat(args) => tools::stat(&args, out).map_err(Into::into),
+        Command::Rm(args) => tools::rm(&args, out).map_err(Into::into),
+        Command::Gc(args) => tools::gc(&args, out).map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

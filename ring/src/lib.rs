@@ -37,6 +37,8 @@
 pub mod broadcast;
 mod counters;
 pub mod error;
+#[cfg(not(loom))]
+pub mod inspect;
 pub mod layout;
 pub mod memory;
 pub mod mpsc;

@@ -1,0 +1,456 @@
+//! `shmesh inspect NAME`: every field of a segment, decoded, with its problems next to it.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+use shmesh_ring::inspect::{Decoded, Endpoint, Problem, SegmentFile};
+use shmesh_ring::layout::MAGIC;
+use shmesh_ring::SegmentKind;
+
+use super::view::{age, clean, hex, human_age, human_bytes, kind_name, message_type};
+
+/// `shmesh inspect --json`: the whole decoding of one segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectView {
+    /// Segment name.
+    pub name: String,
+    /// The file in `/dev/shm`.
+    pub file: String,
+    /// Object size in bytes.
+    pub size: u64,
+    /// Owner of the object.
+    pub owner_uid: u32,
+    /// Permission bits, octal.
+    pub mode: String,
+    /// Whether some process holds the "in use" lock.
+    pub in_use: Option<bool>,
+    /// Whether no position moved while the copy was taken (position checks ran).
+    pub settled: bool,
+    /// Whether no problem was found.
+    pub valid: bool,
+    /// Everything wrong.
+    pub problems: Vec<ProblemView>,
+    /// The header, when the object holds one.
+    pub header: Option<HeaderView>,
+    /// The schema block, when the object holds one.
+    pub schema: Option<SchemaView>,
+    /// The ring control block, when the object holds one.
+    pub control: Option<ControlView>,
+    /// The broadcast block of the many-endpoint kinds.
+    pub broadcast: Option<BroadcastView>,
+    /// Every endpoint slot decoded.
+    pub endpoints: Vec<SlotView>,
+}
+
+/// A problem: the field and what is wrong.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProblemView {
+    /// The field concerned.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The header, field by field.
+#[derive(Debug, Clone, Serialize)]
+pub struct HeaderView {
+    /// Magic, hex.
+    pub magic: String,
+    /// Layout version.
+    pub layout_version: u32,
+    /// Kind code.
+    pub kind_code: u32,
+    /// Kind name (`unknown` for an unknown code).
+    pub kind: String,
+    /// Object size the creator made.
+    pub total_size: u64,
+    /// Data capacity.
+    pub capacity: u64,
+    /// Data offset.
+    pub data_offset: u64,
+    /// Creator pid.
+    pub creator_pid: u32,
+    /// Endpoint slots.
+    pub slot_count: u32,
+    /// Creator start time, clock ticks since boot.
+    pub creator_start_time: u64,
+    /// Creation time, ns since the epoch.
+    pub created_unix_ns: u64,
+    /// Schema fingerprint, hex.
+    pub schema: String,
+    /// Broadcast policy code.
+    pub policy: u32,
+    /// Broadcast history length.
+    pub history: u32,
+    /// Reserved words.
+    pub reserved: [u64; 3],
+}
+
+/// The schema block.
+#[derive(Debug, Clone, Serialize)]
+pub struct SchemaView {
+    /// The message type's description.
+    pub text: String,
+    /// Openers refused for another type.
+    pub rejections: u64,
+    /// Last refused opener's pid.
+    pub rejected_pid: u32,
+    /// Its fingerprint, hex.
+    pub rejected_schema: String,
+    /// Its description.
+    pub rejected_text: String,
+}
+
+/// The ring control block.
+#[derive(Debug, Clone, Serialize)]
+pub struct ControlView {
+    /// Tail position.
+    pub tail: u64,
+    /// Head position.
+    pub head: u64,
+    /// Bytes written and not yet read.
+    pub fill_bytes: Option<u64>,
+    /// Consumer parked word.
+    pub consumer_parked: u32,
+    /// Producer parked word.
+    pub producer_parked: u32,
+}
+
+/// The broadcast block.
+#[derive(Debug, Clone, Serialize)]
+pub struct BroadcastView {
+    /// Writer's intent.
+    pub tail_intent: u64,
+    /// Block limit.
+    pub limit: u64,
+    /// Records published.
+    pub published: u64,
+    /// First position.
+    pub start: u64,
+}
+
+/// One endpoint slot, every field.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotView {
+    /// Slot index.
+    pub slot: usize,
+    /// Role by kind and index.
+    pub role: String,
+    /// Alive, dead, closed, free or unknown.
+    pub status: String,
+    /// Liveness token held (`null`: unknown).
+    pub token: Option<bool>,
+    /// Slot state word.
+    pub state: u32,
+    /// Pid.
+    pub pid: u32,
+    /// Process start time.
+    pub start_time: u64,
+    /// Attachments so far.
+    pub attach_count: u64,
+    /// Reader cursor.
+    pub cursor: u64,
+    /// Messages.
+    pub messages: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Waits.
+    pub waits: u64,
+    /// Dropped records.
+    pub dropped: u64,
+    /// MPSC writer intent.
+    pub intent: u64,
+}
+
+fn slot_view(e: &Endpoint) -> SlotView {
+    SlotView {
+        slot: e.index,
+        role: e.role.to_string(),
+        status: e.status().to_string(),
+        token: e.token,
+        state: e.state,
+        pid: e.pid,
+        start_time: e.start_time,
+        attach_count: e.attach_count,
+        cursor: e.cursor,
+        messages: e.messages,
+        bytes: e.bytes,
+        waits: e.waits,
+        dropped: e.dropped,
+        intent: e.intent,
+    }
+}
+
+impl InspectView {
+    /// The JSON view of a decoded segment.
+    pub fn of(file: &SegmentFile, d: &Decoded) -> Self {
+        InspectView {
+            name: file.name().to_owned(),
+            file: file.path(),
+            size: d.file_size,
+            owner_uid: file.owner(),
+            mode: format!("{:04o}", file.mode()),
+            in_use: d.in_use,
+            settled: d.settled,
+            valid: d.is_valid(),
+            problems: d
+                .problems
+                .iter()
+                .map(|p| ProblemView {
+                    field: p.field.clone(),
+                    message: p.message.clone(),
+                })
+                .collect(),
+            header: d.header.as_ref().map(|h| HeaderView {
+                magic: format!("{:#018x}", h.magic),
+                layout_version: h.layout_version,
+                kind_code: h.kind,
+                kind: kind_name(d.kind).to_owned(),
+                total_size: h.total_size,
+                capacity: h.capacity,
+                data_offset: h.data_offset,
+                creator_pid: h.creator_pid,
+                slot_count: h.slot_count,
+                creator_start_time: h.creator_start_time,
+                created_unix_ns: h.created_unix_ns,
+                schema: hex(&h.schema),
+                policy: h.policy,
+                history: h.history,
+                reserved: h.reserved,
+            }),
+            schema: d.schema.as_ref().map(|s| SchemaView {
+                text: s.text.clone(),
+                rejections: s.rejections,
+                rejected_pid: s.rejected_pid,
+                rejected_schema: hex(&s.rejected_schema),
+                rejected_text: s.rejected_text.clone(),
+            }),
+            control: d.control.map(|c| ControlView {
+                tail: c.tail,
+                head: c.head,
+                fill_bytes: d.fill(),
+                consumer_parked: c.consumer_parked,
+                producer_parked: c.producer_parked,
+            }),
+            broadcast: d.broadcast.map(|b| BroadcastView {
+                tail_intent: b.tail_intent,
+                limit: b.limit,
+                published: b.published,
+                start: b.start,
+            }),
+            endpoints: d.endpoints.iter().map(slot_view).collect(),
+        }
+    }
+}
+
+/// Builds the report one field per line, each followed by the problems of that field.
+struct Report<'a> {
+    out: String,
+    problems: &'a [Problem],
+    shown: Vec<bool>,
+}
+
+impl<'a> Report<'a> {
+    fn section(&mut self, title: &str) {
+        let _ = writeln!(self.out, "{title}");
+    }
+
+    fn field(&mut self, label: &str, value: impl AsRef<str>) {
+        let _ = writeln!(self.out, "  {label:<18} {}", value.as_ref());
+        self.problems_of(label);
+    }
+
+    /// The problems of `label`, under the line above.
+    fn problems_of(&mut self, label: &str) {
+        for (p, shown) in self.problems.iter().zip(self.shown.iter_mut()) {
+            if p.field == label {
+                let _ = writeln!(self.out, "  {:<18} ^ PROBLEM: {}", "", clean(&p.message));
+                *shown = true;
+            }
+        }
+    }
+}
+
+/// The human report of `shmesh inspect`.
+pub(crate) fn report(file: &SegmentFile, d: &Decoded) -> String {
+    let mut r = Report {
+        out: String::new(),
+        problems: &d.problems,
+        shown: vec![false; d.problems.len()],
+    };
+    let _ = writeln!(r.out, "segment '{}' ({})", clean(file.name()), file.path());
+    r.section("file");
+    r.field(
+        "file",
+        format!("{} bytes ({})", d.file_size, human_bytes(d.file_size)),
+    );
+    r.field("owner uid", file.owner().to_string());
+    r.field("mode", format!("{:04o}", file.mode()));
+    r.field(
+        "in use",
+        match d.in_use {
+            Some(true) => "yes: a live process holds the segment",
+            Some(false) => "no: no live process holds the segment",
+            None => "unknown (the lock could not be queried)",
+        },
+    );
+    if let Some(h) = &d.header {
+        r.section("header");
+        let magic_note = if h.magic == MAGIC {
+            " (\"SHMESH\\0\\x01\")"
+        } else {
+            ""
+        };
+        r.field("magic", format!("{:#018x}{magic_note}", h.magic));
+        r.field("layout version", h.layout_version.to_string());
+        r.field(
+            "kind",
+            match d.kind {
+                Some(k) => format!("{} ({k})", h.kind),
+                None => format!("{} (unknown)", h.kind),
+            },
+        );
+        r.field("total size", h.total_size.to_string());
+        r.field(
+            "capacity",
+            format!("{} ({})", h.capacity, human_bytes(h.capacity)),
+        );
+        let expected = d
+            .expected_data_offset()
+            .map(|e| format!(" (expected {e})"))
+            .unwrap_or_default();
+        r.field("data offset", format!("{}{expected}", h.data_offset));
+        r.field("creator pid", h.creator_pid.to_string());
+        r.field("slot count", h.slot_count.to_string());
+        r.field(
+            "creator start",
+            format!("{} clock ticks after boot", h.creator_start_time),
+        );
+        r.field(
+            "created",
+            format!(
+                "{}.{:09} s since the epoch ({} ago)",
+                h.created_unix_ns / 1_000_000_000,
+                h.created_unix_ns % 1_000_000_000,
+                human_age(age(h.created_unix_ns))
+            ),
+        );
+        r.field("schema", hex(&h.schema));
+        r.field(
+            "policy",
+            match (d.kind, d.policy) {
+                (Some(SegmentKind::BroadcastRing), Some(p)) => format!("{} ({p})", h.policy),
+                _ => h.policy.to_string(),
+            },
+        );
+        r.field("history", format!("{} records", h.history));
+        r.field(
+            "reserved",
+            h.reserved
+                .iter()
+                .map(|w| format!("{w:#x}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+    }
+    if let Some(s) = &d.schema {
+        r.section("schema block");
+        r.field(
+            "message type",
+            message_type(d).map(|t| clean(&t)).unwrap_or_default(),
+        );
+        r.field("text", format!("\"{}\"", clean(&s.text)));
+        r.field("rejections", s.rejections.to_string());
+        if s.rejections > 0 {
+            r.field("rejected pid", s.rejected_pid.to_string());
+            r.field("rejected schema", hex(&s.rejected_schema));
+            r.field("rejected text", format!("\"{}\"", clean(&s.rejected_text)));
+        }
+    }
+    if let Some(c) = d.control {
+        r.section("ring control");
+        r.field("tail", c.tail.to_string());
+        r.field("head", c.head.to_string());
+        r.problems_of("tail/head");
+        let fill = match (d.fill(), d.capacity()) {
+            (Some(f), Some(cap)) => {
+                format!("{f} bytes ({:.1}%)", f as f64 * 100.0 / cap as f64)
+            }
+            _ => "-".to_owned(),
+        };
+        r.field("fill", fill);
+        r.field("consumer parked", c.consumer_parked.to_string());
+        r.field("producer parked", c.producer_parked.to_string());
+    }
+    if let Some(b) = d.broadcast {
+        r.section("broadcast control");
+        r.field("tail intent", b.tail_intent.to_string());
+        r.field("limit", b.limit.to_string());
+        r.field("published", b.published.to_string());
+        r.field("start", b.start.to_string());
+    }
+    if !d.endpoints.is_empty() {
+        r.section("endpoints");
+        let mut free = 0;
+        for e in &d.endpoints {
+            if !e.is_used() {
+                free += 1;
+                continue;
+            }
+            r.field(
+                &format!("slot {}", e.index),
+                format!(
+                    "{}: {}, pid {} (started {} ticks after boot), attached {} time(s)",
+                    e.role,
+                    e.status(),
+                    e.pid,
+                    e.start_time,
+                    e.attach_count
+                ),
+            );
+            r.field(
+                &format!("slot {} state", e.index),
+                format!("{} (0 never, 1 attached, 2 closed)", e.state),
+            );
+            r.field(
+                &format!("slot {} counters", e.index),
+                format!(
+                    "messages {}, bytes {}, waits {}, dropped {}",
+                    e.messages, e.bytes, e.waits, e.dropped
+                ),
+            );
+            r.field(&format!("slot {} cursor", e.index), e.cursor.to_string());
+            if e.intent != u64::MAX {
+                r.field(&format!("slot {} intent", e.index), e.intent.to_string());
+            }
+        }
+        if free > 0 {
+            let _ = writeln!(r.out, "  ({free} free slot(s) not shown)");
+        }
+    }
+    // Problems of fields that have no line of their own (free slots, sections the file is too
+    // short to hold), then the summary.
+    let unshown: Vec<String> = d
+        .problems
+        .iter()
+        .zip(&r.shown)
+        .filter(|(_, shown)| !**shown)
+        .map(|(p, _)| clean(&p.to_string()))
+        .collect();
+    for p in unshown {
+        let _ = writeln!(r.out, "  PROBLEM: {p}");
+    }
+    if !d.settled {
+        let _ = writeln!(
+            r.out,
+            "note: positions moved while they were copied; their checks were skipped"
+        );
+    }
+    match d.problems.len() {
+        0 => r.out.push_str("valid: no problems found\n"),
+        n => {
+            let _ = writeln!(r.out, "INVALID: {n} problem(s)");
+        }
+    }
+    r.out
+}
