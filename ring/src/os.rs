@@ -62,6 +62,24 @@ pub(crate) fn is_locked(fd: BorrowedFd<'_>, byte: u64) -> Result<bool, Errno> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
+/// The kind of lock another open file description holds on `byte` (`None`: none). When
+/// several hold shared locks, one of them is reported.
+pub(crate) fn held_lock(fd: BorrowedFd<'_>, byte: u64) -> Result<Option<LockKind>, Errno> {
+    let mut fl = flock(libc::F_WRLCK as libc::c_short, byte);
+    // SAFETY: as in `try_lock`; F_OFD_GETLK writes the result back into `fl`.
+    let rc = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) };
+    if rc != 0 {
+        return Err(Errno::from_raw_os_error(
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(0),
+        ));
+    }
+    Ok(match fl.l_type {
+        t if t == libc::F_RDLCK as libc::c_short => Some(LockKind::Shared),
+        t if t == libc::F_WRLCK as libc::c_short => Some(LockKind::Exclusive),
+        _ => None,
+    })
+}
+
 /// This process's start time in clock ticks since boot (`/proc/self/stat` field 22), or 0
 /// when `/proc` is not readable. Display only: with the pid it tells a reused pid apart.
 pub(crate) fn process_start_time() -> u64 {

@@ -563,7 +563,16 @@ impl SegmentBuilder {
         }
         match os::try_lock(fd.as_fd(), USERS_BYTE, LockKind::Exclusive) {
             Ok(true) => {}
-            Ok(false) => return Ok(false),
+            Ok(false) => {
+                // An exclusive holder is another reclaimer (a concurrent create, `shmesh rm` or
+                // `gc`) about to unlink a dead object, not a user: give it a moment and let the
+                // caller try again, rather than report the name as in use.
+                if let Ok(Some(LockKind::Exclusive)) = os::held_lock(fd.as_fd(), USERS_BYTE) {
+                    std::thread::sleep(Duration::from_millis(1));
+                    return Ok(true);
+                }
+                return Ok(false);
+            }
             Err(e) => return Err(os_err("fcntl(F_OFD_SETLK)", &self.name)(e)),
         }
         // Nobody alive uses it. Unlink it if the name still refers to this very object.
@@ -1191,7 +1200,8 @@ impl Segment {
     }
 
     /// Removes the segment `name` if no live process uses it: no handle anywhere holds its
-    /// "in use" token (every handle holds it, so every endpoint does). `Ok(true)`: removed;
+    /// "in use" token (every handle holds it, so every endpoint does). `Ok(true)`: removed (by
+    /// this call, or by a concurrent `create`, `rm` or `gc` that was removing it already);
     /// `Ok(false)`: in use, left alone. Safe against a concurrent `create` of the same name: the
     /// check takes the token exclusively, and a creator that finds it taken starts afresh,
     /// so the new segment is never the one removed.
