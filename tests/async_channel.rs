@@ -565,3 +565,19 @@ fn refused_opener_is_reported_to_the_waiting_task() {
         check_received(&got, &rich(7));
     });
 }
+
+/// A received message is `Send`: a task on a multi-thread runtime may hold it across an
+/// `.await` (and so move between workers while it holds a view into the ring).
+#[test]
+fn a_received_message_can_be_held_across_an_await() {
+    let name = ChannelName::new("async-hold");
+    run("multi", async move {
+        let channel = Channel::<String>::create(name.as_str()).expect("create");
+        let mut tx = channel.sender().expect("sender");
+        let mut rx = channel.receiver().expect("receiver");
+        tx.send(&"held".to_owned()).expect("send");
+        let message = bounded("recv_async", rx.recv_async()).await.expect("recv");
+        tokio::task::yield_now().await;
+        assert_eq!(message.as_str(), "held");
+    });
+}

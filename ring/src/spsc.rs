@@ -1379,6 +1379,12 @@ impl<M: RingMemory, U: ?Sized> MappedRecord<'_, M, U> {
     }
 }
 
+// SAFETY: a `MappedRecord` is a `Record` (a `&mut Consumer<M>`, `Send` when `M` is) plus a
+// pointer that stands for a shared borrow of `U` inside that record's bytes: moving both to
+// another thread is moving a `&mut Consumer<M>` and a `&U`, which is sound when `M: Send` and
+// `U: Sync`. (It lets an async task hold a received message across an `.await`.)
+unsafe impl<M: RingMemory + Send, U: ?Sized + Sync> Send for MappedRecord<'_, M, U> {}
+
 impl<M: RingMemory, U: ?Sized> Deref for MappedRecord<'_, M, U> {
     type Target = U;
 
