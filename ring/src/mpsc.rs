@@ -1317,6 +1317,11 @@ impl<M: RingMemory> Consumer<M> {
         let cap = self.capacity();
         let mut skipped = 0u64;
         loop {
+            if self.head.wrapping_sub(self.released) >= cap {
+                // A batch read a whole lap: the header at the head is the first one it read, not
+                // yet zeroed. Release first (no record is borrowed while we poll).
+                self.release();
+            }
             let off = self.head & self.mask;
             // SYNC POINT A (Acquire): pairs with a writer's Release store of this header.
             // SAFETY: `head` is 16-aligned and masked.
