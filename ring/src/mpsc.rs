@@ -114,9 +114,10 @@ use std::time::{Duration, Instant};
 use crate::counters::Counters;
 use crate::error::{AttachError, ClaimError, Corruption, ReadError, TryClaimError, TryReadError};
 use crate::layout::{
-    align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED, SLOT_NEVER,
+    align_record, RecordHeader, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_ATTACHED, SLOT_CLOSED,
+    SLOT_NEVER,
 };
-use crate::memory::{HeapMemory, PeerState, RingMemory, Side, Track};
+use crate::memory::{HeapMemory, PeerState, RingMemory, Track};
 use crate::spsc::{check_capacity, max_payload};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{
@@ -308,7 +309,7 @@ impl crate::segment::Segment {
             crate::segment::SegmentKind::MpscRing,
             "an MPSC ring",
             CONSUMER_SLOT,
-            Side::Consumer,
+            crate::memory::Side::Consumer,
         )?)
     }
 }
@@ -850,10 +851,21 @@ impl<M: RingMemory> Writer<M> {
     }
 }
 
+impl<M: RingMemory> Writer<M> {
+    /// Whether this writer still holds its slot. Always true but for a writer "killed" on the
+    /// heap ([`HeapMemory::kill`]): like a killed process, it must not touch the ring again.
+    #[inline]
+    fn attached(&self) -> bool {
+        self.mem.slot(self.index).state.load(Ordering::Relaxed) == SLOT_ATTACHED
+    }
+}
+
 impl<M: RingMemory> Drop for Writer<M> {
     fn drop(&mut self) {
-        let word = &self.mem.control().consumer_parked.0;
-        detach(&self.mem, self.index, word);
+        if self.attached() {
+            let word = &self.mem.control().consumer_parked.0;
+            detach(&self.mem, self.index, word);
+        }
     }
 }
 
@@ -965,6 +977,9 @@ impl<M: RingMemory> Drop for Grant<'_, M> {
         if !self.done {
             self.track.end();
             let writer = &*self.writer;
+            if !writer.attached() {
+                return; // killed (on the heap): a dead writer leaves its claim as it is
+            }
             let Reserved { pos, footprint, .. } = self.reserved;
             // SYNC POINT A (Release): the consumer skips the padding and reads on.
             // SAFETY: `pos` is 16-aligned; masked.
