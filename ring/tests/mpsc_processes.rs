@@ -8,6 +8,8 @@
 //! `shmesh-testkit`): `child_entry` plays the role named in `SHMESH_TEST_CHILD`. Every wait has a
 //! deadline, every child is killed when its test ends, every segment name is unique.
 
+#![cfg(not(miri))]
+
 mod common;
 
 use std::fs;
