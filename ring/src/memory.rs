@@ -347,7 +347,6 @@ impl HeapMemory {
     /// Takes the first slot in `range` that no endpoint holds, marks it attached and returns
     /// its index; `None` when all are held. Heap slots are held while attached (the state
     /// word is the token), so "free" means never used, closed or [`kill`](Self::kill)ed.
-    #[allow(dead_code)] // used by the MPSC and broadcast rings
     pub(crate) fn attach_free(&self, range: std::ops::Range<usize>) -> Option<usize> {
         for index in range {
             let state = &self.inner.slots.get(index)?.state;

@@ -1373,7 +1373,6 @@ impl Segment {
     ///
     /// The slot is marked attached before this returns; the caller's endpoint initializes its
     /// own words.
-    #[allow(dead_code)] // used by the MPSC and broadcast rings
     pub(crate) fn attach_single(
         &self,
         kind: SegmentKind,
@@ -1398,7 +1397,6 @@ impl Segment {
     /// slot whose token no live endpoint holds (never used, detached, or its process died).
     /// `before` runs with the token held and before the slot is marked attached: an endpoint
     /// taking over a dead one's slot cleans up after it there.
-    #[allow(dead_code)] // used by the MPSC and broadcast rings
     pub(crate) fn attach_many(
         &self,
         kind: SegmentKind,
