@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytemuck::Pod;
 use rkyv::vec::ArchivedVec;
 use rkyv::{Archive, Archived};
-use shmesh_ring::{Grant, ShmMemory};
+use super::any::AnyGrant;
 
 use super::error::LoanError;
 use super::schema::Format;
@@ -32,7 +32,7 @@ use super::{Message, Patience, Sender};
 
 /// Space for one `T` in the ring, written in place; [`send`](Self::send) publishes it.
 pub struct Loan<'a, T> {
-    grant: Grant<'a, ShmMemory>,
+    grant: AnyGrant<'a>,
     _type: PhantomData<T>,
 }
 
@@ -75,7 +75,7 @@ impl<T> fmt::Debug for Loan<'_, T> {
 /// Space for `n` elements in the ring, written in place; [`send`](Self::send) appends the
 /// `ArchivedVec` root and publishes it.
 pub struct SliceLoan<'a, U> {
-    grant: Grant<'a, ShmMemory>,
+    grant: AnyGrant<'a>,
     len: usize,
     root: VecRoot,
     _type: PhantomData<U>,
