@@ -1410,6 +1410,19 @@ impl Segment {
         })
     }
 
+    /// How many endpoints of slots `range` are attached and alive now (their liveness token is
+    /// held). One system call per attached slot: for tools and for waiting until peers have
+    /// joined, not for the fast path.
+    pub fn live_endpoints(&self, range: std::ops::Range<usize>) -> usize {
+        range
+            .filter(|&i| i < self.inner.slot_count)
+            .filter(|&i| self.inner.slot(i).state.load(Ordering::Acquire) == SLOT_ATTACHED)
+            .filter(|&i| {
+                os::is_locked(self.inner.file.as_fd(), endpoint_byte(i)).unwrap_or(true)
+            })
+            .count()
+    }
+
     /// Number of endpoint slots (2 for SPSC rings; 2 + the many side's for the others).
     pub fn slot_count(&self) -> usize {
         self.inner.slot_count

@@ -278,6 +278,11 @@ impl<T: Message> Topic<T> {
         self.segment.name()
     }
 
+    /// How many subscribers are subscribed now (alive).
+    pub fn subscribers(&self) -> usize {
+        self.segment.live_endpoints(2..self.segment.slot_count())
+    }
+
     /// The slow-subscriber policy.
     pub fn policy(&self) -> BroadcastPolicy {
         self.segment.policy().unwrap_or(BroadcastPolicy::Block)
