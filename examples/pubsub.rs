@@ -120,7 +120,11 @@ fn subscriber(topic: &str, who: &str) -> Result<(), Box<dyn Error>> {
         };
         // In place, in shared memory: no copy, no deserialization.
         if reading.seq != expected {
-            return Err(format!("subscriber {who}: reading {} after {}", reading.seq, expected).into());
+            return Err(format!(
+                "subscriber {who}: reading {} after {}",
+                reading.seq, expected
+            )
+            .into());
         }
         if reading.sensor != "greenhouse-3" || reading.tags.len() != 2 {
             return Err(format!("subscriber {who}: reading {expected} is damaged").into());

@@ -99,7 +99,13 @@ fn client(service: &str, who: &str) -> Result<(), Box<dyn Error>> {
     let mut times = Vec::with_capacity(CALLS as usize);
     for quantity in 1..=CALLS {
         let start = Instant::now();
-        let price = client.call_timeout(&Quote { item: item.clone(), quantity }, Duration::from_secs(10))?;
+        let price = client.call_timeout(
+            &Quote {
+                item: item.clone(),
+                quantity,
+            },
+            Duration::from_secs(10),
+        )?;
         times.push(start.elapsed());
         // Each client gets the answer to its own question, never another client's.
         if price.item != item.as_str() || price.cents != unit_price(&item) * u64::from(quantity) {

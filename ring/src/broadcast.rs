@@ -1742,6 +1742,8 @@ pub struct Record<'a, M: RingMemory> {
     reader: &'a mut Reader<M>,
     next: Next,
     number: u64,
+    /// Leave the record unread on drop ([`Record::keep`]).
+    keep: bool,
     /// Held while the reader may read these bytes in place; ended before they are released.
     track: Track,
 }
@@ -1762,8 +1764,15 @@ impl<'a, M: RingMemory> Record<'a, M> {
             reader,
             next,
             number,
+            keep: false,
             track,
         }
+    }
+
+    /// Leaves the record unread: the next read returns it again (see
+    /// [`crate::spsc::Record::keep`]).
+    pub fn keep(mut self) {
+        self.keep = true;
     }
 
     /// The record kind set by the writer ([`Grant::set_kind`]).
@@ -1844,6 +1853,9 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
         self.track.end();
+        if self.keep {
+            return;
+        }
         let reader = &mut *self.reader;
         reader.cursor = self.next.end;
         reader.number = reader.number.wrapping_add(1);

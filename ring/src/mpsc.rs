@@ -1063,6 +1063,8 @@ pub struct Consumer<M: RingMemory> {
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
     light: bool,
     counters: Counters,
+    /// While set, a wait goes on when no writer is attached ([`Consumer::wait_for_record`]).
+    outlive_writers: bool,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -1086,9 +1088,26 @@ impl<M: RingMemory> Consumer<M> {
             slow: SlowPath::default(),
             light: light_wakes(),
             counters: Counters::resume(mem.slot(CONSUMER_SLOT)),
+            outlive_writers: false,
             _not_sync: PhantomData,
             mem,
         })
+    }
+
+    /// Waits up to `timeout` until a record can be read, like
+    /// [`wait_timeout`](Self::wait_timeout), but goes on waiting while no writer is attached:
+    /// for a consumer that outlives its writers, such as a server whose clients come and go.
+    /// It sleeps on the futex (a new writer's first commit wakes it), so waiting with no writer
+    /// costs nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Timeout`], `Corrupt`. Never `PeerGone`.
+    pub fn wait_for_record(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.outlive_writers = true;
+        let result = self.next_until(Instant::now().checked_add(timeout));
+        self.outlive_writers = false;
+        result.map(drop)
     }
 
     /// Capacity of the data area in bytes.
@@ -1415,6 +1434,7 @@ impl<M: RingMemory> Consumer<M> {
         let slow = |c: &mut Self| match c.slow_path() {
             Ok(next) => Ok(Some(next)),
             Err(TryReadError::Empty) => Ok(None),
+            Err(TryReadError::PeerGone) if c.outlive_writers => Ok(None),
             Err(TryReadError::PeerGone) => Err(ReadError::PeerGone),
             Err(TryReadError::Corrupt(e)) => Err(ReadError::Corrupt(e)),
         };
@@ -1523,6 +1543,8 @@ pub struct Record<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
     next: Next,
     release: bool,
+    /// Leave the record unread on drop ([`Record::keep`]).
+    keep: bool,
     /// Held while the consumer may read these bytes; ended before they are released.
     track: Track,
 }
@@ -1540,6 +1562,7 @@ impl<'a, M: RingMemory> Record<'a, M> {
             consumer,
             next,
             release,
+            keep: false,
             track,
         }
     }
@@ -1547,6 +1570,12 @@ impl<'a, M: RingMemory> Record<'a, M> {
     /// The record kind set by the writer ([`Grant::set_kind`]).
     pub fn kind(&self) -> u32 {
         self.next.kind
+    }
+
+    /// Leaves the record unread: it stays in the ring and the next read returns it again (see
+    /// [`crate::spsc::Record::keep`]).
+    pub fn keep(mut self) {
+        self.keep = true;
     }
 
     /// The position of this record in the ring (for diagnostics).
@@ -1603,6 +1632,9 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
         self.track.end();
+        if self.keep {
+            return;
+        }
         self.consumer.head = self.next.end;
         self.consumer.counters.message(self.next.len);
         if self.release {

@@ -1429,9 +1429,7 @@ impl Segment {
         range
             .filter(|&i| i < self.inner.slot_count)
             .filter(|&i| self.inner.slot(i).state.load(Ordering::Acquire) == SLOT_ATTACHED)
-            .filter(|&i| {
-                os::is_locked(self.inner.file.as_fd(), endpoint_byte(i)).unwrap_or(true)
-            })
+            .filter(|&i| os::is_locked(self.inner.file.as_fd(), endpoint_byte(i)).unwrap_or(true))
             .count()
     }
 

@@ -30,6 +30,14 @@ pub enum AnyGrant<'a> {
 }
 
 impl AnyGrant<'_> {
+    /// The position of the claim in the ring (for diagnostics).
+    pub(crate) fn position(&self) -> u64 {
+        match self {
+            AnyGrant::Spsc(g) => g.position(),
+            AnyGrant::Mpsc(g) => g.position(),
+        }
+    }
+
     /// Publishes the first `len` bytes as a record.
     pub(crate) fn commit(self, len: usize) {
         match self {
@@ -174,20 +182,6 @@ impl<'a> RxRecord<'a> for AnyRecord<'a> {
         }
     }
 
-    fn kind(&self) -> u32 {
-        match self {
-            AnyRecord::Spsc(r) => r.kind(),
-            AnyRecord::Mpsc(r) => r.kind(),
-        }
-    }
-
-    fn keep(self) {
-        match self {
-            AnyRecord::Spsc(r) => r.keep(),
-            AnyRecord::Mpsc(r) => r.keep(),
-        }
-    }
-
     fn view<A: ?Sized>(
         self,
         f: impl for<'b> FnOnce(&'b [u8]) -> Result<&'b A, rancor::Error>,
@@ -305,14 +299,6 @@ impl RingRx for mpsc::Consumer<ShmMemory> {
 impl<'a> RxRecord<'a> for mpsc::Record<'a, ShmMemory> {
     fn position(&self) -> u64 {
         mpsc::Record::position(self)
-    }
-
-    fn kind(&self) -> u32 {
-        mpsc::Record::kind(self)
-    }
-
-    fn keep(self) {
-        mpsc::Record::keep(self)
     }
 
     fn view<A: ?Sized>(

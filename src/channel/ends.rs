@@ -92,10 +92,6 @@ pub(crate) trait RingRx {
 /// A record of some ring kind.
 pub(crate) trait RxRecord<'a>: std::ops::Deref<Target = [u8]> + Sized {
     fn position(&self) -> u64;
-    /// The record kind its writer set.
-    fn kind(&self) -> u32;
-    /// Leaves the record in the ring: the next read returns it again.
-    fn keep(self);
     /// The record as a guard on a view of its bytes (see [`shmesh_ring::Record::map`]).
     fn view<A: ?Sized>(
         self,
@@ -159,14 +155,6 @@ impl RingRx for shmesh_ring::Consumer<ShmMemory> {
 impl<'a> RxRecord<'a> for shmesh_ring::Record<'a, ShmMemory> {
     fn position(&self) -> u64 {
         shmesh_ring::Record::position(self)
-    }
-
-    fn kind(&self) -> u32 {
-        shmesh_ring::Record::kind(self)
-    }
-
-    fn keep(self) {
-        shmesh_ring::Record::keep(self)
     }
 
     fn view<A: ?Sized>(

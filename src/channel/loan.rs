@@ -21,10 +21,11 @@ use std::mem::{align_of, size_of};
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use super::any::AnyGrant;
+use super::ends::RingTx;
 use bytemuck::Pod;
 use rkyv::vec::ArchivedVec;
 use rkyv::{Archive, Archived};
-use super::any::AnyGrant;
 
 use super::error::LoanError;
 use super::schema::Format;

@@ -605,11 +605,7 @@ impl<T> Sender<T> {
     }
 
     /// Claims `len` bytes for a loan, as `patience` allows.
-    fn claim_loan(
-        &mut self,
-        len: usize,
-        patience: Patience,
-    ) -> Result<AnyGrant<'_>, LoanError> {
+    fn claim_loan(&mut self, len: usize, patience: Patience) -> Result<AnyGrant<'_>, LoanError> {
         if let Some(mismatch) = self.watch.check() {
             return Err(SendFailure::SchemaMismatch(mismatch).into());
         }

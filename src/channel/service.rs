@@ -51,15 +51,15 @@ use std::time::{Duration, Instant};
 
 use rkyv::{Archive, Archived};
 use shmesh_ring::{
-    mpsc, Consumer, PeerState, Producer, SchemaId, Segment, SegmentBuilder, SegmentKind,
-    ShmMemory, WaitStrategy,
+    mpsc, Consumer, PeerState, Producer, SchemaId, Segment, SegmentBuilder, SegmentKind, ShmMemory,
+    WaitStrategy,
 };
 use thiserror::Error;
 
-use super::ends::{self, Decoder, Encoder, RingRx, RxFail, RxRecord};
+use super::ends::{self, Decoder, Encoder, RingRx, RxFail};
 use super::{
-    Access, ChannelError, Fail, Message, Patience, Received, RecvError, Schema, SendFailure,
-    Watch, DEFAULT_CAPACITY, REJECTION_POLL,
+    Access, ChannelError, Fail, Message, Patience, Received, RecvError, Schema, SendFailure, Watch,
+    DEFAULT_CAPACITY, REJECTION_POLL,
 };
 
 /// Record kind of a client's hello: the archive is its reply ring's name (`String`).
@@ -594,7 +594,10 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         self.recv_until(Instant::now().checked_add(timeout))
     }
 
-    fn recv_until(&mut self, deadline: Option<Instant>) -> Result<Request<'_, Req, Resp>, RecvError> {
+    fn recv_until(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<Request<'_, Req, Resp>, RecvError> {
         loop {
             match RingRx::check_record(&mut self.requests) {
                 Ok(()) => {}
@@ -661,7 +664,9 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
     fn wait(&mut self, deadline: Option<Instant>) -> Result<(), RecvError> {
         let slice = match deadline {
             None => REJECTION_POLL,
-            Some(d) => d.saturating_duration_since(Instant::now()).min(REJECTION_POLL),
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(REJECTION_POLL),
         };
         match self.requests.wait_for_record(slice) {
             Ok(()) => Ok(()),
@@ -853,7 +858,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
                 Err(RxFail::Timeout | RxFail::Lapped(_)) => return Err(CallError::Timeout),
             }
             // Peek at the id; drop replies to abandoned calls.
-            let record = RingRx::try_read(&mut self.replies).map_err(|_| self.gone())?;
+            let record = RingRx::try_read(&mut self.replies).map_err(|_| CallError::PeerGone {
+                service: self.service.clone(),
+            })?;
             let (_, id) = read_envelope(&record).unwrap_or((0, 0));
             if want.is_some_and(|w| id < w) {
                 continue;
@@ -861,7 +868,9 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
             record.keep();
             break;
         }
-        let record = RingRx::try_read(&mut self.replies).map_err(|_| self.gone())?;
+        let record = RingRx::try_read(&mut self.replies).map_err(|_| CallError::PeerGone {
+            service: self.service.clone(),
+        })?;
         let (_, id) = read_envelope(&record).unwrap_or((0, 0));
         let message = self
             .dec
@@ -875,9 +884,15 @@ impl<Req: Message, Resp: Message> Client<Req, Resp> {
         loop {
             let slice = match deadline {
                 None => REJECTION_POLL,
-                Some(d) => d.saturating_duration_since(Instant::now()).min(REJECTION_POLL),
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(REJECTION_POLL),
             };
-            match ends::wait(&mut self.replies, &mut self.reply_watch, Some(Instant::now() + slice)) {
+            match ends::wait(
+                &mut self.replies,
+                &mut self.reply_watch,
+                Some(Instant::now() + slice),
+            ) {
                 Ok(()) => return Ok(()),
                 Err(RecvError::Timeout) => {
                     if self.requests.peer() == PeerState::Gone {

@@ -187,10 +187,7 @@ impl<T: Message> TopicBuilder<T> {
     /// [`ChannelError::SchemaMismatch`] when it carries another message type;
     /// [`ChannelError::Segment`]: no such topic, not a topic, permissions.
     pub fn open(self) -> Result<Topic<T>, ChannelError> {
-        let segment = self
-            .segment()
-            .open()
-            .map_err(ChannelError::from_segment)?;
+        let segment = self.segment().open().map_err(ChannelError::from_segment)?;
         Ok(Topic::new(segment, self.schema, self.wait))
     }
 }
@@ -327,7 +324,11 @@ impl<T: Message> Topic<T> {
     /// # Errors
     ///
     /// As [`subscriber`](Self::subscriber).
-    pub fn subscriber_from(&self, start: Start, access: Access) -> Result<Subscriber<T>, ChannelError> {
+    pub fn subscriber_from(
+        &self,
+        start: Start,
+        access: Access,
+    ) -> Result<Subscriber<T>, ChannelError> {
         let mut reader = self.segment.broadcast_reader(start)?;
         reader.set_wait_strategy(self.wait);
         Ok(Subscriber {
@@ -391,7 +392,11 @@ impl<T: Message> Publisher<T> {
     /// # Errors
     ///
     /// [`SendTimeoutError::Timeout`]; otherwise as [`publish`](Self::publish).
-    pub fn publish_timeout(&mut self, value: &T, timeout: Duration) -> Result<(), SendTimeoutError> {
+    pub fn publish_timeout(
+        &mut self,
+        value: &T,
+        timeout: Duration,
+    ) -> Result<(), SendTimeoutError> {
         match self.publish_with(value, Patience::within(timeout)) {
             Ok(()) => Ok(()),
             Err(Fail::Full | Fail::Timeout) => Err(SendTimeoutError::Timeout),
@@ -550,14 +555,6 @@ impl RingRx for broadcast::Reader<ShmMemory> {
 impl<'a> RxRecord<'a> for broadcast::Record<'a, ShmMemory> {
     fn position(&self) -> u64 {
         broadcast::Record::position(self)
-    }
-
-    fn kind(&self) -> u32 {
-        broadcast::Record::kind(self)
-    }
-
-    fn keep(self) {
-        broadcast::Record::keep(self)
     }
 
     fn view<A: ?Sized>(
