@@ -35,10 +35,10 @@
 //! let mut client = Client::<u64, u64>::connect(&name)?;
 //! let id = client.send_request(&20)?;
 //! let request = server.recv()?;
-//! let answer = *request + 1;
+//! let answer = request.to_native() + 1; // the request is read in place: a little-endian u64
 //! request.reply(&answer)?;
 //! let reply = client.recv_reply()?;
-//! assert_eq!((reply.id(), *reply), (id, 21));
+//! assert_eq!((reply.id(), reply.to_native()), (id, 21));
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
