@@ -7,6 +7,10 @@
 //! - [`channel`]: [`Channel<T>`], a named channel of rkyv-archived messages — [`Sender<T>`]
 //!   serializes straight into the ring, [`Receiver<T>`] reads `&Archived<T>` in place; rich
 //!   types (`String`, `Vec`, enums, maps) included, schema checked at connect.
+//! - [`topic`]: publish/subscribe — one [`Publisher<T>`], many [`Subscriber<T>`]s (a
+//!   broadcast ring, `Block` or `Lap` for slow subscribers, optional history); the table of
+//!   which pattern maps to which ring is there.
+//! - [`service`]: request/reply — a [`Server<Req, Resp>`] answers many [`Client`]s.
 //! - [`bench`](mod@bench): `shmesh bench`, which measures shmesh against the cache-line limit,
 //!   Unix sockets, pipes, TCP (and, with the `peers` feature, iceoryx2 and ipc-channel) between
 //!   two real processes.
@@ -43,4 +47,6 @@ pub mod bench;
 pub mod channel;
 pub mod tools;
 
+pub use channel::service::{self, Client, Server};
+pub use channel::topic::{self, Publisher, Subscriber, Topic};
 pub use channel::{Channel, Receiver, Sender};

@@ -581,3 +581,46 @@ fn a_received_message_can_be_held_across_an_await() {
         assert_eq!(message.as_str(), "held");
     });
 }
+
+/// An MPSC channel's receiver waits asynchronously too: messages of two senders arrive, each
+/// sender's in order, and the task wakes for each.
+#[test]
+fn an_mpsc_receiver_receives_asynchronously() {
+    for flavor in FLAVORS {
+        let name = ChannelName::new("async-mpsc");
+        run(flavor, async move {
+            let channel = Channel::<u64>::builder(name.as_str())
+                .senders(2)
+                .capacity(4096)
+                .create()
+                .expect("create");
+            let mut rx = channel.receiver().expect("receiver");
+            let senders: Vec<_> = (0..2u64)
+                .map(|id| {
+                    let mut tx = channel.sender().expect("sender");
+                    std::thread::spawn(move || {
+                        for seq in 0..2000u64 {
+                            std::thread::sleep(Duration::from_micros(seq % 3 * 50));
+                            tx.send(&(id << 32 | seq)).expect("send");
+                        }
+                    })
+                })
+                .collect();
+            let mut next = [0u64; 2];
+            for _ in 0..4000 {
+                let message = bounded("recv_async", rx.recv_async()).await.expect("recv");
+                let value = message.to_native();
+                let (id, seq) = ((value >> 32) as usize, value & 0xffff_ffff);
+                assert_eq!(seq, next[id], "sender {id} out of order");
+                next[id] += 1;
+            }
+            for sender in senders {
+                sender.join().expect("sender thread");
+            }
+            assert!(bounded("recv_async", rx.recv_async())
+                .await
+                .unwrap_err()
+                .is_disconnected());
+        });
+    }
+}

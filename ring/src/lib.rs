@@ -7,6 +7,9 @@
 //! - [`spsc`]: the single-producer/single-consumer byte ring ([`Producer`], [`Consumer`],
 //!   [`Grant`], [`Record`]), generic over its memory ([`RingMemory`]: [`HeapMemory`] or
 //!   [`ShmMemory`]).
+//! - [`broadcast`]: the one-writer, many-reader byte ring ([`broadcast::Writer`],
+//!   [`broadcast::Reader`]), with a slow-reader policy ([`BroadcastPolicy`]: block the writer,
+//!   or let readers be lapped) and a history for late joiners.
 //! - [`wait`]: how blocking calls wait ([`WaitStrategy`]: spin, yield, futex).
 //! - [`park`]: how async calls wait ([`Consumer::read_async`]): a helper thread sleeps on the
 //!   same futex and wakes the task.

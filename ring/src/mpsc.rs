@@ -109,6 +109,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 use std::ptr::NonNull;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use crate::counters::Counters;
@@ -118,6 +119,7 @@ use crate::layout::{
     SLOT_NEVER,
 };
 use crate::memory::{HeapMemory, PeerState, RingMemory, Track};
+use crate::park::{AsyncPark, Look, ParkWord, ASYNC_PARK_SLICE};
 use crate::spsc::{check_capacity, max_payload};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{
@@ -1063,6 +1065,10 @@ pub struct Consumer<M: RingMemory> {
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
     light: bool,
     counters: Counters,
+    /// While set, a wait goes on when no writer is attached ([`Consumer::wait_for_record`]).
+    outlive_writers: bool,
+    /// The async wait's helper thread, started on the first async wait ([`crate::park`]).
+    park: Option<AsyncPark>,
     _not_sync: PhantomData<Cell<()>>,
 }
 
@@ -1086,9 +1092,27 @@ impl<M: RingMemory> Consumer<M> {
             slow: SlowPath::default(),
             light: light_wakes(),
             counters: Counters::resume(mem.slot(CONSUMER_SLOT)),
+            outlive_writers: false,
+            park: None,
             _not_sync: PhantomData,
             mem,
         })
+    }
+
+    /// Waits up to `timeout` until a record can be read, like
+    /// [`wait_timeout`](Self::wait_timeout), but goes on waiting while no writer is attached:
+    /// for a consumer that outlives its writers, such as a server whose clients come and go.
+    /// It sleeps on the futex (a new writer's first commit wakes it), so waiting with no writer
+    /// costs nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::Timeout`], `Corrupt`. Never `PeerGone`.
+    pub fn wait_for_record(&mut self, timeout: Duration) -> Result<(), ReadError> {
+        self.outlive_writers = true;
+        let result = self.next_until(Instant::now().checked_add(timeout));
+        self.outlive_writers = false;
+        result.map(drop)
     }
 
     /// Capacity of the data area in bytes.
@@ -1369,6 +1393,53 @@ impl<M: RingMemory> Consumer<M> {
 
     /// The slow path of a read that found nothing: unblock a dead writer's claim, and when all
     /// writers are gone, drain what they left and report `PeerGone`.
+    /// Polls for a record without blocking the thread, for async code: `Ready(Ok(()))` when one
+    /// can be read now, `Pending` after arranging for the task to be woken (by a writer's
+    /// commit, through this consumer's helper thread sleeping on the futex, or every
+    /// [`ASYNC_PARK_SLICE`] to look at the writers' liveness), as
+    /// [`spsc::Consumer::poll_readable`](crate::spsc::Consumer::poll_readable).
+    ///
+    /// # Errors
+    ///
+    /// [`ReadError::PeerGone`] once every writer is gone and everything was read; `Corrupt`.
+    ///
+    /// # Panics
+    ///
+    /// If the operating system cannot start the helper thread.
+    pub fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ReadError>> {
+        let mut park = match self.park.take() {
+            Some(park) => park,
+            None => AsyncPark::new(ParkWord::consumer_parked(&self.mem)),
+        };
+        let poll = park.poll(cx, ASYNC_PARK_SLICE, |look| self.look_async(look));
+        self.park = Some(park);
+        poll.map(|found| found.map(drop))
+    }
+
+    /// A look at the ring for [`AsyncPark::poll`]: the next record and, once the parked word is
+    /// armed, the slow path (abandoned claims, the writers' liveness), as `next_until` does
+    /// before it sleeps.
+    fn look_async(&mut self, look: Look) -> Result<Option<Next>, ReadError> {
+        if let Some(next) = self.poll()? {
+            return Ok(Some(next));
+        }
+        match look {
+            Look::First => {
+                self.release();
+                Ok(None)
+            }
+            Look::Armed => {
+                self.counters.wait();
+                match self.slow_path() {
+                    Ok(next) => Ok(Some(next)),
+                    Err(TryReadError::Empty) => Ok(None),
+                    Err(TryReadError::PeerGone) => Err(ReadError::PeerGone),
+                    Err(TryReadError::Corrupt(c)) => Err(ReadError::Corrupt(c)),
+                }
+            }
+        }
+    }
+
     fn slow_path(&mut self) -> Result<Next, TryReadError> {
         if self.unblock()? {
             if let Some(next) = self.poll()? {
@@ -1415,6 +1486,7 @@ impl<M: RingMemory> Consumer<M> {
         let slow = |c: &mut Self| match c.slow_path() {
             Ok(next) => Ok(Some(next)),
             Err(TryReadError::Empty) => Ok(None),
+            Err(TryReadError::PeerGone) if c.outlive_writers => Ok(None),
             Err(TryReadError::PeerGone) => Err(ReadError::PeerGone),
             Err(TryReadError::Corrupt(e)) => Err(ReadError::Corrupt(e)),
         };
@@ -1523,6 +1595,8 @@ pub struct Record<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
     next: Next,
     release: bool,
+    /// Leave the record unread on drop ([`Record::keep`]).
+    keep: bool,
     /// Held while the consumer may read these bytes; ended before they are released.
     track: Track,
 }
@@ -1540,6 +1614,7 @@ impl<'a, M: RingMemory> Record<'a, M> {
             consumer,
             next,
             release,
+            keep: false,
             track,
         }
     }
@@ -1547,6 +1622,12 @@ impl<'a, M: RingMemory> Record<'a, M> {
     /// The record kind set by the writer ([`Grant::set_kind`]).
     pub fn kind(&self) -> u32 {
         self.next.kind
+    }
+
+    /// Leaves the record unread: it stays in the ring and the next read returns it again (see
+    /// [`crate::spsc::Record::keep`]).
+    pub fn keep(mut self) {
+        self.keep = true;
     }
 
     /// The position of this record in the ring (for diagnostics).
@@ -1603,6 +1684,9 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
         self.track.end();
+        if self.keep {
+            return;
+        }
         self.consumer.head = self.next.end;
         self.consumer.counters.message(self.next.len);
         if self.release {
@@ -1645,6 +1729,11 @@ impl<M: RingMemory, U: ?Sized> MappedRecord<'_, M, U> {
         &self.record
     }
 }
+
+// SAFETY: as for `spsc::MappedRecord`: a record (a `&mut` to the reading end, `Send` when `M`
+// is) and a pointer standing for a `&U` into its bytes; sending both is sound when `M: Send`
+// and `U: Sync`.
+unsafe impl<M: RingMemory + Send, U: ?Sized + Sync> Send for MappedRecord<'_, M, U> {}
 
 impl<M: RingMemory, U: ?Sized> Deref for MappedRecord<'_, M, U> {
     type Target = U;

@@ -370,7 +370,7 @@ impl SegmentBuilder {
     }
 
     /// Broadcast rings. Create: how many of the last records the writer keeps for readers that
-    /// join late (0 by default, at most 65536). Open: the number required, when given.
+    /// join late (0 by default, at most 65528). Open: the number required, when given.
     pub fn history(mut self, records: usize) -> Self {
         self.history = Some(records);
         self
@@ -380,7 +380,11 @@ impl SegmentBuilder {
     fn shape(&self) -> (usize, usize) {
         if self.kind.has_many_side() {
             let history = match self.kind {
-                SegmentKind::BroadcastRing => self.history.unwrap_or(0),
+                // The table holds more entries than the records joiners may ask for.
+                SegmentKind::BroadcastRing => crate::broadcast::table_len(
+                    self.policy.unwrap_or(BroadcastPolicy::Block),
+                    self.history.unwrap_or(0),
+                ),
                 _ => 0,
             };
             (2 + self.endpoints.unwrap_or(DEFAULT_ENDPOINTS), history)
@@ -485,12 +489,16 @@ impl SegmentBuilder {
                 max: (MAX_SLOTS - 2) as u64,
             });
         }
-        if history > MAX_HISTORY {
+        let records = match self.kind {
+            SegmentKind::BroadcastRing => self.history.unwrap_or(0),
+            _ => 0,
+        };
+        if history > MAX_HISTORY || records > crate::broadcast::MAX_HISTORY_RECORDS {
             return Err(SegmentError::Shape {
                 name: self.name.clone(),
                 what: "history",
-                found: history as u64,
-                max: MAX_HISTORY as u64,
+                found: records as u64,
+                max: crate::broadcast::MAX_HISTORY_RECORDS as u64,
             });
         }
         let total = self.total_size(capacity);
@@ -818,11 +826,6 @@ impl SegmentBuilder {
             if history > history_max {
                 return Err(self.mismatch("history", format!("0 to {history_max}"), history));
             }
-            if let Some(n) = self.history {
-                if n != history {
-                    return Err(self.mismatch("history", n, history));
-                }
-            }
             if kind == SegmentKind::BroadcastRing {
                 let Some(policy) = BroadcastPolicy::from_code(policy_code) else {
                     return Err(self.mismatch("policy", "1 (block) or 2 (lap)", policy_code));
@@ -833,6 +836,15 @@ impl SegmentBuilder {
                     }
                 }
                 found_policy = Some(policy);
+                if let Some(n) = self.history {
+                    if crate::broadcast::table_len(policy, n) != history {
+                        return Err(self.mismatch(
+                            "history",
+                            n,
+                            crate::broadcast::history_records(history),
+                        ));
+                    }
+                }
             }
             layout::data_offset(slots, history)
         } else {
@@ -1419,6 +1431,17 @@ impl Segment {
         })
     }
 
+    /// How many endpoints of slots `range` are attached and alive now (their liveness token is
+    /// held). One system call per attached slot: for tools and for waiting until peers have
+    /// joined, not for the fast path.
+    pub fn live_endpoints(&self, range: std::ops::Range<usize>) -> usize {
+        range
+            .filter(|&i| i < self.inner.slot_count)
+            .filter(|&i| self.inner.slot(i).state.load(Ordering::Acquire) == SLOT_ATTACHED)
+            .filter(|&i| os::is_locked(self.inner.file.as_fd(), endpoint_byte(i)).unwrap_or(true))
+            .count()
+    }
+
     /// Number of endpoint slots (2 for SPSC rings; 2 + the many side's for the others).
     pub fn slot_count(&self) -> usize {
         self.inner.slot_count
@@ -1429,9 +1452,10 @@ impl Segment {
         self.inner.policy
     }
 
-    /// The broadcast history length in records (0 for other kinds).
+    /// The broadcast history length: how many of the last records a late joiner may ask for
+    /// (0 for other kinds; the table holds 8 entries more, see [`crate::broadcast`]).
     pub fn history_len(&self) -> usize {
-        self.inner.history
+        crate::broadcast::history_records(self.inner.history)
     }
 
     /// A new open file description of the same object, for an endpoint's own lock.

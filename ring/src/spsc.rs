@@ -1291,6 +1291,8 @@ pub struct Record<'a, M: RingMemory> {
     consumer: &'a mut Consumer<M>,
     next: Next,
     release: bool,
+    /// Leave the record unread on drop ([`Record::keep`]).
+    keep: bool,
     /// Held while the consumer may read these bytes; ended before they are released.
     track: Track,
 }
@@ -1308,6 +1310,7 @@ impl<'a, M: RingMemory> Record<'a, M> {
             consumer,
             next,
             release,
+            keep: false,
             track,
         }
     }
@@ -1320,6 +1323,21 @@ impl<'a, M: RingMemory> Record<'a, M> {
     /// The position of this record in the ring (for diagnostics).
     pub fn position(&self) -> u64 {
         self.next.pos
+    }
+
+    /// Leaves the record unread: it stays in the ring and the next read returns it again. For
+    /// readers that look at a record (its kind, an envelope) before deciding to take it.
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = shmesh_ring::spsc::channel(4096)?;
+    /// tx.try_claim(1)?.commit(1);
+    /// rx.try_read()?.keep();
+    /// assert_eq!(rx.try_read()?.len(), 1); // still there
+    /// assert!(rx.try_read().is_err()); // now taken
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn keep(mut self) {
+        self.keep = true;
     }
 
     /// Turns the record into a guard on a view of its bytes, made once by `view` (such as a
@@ -1427,6 +1445,9 @@ impl<M: RingMemory> Deref for Record<'_, M> {
 impl<M: RingMemory> Drop for Record<'_, M> {
     fn drop(&mut self) {
         self.track.end();
+        if self.keep {
+            return;
+        }
         self.consumer.head = self.next.end;
         self.consumer.counters.message(self.next.len);
         if self.release {

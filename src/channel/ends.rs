@@ -92,9 +92,6 @@ pub(crate) trait RingRx {
 /// A record of some ring kind.
 pub(crate) trait RxRecord<'a>: std::ops::Deref<Target = [u8]> + Sized {
     fn position(&self) -> u64;
-    /// The record kind its writer set.
-    #[allow(dead_code)] // read by request/reply (next commits)
-    fn kind(&self) -> u32;
     /// The record as a guard on a view of its bytes (see [`shmesh_ring::Record::map`]).
     fn view<A: ?Sized>(
         self,
@@ -158,10 +155,6 @@ impl RingRx for shmesh_ring::Consumer<ShmMemory> {
 impl<'a> RxRecord<'a> for shmesh_ring::Record<'a, ShmMemory> {
     fn position(&self) -> u64 {
         shmesh_ring::Record::position(self)
-    }
-
-    fn kind(&self) -> u32 {
-        shmesh_ring::Record::kind(self)
     }
 
     fn view<A: ?Sized>(
@@ -420,6 +413,16 @@ impl<T: Message> Decoder<T> {
             Err(e) => return Err(rx_error(e)),
         }
         let record = rx.try_read().map_err(rx_error)?;
+        view(record, &self.access, &mut self.scratch, prefix)
+    }
+
+    /// `record` as a typed view in this decoder's access mode, skipping `prefix` envelope
+    /// bytes.
+    pub(crate) fn view_record<'a, R: RxRecord<'a>>(
+        &'a mut self,
+        record: R,
+        prefix: usize,
+    ) -> Result<Received<'a, T>, RecvError> {
         view(record, &self.access, &mut self.scratch, prefix)
     }
 

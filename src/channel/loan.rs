@@ -21,10 +21,11 @@ use std::mem::{align_of, size_of};
 use std::ops::{Deref, DerefMut};
 use std::time::Duration;
 
+use super::any::AnyGrant;
+use super::ends::RingTx;
 use bytemuck::Pod;
 use rkyv::vec::ArchivedVec;
 use rkyv::{Archive, Archived};
-use shmesh_ring::{Grant, ShmMemory};
 
 use super::error::LoanError;
 use super::schema::Format;
@@ -32,7 +33,7 @@ use super::{Message, Patience, Sender};
 
 /// Space for one `T` in the ring, written in place; [`send`](Self::send) publishes it.
 pub struct Loan<'a, T> {
-    grant: Grant<'a, ShmMemory>,
+    grant: AnyGrant<'a>,
     _type: PhantomData<T>,
 }
 
@@ -75,7 +76,7 @@ impl<T> fmt::Debug for Loan<'_, T> {
 /// Space for `n` elements in the ring, written in place; [`send`](Self::send) appends the
 /// `ArchivedVec` root and publishes it.
 pub struct SliceLoan<'a, U> {
-    grant: Grant<'a, ShmMemory>,
+    grant: AnyGrant<'a>,
     len: usize,
     root: VecRoot,
     _type: PhantomData<U>,

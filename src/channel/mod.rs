@@ -54,11 +54,14 @@
 //! 1024th time they find the ring empty (or full), so that polling costs no system call.
 
 mod access;
+mod any;
 mod asynch;
 mod ends;
 mod error;
 mod loan;
 mod schema;
+pub mod service;
+pub mod topic;
 mod writer;
 
 use std::fmt;
@@ -72,13 +75,15 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::{Archive, Archived};
 use shmesh_ring::{
-    Consumer, MappedRecord, PeerState, Producer, SchemaId, Segment, SegmentBuilder, ShmMemory,
-    TryClaimError, WaitStrategy,
+    broadcast, mpsc, MappedRecord, PeerState, SchemaId, Segment, SegmentBuilder, SegmentKind,
+    ShmMemory, TryClaimError, WaitStrategy,
 };
+
+use self::any::{AnyGrant, Rx, Tx};
 
 pub use self::access::{Access, AccessMode};
 pub use self::asynch::RecvAsync;
-use self::ends::{claim_failure, Decoder, Encoder};
+use self::ends::{claim_failure, Decoder, Encoder, RingTx};
 pub use self::error::{
     ChannelError, LoanError, RecvError, SchemaMismatch, SendError, SendFailure, SendTimeoutError,
     TryRecvError, TrySendError,
@@ -121,10 +126,19 @@ pub struct ChannelBuilder<T> {
     open_timeout: Option<Duration>,
     owner: Option<u32>,
     wait: WaitStrategy,
+    senders: Option<usize>,
     _type: PhantomData<fn() -> T>,
 }
 
 impl<T: Message> ChannelBuilder<T> {
+    /// Create: let up to `n` senders send at once (an MPSC ring: each sender's messages stay
+    /// in order, senders interleave). Without it a channel has one sender (an SPSC ring, the
+    /// fastest). Open: ignored (the creator decided; [`Channel::max_senders`] says).
+    pub fn senders(mut self, n: usize) -> Self {
+        self.senders = Some(n);
+        self
+    }
+
     /// Open: the uid that must own the channel (the effective uid by default). To share a
     /// channel between users, the creator widens its [`mode`](Self::mode) and the others name
     /// the creator's uid here; a channel owned by anyone else is refused (it may be squatted).
@@ -177,7 +191,11 @@ impl<T: Message> ChannelBuilder<T> {
     }
 
     fn segment(&self) -> SegmentBuilder {
-        let mut b = SegmentBuilder::new(&self.name)
+        let mut b = SegmentBuilder::new(&self.name);
+        if let Some(n) = self.senders {
+            b = b.kind(SegmentKind::MpscRing).endpoints(n);
+        }
+        let mut b = b
             .capacity(self.capacity)
             .schema(self.schema.fingerprint())
             .schema_text(self.schema.description());
@@ -213,6 +231,7 @@ impl<T: Message> ChannelBuilder<T> {
     /// from another layout version.
     pub fn open(self) -> Result<Channel<T>, ChannelError> {
         let segment = SegmentBuilder::new(&self.name)
+            .any_ring()
             .schema(self.schema.fingerprint())
             .schema_text(self.schema.description());
         let segment = match (self.mode, self.open_timeout) {
@@ -226,6 +245,13 @@ impl<T: Message> ChannelBuilder<T> {
             None => segment,
         };
         let segment = segment.open().map_err(ChannelError::from_segment)?;
+        if segment.kind() == SegmentKind::BroadcastRing {
+            return Err(ChannelError::Attach(shmesh_ring::AttachError::NotARing {
+                name: segment.name().to_owned(),
+                kind: "topic (broadcast ring)".to_owned(),
+                expected: "a channel (SPSC or MPSC ring): open it with Topic",
+            }));
+        }
         Ok(Channel::new(segment, self.schema, self.wait))
     }
 }
@@ -271,6 +297,7 @@ impl<T: Message> Channel<T> {
             open_timeout: None,
             owner: None,
             wait: WaitStrategy::default(),
+            senders: None,
             _type: PhantomData,
         }
     }
@@ -328,6 +355,15 @@ impl<T: Message> Channel<T> {
         shmesh_ring::spsc::max_payload(self.capacity())
     }
 
+    /// How many senders may send at once: 1 for an SPSC channel, `n` for one created with
+    /// [`senders(n)`](ChannelBuilder::senders).
+    pub fn max_senders(&self) -> usize {
+        match self.segment.kind() {
+            SegmentKind::MpscRing => self.segment.slot_count() - 2,
+            _ => 1,
+        }
+    }
+
     fn watch(&self) -> Watch {
         Watch {
             segment: self.segment.clone(),
@@ -343,7 +379,10 @@ impl<T: Message> Channel<T> {
     /// [`ChannelError::Attach`]: a live process is already the sender (`Busy`), or the ring
     /// is unusable.
     pub fn sender(&self) -> Result<Sender<T>, ChannelError> {
-        let mut producer = self.segment.producer()?;
+        let mut producer = match self.segment.kind() {
+            SegmentKind::MpscRing => Tx::Mpsc(self.segment.mpsc_writer()?),
+            _ => Tx::Spsc(self.segment.producer()?),
+        };
         producer.set_wait_strategy(self.wait);
         Ok(Sender {
             producer,
@@ -367,7 +406,10 @@ impl<T: Message> Channel<T> {
     ///
     /// As [`sender`](Self::sender).
     pub fn receiver_with(&self, access: Access) -> Result<Receiver<T>, ChannelError> {
-        let mut consumer = self.segment.consumer()?;
+        let mut consumer = match self.segment.kind() {
+            SegmentKind::MpscRing => Rx::Mpsc(self.segment.mpsc_consumer()?),
+            _ => Rx::Spsc(self.segment.consumer()?),
+        };
         consumer.set_wait_strategy(self.wait);
         Ok(Receiver {
             consumer,
@@ -463,7 +505,7 @@ impl From<Fail> for LoanError {
 /// shared(&tx); // a Sender cannot be shared between threads
 /// ```
 pub struct Sender<T> {
-    producer: Producer<ShmMemory>,
+    producer: Tx,
     watch: Watch,
     enc: Encoder<T>,
 }
@@ -566,11 +608,7 @@ impl<T> Sender<T> {
     }
 
     /// Claims `len` bytes for a loan, as `patience` allows.
-    fn claim_loan(
-        &mut self,
-        len: usize,
-        patience: Patience,
-    ) -> Result<shmesh_ring::Grant<'_, ShmMemory>, LoanError> {
+    fn claim_loan(&mut self, len: usize, patience: Patience) -> Result<AnyGrant<'_>, LoanError> {
         if let Some(mismatch) = self.watch.check() {
             return Err(SendFailure::SchemaMismatch(mismatch).into());
         }
@@ -640,7 +678,7 @@ fn too_large(size: usize, capacity: u64) -> SendFailure {
 /// shared(&rx); // a Receiver cannot be shared between threads
 /// ```
 pub struct Receiver<T> {
-    consumer: Consumer<ShmMemory>,
+    consumer: Rx,
     watch: Watch,
     dec: Decoder<T>,
 }
@@ -668,6 +706,8 @@ pub struct Received<'a, T: Archive> {
 /// private copy.
 pub(crate) enum View<'a, A: ?Sized> {
     Spsc(MappedRecord<'a, ShmMemory, A>),
+    Mpsc(mpsc::MappedRecord<'a, ShmMemory, A>),
+    Broadcast(broadcast::MappedRecord<'a, ShmMemory, A>),
     /// The view and the bytes of the receiver's private copy.
     Private(&'a A, &'a [u8]),
 }
@@ -679,6 +719,8 @@ impl<T: Archive> Deref for Received<'_, T> {
     fn deref(&self) -> &Archived<T> {
         match &self.view {
             View::Spsc(record) => record,
+            View::Mpsc(record) => record,
+            View::Broadcast(record) => record,
             View::Private(view, _) => view,
         }
     }
@@ -689,6 +731,8 @@ impl<T: Archive> Received<'_, T> {
     pub fn bytes(&self) -> &[u8] {
         match &self.view {
             View::Spsc(record) => &record.bytes()[self.skip..],
+            View::Mpsc(record) => &record.bytes()[self.skip..],
+            View::Broadcast(record) => &record.bytes()[self.skip..],
             View::Private(_, bytes) => bytes,
         }
     }
