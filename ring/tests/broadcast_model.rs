@@ -227,8 +227,8 @@ fn run(
         }
     }
     // Drain: every live reader gets what is left, in order (after a lap report, under Lap).
-    for i in 0..READERS {
-        let (Some(mut r), Some(reader)) = (m.readers[i], rx[i].as_mut()) else {
+    for (model, reader) in m.readers.iter().zip(rx.iter_mut()) {
+        let (Some(mut r), Some(reader)) = (*model, reader.as_mut()) else {
             continue;
         };
         if let Some(j) = m.lap(r) {
