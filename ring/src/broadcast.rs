@@ -23,11 +23,17 @@
 //! # Shared state
 //!
 //! - `control().tail`: the writer's tail, for tools and a writer taking over.
-//! - `control().consumer_parked`: the futex word all readers park on. A reader about to sleep
-//!   stores 1; only the writer clears it (swap to 0, then wake all), so one reader waking
-//!   never hides another's sleep.
-//! - `control().producer_parked`: the word the writer parks on (Block, ring full); readers
-//!   wake it after storing their cursor.
+//! - `control().consumer_parked`: the futex word all readers park on, an *eventcount*: bit 0
+//!   says "a reader sleeps", the bits above count the writer's wakes. A reader about to sleep
+//!   sets bit 0 (`fetch_or`) and sleeps on the exact value it made; the writer, when it sees bit
+//!   0, adds 1 (clearing it and moving to the next epoch) and wakes all. A flag that readers
+//!   set and only the writer clears is not enough: a reader that re-sets it after the writer's
+//!   last wake would let another reader, which announced itself before that wake, sleep on
+//!   the stale 1 (loom found this). With the epoch, that reader's futex compare fails.
+//! - `control().producer_parked`: the word the writer parks on (Block, ring full), an
+//!   eventcount like the readers' (below); readers wake it after storing their cursor, and
+//!   since several may do so at once, the one whose compare-and-swap moves the epoch on makes
+//!   the wake call.
 //! - [`BroadcastControl`](crate::layout::BroadcastControl): `tail_intent` (Lap), `limit` (Block,
 //!   never decreases), `published` (records published so far), `start`.
 //! - The history table (`RingMemory::history`, `H` entries): entry `j % H` holds the position
@@ -508,13 +514,24 @@ fn check_table<M: RingMemory>(mem: &M) -> Result<u64, Corruption> {
     Ok(table as u64)
 }
 
-/// Clears a parked word and wakes its sleepers, if the word says someone sleeps (SYNC POINT
-/// C, waker side: the caller has just stored what the sleepers wait for).
+/// Wakes the writer if it announced it sleeps on the eventcount `word` (SYNC POINT C, waker
+/// side: the caller has just stored what the writer waits for). See `wake_readers`.
 #[inline]
 fn wake_if_parked<M: RingMemory>(mem: &M, word: &AtomicU32, light: bool) {
     // SYNC POINT C: pairs with `sleeper_fence` in the sleeper's park.
     waker_fence(light);
-    if word.load(Ordering::Relaxed) != 0 && word.swap(0, Ordering::AcqRel) != 0 {
+    let seen = word.load(Ordering::Relaxed);
+    // Several readers may wake the writer at once: one of them moves the epoch on.
+    if seen & 1 != 0
+        && word
+            .compare_exchange(
+                seen,
+                seen.wrapping_add(1),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+    {
         mem.futex_wake(word);
     }
 }
@@ -530,11 +547,18 @@ fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
     }
 }
 
-/// Marks slot `index` detached and wakes whoever sleeps on `word`.
-fn detach<M: RingMemory>(mem: &M, index: usize, word: &AtomicU32) {
-    mem.slot(index).state.store(SLOT_CLOSED, Ordering::Release);
-    // A full fence: cheap enough here, and right whatever the sleeper's barrier.
-    wake_if_parked(mem, word, false);
+/// Wakes the readers if one announced it sleeps (SYNC POINT C, waker side, on the readers'
+/// eventcount: the caller has just stored what they wait for).
+#[inline]
+fn wake_readers<M: RingMemory>(mem: &M, light: bool) {
+    let word = &mem.control().consumer_parked.0;
+    // SYNC POINT C: pairs with `sleeper_fence` in a reader's park.
+    waker_fence(light);
+    if word.load(Ordering::Relaxed) & 1 != 0 {
+        // Only the writer clears bit 0, so it is still set: next epoch, nobody announced.
+        word.fetch_add(1, Ordering::AcqRel);
+        mem.futex_wake(word);
+    }
 }
 
 /// The start of record `j` as the history table holds it (SYNC POINT E: `Acquire`, pairs with
@@ -1008,33 +1032,24 @@ impl<M: RingMemory> Writer<M> {
                     self.drop_dead(n);
                 }
                 Step::Park(slice) => {
+                    // Announce the sleep in the eventcount and sleep on the exact value made:
+                    // a reader's wake moves the epoch on, whoever else touched the word. An
+                    // announcement left behind costs the next releasing reader one wake call.
                     let word = &self.mem.control().producer_parked.0;
-                    word.store(1, Ordering::Relaxed);
+                    let announced = word.fetch_or(1, Ordering::Relaxed) | 1;
                     // SYNC POINT C: pairs with the readers' `wake_if_parked`.
                     let slice = park_slice(slice, sleeper_fence());
-                    let unpark = |w: &Self| {
-                        w.mem
-                            .control()
-                            .producer_parked
-                            .0
-                            .store(0, Ordering::Relaxed)
-                    };
                     match self.try_reserve(len) {
                         Err(TryClaimError::Full { .. }) => {}
-                        other => {
-                            unpark(self);
-                            return other.map_err(ClaimError::from);
-                        }
+                        other => return other.map_err(ClaimError::from),
                     }
                     // A dead reader never wakes us: look for one before sleeping.
                     let n = needed(self);
                     if self.drop_dead(n) {
-                        unpark(self);
                         continue;
                     }
                     let word = &self.mem.control().producer_parked.0;
-                    self.mem.futex_wait(word, 1, Some(slice));
-                    word.store(0, Ordering::Relaxed);
+                    self.mem.futex_wait(word, announced, Some(slice));
                 }
             }
             match self.try_reserve(len) {
@@ -1062,7 +1077,7 @@ impl<M: RingMemory> Writer<M> {
         // For a writer taking over and for tools; readers do not read it.
         self.mem.control().tail.0.store(end, Ordering::Release);
         self.counters.message(len);
-        wake_if_parked(&self.mem, &self.mem.control().consumer_parked.0, self.light);
+        wake_readers(&self.mem, self.light);
         self.counters.flush(self.mem.slot(WRITER_SLOT));
     }
 
@@ -1091,11 +1106,12 @@ impl<M: RingMemory> Writer<M> {
 
 impl<M: RingMemory> Drop for Writer<M> {
     fn drop(&mut self) {
-        detach(
-            &self.mem,
-            WRITER_SLOT,
-            &self.mem.control().consumer_parked.0,
-        );
+        self.mem
+            .slot(WRITER_SLOT)
+            .state
+            .store(SLOT_CLOSED, Ordering::Release);
+        // A full fence: cheap enough here, and right whatever the sleepers' barrier.
+        wake_readers(&self.mem, false);
     }
 }
 
@@ -1676,10 +1692,10 @@ impl<M: RingMemory> Reader<M> {
                 Step::Park(slice) => {
                     self.counters.wait();
                     self.counters.flush(self.mem.slot(self.slot));
-                    // Only the writer clears the word: another reader may sleep on it too.
+                    // Announce a sleeper in the eventcount; sleep on the exact value made.
                     let word = &self.mem.control().consumer_parked.0;
-                    word.store(1, Ordering::Relaxed);
-                    // SYNC POINT C: pairs with the writer's `wake_if_parked`.
+                    let announced = word.fetch_or(1, Ordering::Relaxed) | 1;
+                    // SYNC POINT C: pairs with the writer's `wake_readers`.
                     let slice = park_slice(slice, sleeper_fence());
                     if let Some(next) = self.poll()? {
                         return Ok(next);
@@ -1688,7 +1704,7 @@ impl<M: RingMemory> Reader<M> {
                         return self.poll()?.ok_or(ReadError::PeerGone);
                     }
                     let word = &self.mem.control().consumer_parked.0;
-                    self.mem.futex_wait(word, 1, Some(slice));
+                    self.mem.futex_wait(word, announced, Some(slice));
                 }
             }
             if let Some(next) = self.poll()? {
@@ -1717,7 +1733,12 @@ impl<M: RingMemory> Reader<M> {
 impl<M: RingMemory> Drop for Reader<M> {
     fn drop(&mut self) {
         self.release();
-        detach(&self.mem, self.slot, &self.mem.control().producer_parked.0);
+        self.mem
+            .slot(self.slot)
+            .state
+            .store(SLOT_CLOSED, Ordering::Release);
+        // The writer may wait for this reader: a full fence, right whatever its barrier.
+        wake_if_parked(&self.mem, &self.mem.control().producer_parked.0, false);
     }
 }
 
