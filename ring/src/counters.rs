@@ -48,7 +48,6 @@ impl Counters {
 
     /// `n` records lost (lapped broadcast reader).
     #[inline]
-    #[allow(dead_code)] // used by the MPSC and broadcast rings
     pub(crate) fn dropped(&mut self, n: u64) {
         self.dropped = self.dropped.wrapping_add(n);
         self.dirty = true;
