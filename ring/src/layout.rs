@@ -126,8 +126,9 @@ pub struct SegmentHeader {
     pub schema: [AtomicU64; 4],
     /// Broadcast rings: the slow-reader policy ([`POLICY_BLOCK`] or [`POLICY_LAP`]); 0 otherwise.
     pub policy: AtomicU32,
-    /// Broadcast rings: how many of the last records are kept for late joiners (the length of
-    /// the history table); 0 otherwise.
+    /// Broadcast rings: the length of the history table (the records a late joiner may ask
+    /// for, plus 8 of slack; at least 256 under `Lap`, where a lapped reader resumes from it;
+    /// see `crate::broadcast`); 0 otherwise.
     pub history: AtomicU32,
     /// Reserved, zero.
     pub reserved: [AtomicU64; 3],
