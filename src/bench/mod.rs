@@ -8,9 +8,15 @@
 //! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
 //!   lines of `pingpong` runs ([`plot`]).
 //!
-//! The transports: the cache-line floor, the shmesh ring, Unix sockets, FIFOs and TCP
-//! loopback always; iceoryx2 and ipc-channel with the cargo feature `peers`
-//! ([`Transport`]).
+//! The transports: the cache-line floor, the shmesh rings (SPSC, MPSC, broadcast), Unix
+//! sockets, FIFOs and TCP loopback always; iceoryx2 and ipc-channel with the cargo feature
+//! `peers` ([`Transport`]).
+//!
+//! The throughput of the MPSC ring (`--writers N` writer processes into one reader) and of
+//! the broadcast ring (one writer to `--readers N` reader processes) runs several peer
+//! processes, released together by a start barrier; every reader checks each writer's
+//! messages arrive in order and exactly once. The next section describes the two-process
+//! case; the module `fanout` (private) the differences.
 //!
 //! # How a measurement runs
 //!
