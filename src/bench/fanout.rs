@@ -313,11 +313,16 @@ pub(super) fn warn_if_oversubscribed(ctx: &Ctx, measurements: &[(usize, Transpor
     };
     let cpus = ctx.cpus.len().max(1);
     if peers + 1 > cpus {
+        let spin = if ctx.wait == super::Wait::Spin {
+            ": a waiting process that spins burns the time slice the one it waits for needs, \
+             and the figures measure the scheduler as much as the ring; compare with --wait \
+             futex or yield"
+        } else {
+            ""
+        };
         eprintln!(
             "warning: the mpsc/broadcast throughput runs {} busy processes on {cpus} CPUs, so \
-             peers share a CPU: a waiting process that spins (--wait spin) burns the time slice \
-             the one it waits for needs, and the figures measure the scheduler as much as the \
-             ring; compare with --wait futex or yield",
+             the peers share CPUs{spin}",
             peers + 1
         );
     }
