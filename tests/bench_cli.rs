@@ -21,7 +21,23 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Runs `shmesh ARGS` with a deadline.
+/// The shared-memory objects a `shmesh` process with this pid left behind: its segments are
+/// named `bench.<pid>.*` (objects `/dev/shm/shmesh.bench.<pid>.*`).
+fn segments_left_by(pid: u32) -> Vec<String> {
+    let prefix = format!("shmesh.bench.{pid}.");
+    std::fs::read_dir("/dev/shm")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|name| name.starts_with(&prefix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Runs `shmesh ARGS` with a deadline, and checks that it left nothing in /dev/shm, whether it
+/// succeeded or not.
 fn shmesh(args: &[&str]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmesh"))
         .args(args)
@@ -52,6 +68,11 @@ fn shmesh(args: &[&str]) -> Output {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
+    let left = segments_left_by(child.id());
+    assert!(
+        left.is_empty(),
+        "shmesh {args:?} left segments in /dev/shm: {left:?}"
+    );
     Output {
         status,
         stdout: out.join().expect("stdout reader").expect("read stdout"),
@@ -624,4 +645,237 @@ fn typed_measures_its_message_once_in_both_touch_modes() {
         ]);
         check_throughput(&lines, &[("typed", size)]);
     }
+}
+
+/// Checks the throughput lines of the mpsc and broadcast transports: the common keys, then
+/// `writers` (mpsc) or the per-reader keys (broadcast), with consistent figures.
+fn check_fanned_out(v: &Value, peers: u64, policy: &str) {
+    let common = [
+        "bench",
+        "transport",
+        "size",
+        "wait",
+        "touch",
+        "cl_ns",
+        "msgs_per_s",
+        "bytes_per_s",
+    ];
+    assert_eq!(v["bench"], "throughput", "{v}");
+    positive(v, "cl_ns");
+    // A lapped reader may receive next to nothing after the warm-up: its rate may be 0.
+    let msgs = if policy == "lap" {
+        uint(v, "msgs_per_s")
+    } else {
+        positive(v, "msgs_per_s")
+    };
+    let size = uint(v, "size");
+    assert!(
+        uint(v, "bytes_per_s").abs_diff(msgs * size) <= size,
+        "bytes_per_s != msgs_per_s * size: {v}"
+    );
+    match v["transport"].as_str() {
+        Some("mpsc") => {
+            let expected: BTreeSet<&str> = common.iter().copied().chain(["writers"]).collect();
+            assert_eq!(keys(v), expected, "{v}");
+            assert_eq!(uint(v, "writers"), peers, "{v}");
+        }
+        Some("broadcast") => {
+            let extra = [
+                "readers",
+                "policy",
+                "per_reader_msgs_per_s",
+                "min_reader_msgs_per_s",
+                "lost",
+            ];
+            let expected: BTreeSet<&str> = common.iter().copied().chain(extra).collect();
+            assert_eq!(keys(v), expected, "{v}");
+            assert_eq!(uint(v, "readers"), peers, "{v}");
+            assert_eq!(v["policy"], policy, "{v}");
+            let rates: Vec<u64> = v["per_reader_msgs_per_s"]
+                .as_array()
+                .unwrap_or_else(|| panic!("per_reader_msgs_per_s is not an array in {v}"))
+                .iter()
+                .map(|r| r.as_u64().expect("a rate"))
+                .collect();
+            let lost: Vec<u64> = v["lost"]
+                .as_array()
+                .unwrap_or_else(|| panic!("lost is not an array in {v}"))
+                .iter()
+                .map(|r| r.as_u64().expect("a count"))
+                .collect();
+            assert_eq!(rates.len() as u64, peers, "{v}");
+            assert_eq!(lost.len() as u64, peers, "{v}");
+            let min = rates.iter().copied().min().unwrap_or(0);
+            assert_eq!(uint(v, "min_reader_msgs_per_s"), min, "{v}");
+            assert_eq!(msgs, min, "msgs_per_s is the slowest reader's: {v}");
+            if policy == "block" {
+                assert!(lost.iter().all(|&l| l == 0), "block loses nothing: {v}");
+            }
+        }
+        other => panic!("not a fanned-out transport: {other:?} in {v}"),
+    }
+}
+
+#[test]
+fn mpsc_and_broadcast_measure_with_several_processes() {
+    let _serial = serial();
+    // Ping-pong: one writer and one reader per direction, like the other transports.
+    let lines = json_lines(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "shm,mpsc,broadcast",
+        "--size",
+        "64",
+        "--iters",
+        "500",
+        "--json",
+    ]);
+    check_pingpong(&lines[..2], &["shm", "mpsc"], 64, 500);
+    let broadcast = &lines[2];
+    assert_eq!(broadcast["transport"], "broadcast", "{broadcast}");
+    assert_eq!(broadcast["policy"], "block", "{broadcast}");
+    assert!(uint(broadcast, "p50_ns") <= uint(broadcast, "max_ns"));
+    assert_eq!(uint(broadcast, "samples"), 500);
+
+    // Throughput: 2 writers and 2 readers by default.
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "shm,mpsc,broadcast",
+        "--size",
+        "64",
+        "--iters",
+        "5000",
+        "--json",
+    ]);
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|v| v["transport"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(seen, ["shm", "mpsc", "broadcast"]);
+    check_throughput(&lines[..1], &[("shm", 64)]);
+    for v in &lines[1..] {
+        check_fanned_out(v, 2, "block");
+    }
+
+    // Other counts, wait strategies and the lap policy (with large messages, readers may be
+    // lapped: they say how many they lost).
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "mpsc,broadcast",
+        "--writers",
+        "3",
+        "--readers",
+        "3",
+        "--size",
+        "64k",
+        "--iters",
+        "300",
+        "--wait",
+        "futex",
+        "--policy",
+        "lap",
+        "--touch",
+        "none",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 2);
+    for v in &lines {
+        assert_eq!(v["wait"], "futex", "{v}");
+        assert_eq!(v["touch"], "none", "{v}");
+        assert_eq!(uint(v, "size"), 65536, "{v}");
+        check_fanned_out(v, 3, "lap");
+    }
+    let lines = json_lines(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "broadcast",
+        "--readers",
+        "1",
+        "--size",
+        "8",
+        "--iters",
+        "2000",
+        "--wait",
+        "yield",
+        "--json",
+    ]);
+    check_fanned_out(&lines[0], 1, "block");
+
+    // The table notes the peers after the common columns; --iters counts per writer, so the
+    // reader of 2 writers times twice as many messages.
+    let out = shmesh(&[
+        "bench",
+        "throughput",
+        "--transport",
+        "mpsc,broadcast",
+        "--size",
+        "64",
+        "--iters",
+        "2000",
+        "--wait",
+        "yield",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{stdout}");
+    let messages = |row: &str| row.split_whitespace().nth(5).map(str::to_owned);
+    assert!(
+        rows[0].starts_with("mpsc") && rows[0].contains("2 writers"),
+        "{stdout}"
+    );
+    assert_eq!(messages(rows[0]).as_deref(), Some("4000"), "{stdout}");
+    assert!(
+        rows[1].starts_with("broadcast") && rows[1].contains("2 readers (block"),
+        "{stdout}"
+    );
+    assert_eq!(messages(rows[1]).as_deref(), Some("2000"), "{stdout}");
+}
+
+#[test]
+fn bad_fan_options_fail_with_a_clear_message() {
+    for (args, says) in [
+        (&["--transport", "mpsc", "--writers", "0"][..], "--writers"),
+        (
+            &["--transport", "broadcast", "--readers", "1000"],
+            "--readers",
+        ),
+        (&["--transport", "broadcast", "--policy", "drop"], "drop"),
+        (
+            &["--transport", "shm", "--writers", "2"],
+            "--writers applies to",
+        ),
+        (
+            &["--transport", "mpsc", "--readers", "2"],
+            "--readers applies to",
+        ),
+        (
+            &["--transport", "uds", "--policy", "lap"],
+            "--policy applies to",
+        ),
+        (&["--transport", "mpsc", "--size", "4"], "at least 8 bytes"),
+    ] {
+        let out = shmesh(&[&["bench", "throughput"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing is measured");
+    }
+    let out = shmesh(&["bench", "pingpong", "--transport", "mpsc", "--writers", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("one writer and one reader per direction"),
+        "{stderr}"
+    );
 }

@@ -55,6 +55,9 @@ pub enum BenchError {
     /// Reading the ring failed.
     #[error("reading the shared-memory ring failed")]
     Read(#[source] ReadError),
+    /// Reading the broadcast ring failed.
+    #[error("reading the broadcast ring failed")]
+    BroadcastRead(#[source] shmesh_ring::broadcast::ReadError),
     /// A cache-line probe round trip failed.
     #[error("the cache-line ping-pong with the peer process failed")]
     Probe(#[source] ProbeError),

@@ -8,9 +8,15 @@
 //! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
 //!   lines of `pingpong` runs ([`plot`]).
 //!
-//! The transports: the cache-line floor, the shmesh ring, Unix sockets, FIFOs and TCP
-//! loopback always; iceoryx2 and ipc-channel with the cargo feature `peers`
-//! ([`Transport`]).
+//! The transports: the cache-line floor, the shmesh rings (SPSC, MPSC, broadcast), Unix
+//! sockets, FIFOs and TCP loopback always; iceoryx2 and ipc-channel with the cargo feature
+//! `peers` ([`Transport`]).
+//!
+//! The throughput of the MPSC ring (`--writers N` writer processes into one reader) and of
+//! the broadcast ring (one writer to `--readers N` reader processes) runs several peer
+//! processes, released together by a start barrier; every reader checks each writer's
+//! messages arrive in order and exactly once. The next section describes the two-process
+//! case; the module `fanout` (private) the differences.
 //!
 //! # How a measurement runs
 //!
@@ -59,6 +65,7 @@
 //! (`PR_SET_PDEATHSIG`).
 
 mod error;
+mod fanout;
 #[cfg(feature = "peers")]
 mod iceoryx;
 #[cfg(feature = "peers")]
@@ -68,6 +75,7 @@ pub mod message;
 pub mod plot;
 mod process;
 pub mod report;
+mod rings;
 mod transport;
 mod typed;
 
@@ -81,10 +89,10 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use nix::sys::signal::Signal;
 use shmesh_ring::probe::ProbeError;
-use shmesh_ring::{CacheLineProbe, WaitStrategy};
+use shmesh_ring::{BroadcastPolicy, CacheLineProbe, WaitStrategy};
 
 pub use error::BenchError;
-pub use report::{MemcpyRow, PingPongRow, Row, Table, ThroughputRow};
+pub use report::{Fan, MemcpyRow, PingPongRow, Row, Table, ThroughputRow};
 pub use transport::Transport;
 
 use process::{Peer, TempDir, Watchdog};
@@ -304,6 +312,14 @@ pub struct BenchArgs {
     /// vector of u32, a few numbers) serialized with rkyv into the ring and validated and read in
     /// place; like ipc-channel below, it is measured once, with its archived size.
     ///
+    /// mpsc: the shmesh multi-producer ring; throughput: --writers writer processes into one
+    /// reader, reported as their aggregate rate; pingpong: one ring per direction with one
+    /// writer each. broadcast: the shmesh one-to-many ring; throughput: one writer to --readers
+    /// reader processes, each timing what it receives, reported per reader and as the minimum
+    /// (the rate every reader kept up with); pingpong: one ring per direction with one reader
+    /// each. Their throughput needs messages of 8 bytes or more (each carries its writer and
+    /// sequence number, which every reader checks).
+    ///
     /// Built with `--features peers` only: iceoryx2: iceoryx2 publish-subscribe, a [u8]
     /// sample of SIZE bytes per message, busy-polling subscribers. ipc-channel: servo's
     /// ipc-channel sending a typed message of about 1 KiB through serde/bincode; --size does
@@ -314,7 +330,7 @@ pub struct BenchArgs {
         value_enum,
         value_delimiter = ',',
         value_name = "LIST",
-        default_value = "cacheline,shm,uds,pipe,tcp"
+        default_value = "cacheline,shm,uds,pipe,tcp,mpsc,broadcast"
     )]
     pub transport: Vec<Transport>,
     /// Message sizes in bytes, comma-separated (suffixes k/KiB and m/MiB allowed).
@@ -351,11 +367,75 @@ pub struct BenchArgs {
     /// Default: pingpong 20000 up to 4 KiB, fewer above (5000 at 64 KiB, 1024 at 1 MiB);
     /// throughput about 1 GiB of messages, at most 5000000 for shm and iceoryx2 and 500000 for
     /// the others.
+    ///
+    /// mpsc throughput: messages per writer (the reader times all of them); broadcast
+    /// throughput: messages each reader receives.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
+    /// Writer processes of the mpsc throughput (default 2), each pinned to a CPU of its own
+    /// when there are enough (the parent, the reader, keeps the first).
+    ///
+    /// Ping-pong always uses one writer per direction.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_PEERS as i64))]
+    pub writers: Option<u16>,
+    /// Reader processes of the broadcast throughput (default 2), each pinned to a CPU of its
+    /// own when there are enough (the parent, the writer, keeps the first).
+    ///
+    /// Ping-pong always uses one reader per direction.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_PEERS as i64))]
+    pub readers: Option<u16>,
+    /// What the broadcast ring's writer does about a reader a whole ring behind (default
+    /// block).
+    ///
+    /// block: it waits for the slowest reader; every reader gets every message (lost is
+    /// always 0). lap: it never waits; a reader that falls a ring behind loses the records
+    /// overwritten and resumes at the oldest intact one, so throughput measures what readers
+    /// get, and each reader reports how many it lost.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    pub policy: Option<Policy>,
     /// One JSON object per line on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// The most `--writers` or `--readers`: each is a process.
+pub const MAX_PEERS: usize = 64;
+
+/// `--writers` and `--readers` when not given.
+pub const DEFAULT_PEERS: usize = 2;
+
+/// The broadcast ring's slow-reader policy (`--policy`): [`BroadcastPolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
+pub enum Policy {
+    /// The writer waits for the slowest reader.
+    #[default]
+    Block,
+    /// The writer never waits; lapped readers lose records and say how many.
+    Lap,
+}
+
+impl Policy {
+    /// The ring's policy.
+    pub fn ring(self) -> BroadcastPolicy {
+        match self {
+            Policy::Block => BroadcastPolicy::Block,
+            Policy::Lap => BroadcastPolicy::Lap,
+        }
+    }
+
+    /// The name used on the command line and in the output.
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Block => "block",
+            Policy::Lap => "lap",
+        }
+    }
+}
+
+impl fmt::Display for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Options of `shmesh bench memcpy`.
@@ -396,9 +476,10 @@ pub struct PeerArgs {
     /// Messages to exchange, warm-up included.
     #[arg(long)]
     pub messages: u64,
-    /// The cache-line probe segment to answer on first.
+    /// The cache-line probe segment to answer on (first; in a fanned-out throughput, when the
+    /// parent says so, and only by the peer given it).
     #[arg(long)]
-    pub probe: String,
+    pub probe: Option<String>,
     /// Where the transport's parent end is (segment stem, socket path, FIFO stem, address,
     /// iceoryx2 `TAG@ROOT`, ipc-channel one-shot server name).
     #[arg(long)]
@@ -409,6 +490,19 @@ pub struct PeerArgs {
     /// The parent's pid: the peer exits if its parent is gone.
     #[arg(long)]
     pub parent: u32,
+    /// Peer processes of this measurement (MPSC writers, broadcast readers).
+    #[arg(long, default_value_t = 1)]
+    pub peers: usize,
+    /// This peer's index among them (its writer id in the messages).
+    #[arg(long, default_value_t = 0)]
+    pub index: usize,
+    /// The broadcast rings' policy.
+    #[arg(long, value_enum, default_value_t = Policy::Block)]
+    pub policy: Policy,
+    /// Warm-up messages per writer, before the reader starts its clock (fanned-out
+    /// throughput).
+    #[arg(long, default_value_t = 0)]
+    pub warmup: u64,
 }
 
 /// The measurements `bench` would make for these lists: sizes outer, transports inner, each
@@ -536,9 +630,70 @@ struct Ctx {
     touch: Touch,
     iters: Option<u64>,
     child_cpu: Option<usize>,
+    /// The CPUs this run may use, the parent's first (for the peers of a fanned-out
+    /// throughput); empty when the processes are not pinned.
+    cpus: Vec<usize>,
+    /// MPSC writers of a fanned-out throughput.
+    writers: usize,
+    /// Broadcast readers of a fanned-out throughput.
+    readers: usize,
+    policy: Policy,
     dir: TempDir,
     pid: u32,
     next_id: u64,
+}
+
+/// Checks the options that only some transports and benches use: `--writers`, `--readers`
+/// and `--policy` must apply to something measured, and a fanned-out throughput needs
+/// messages that hold a writer id and a sequence number.
+fn check_fan_options(
+    bench: Bench,
+    args: &BenchArgs,
+    measurements: &[(usize, Transport)],
+) -> Result<(), BenchError> {
+    let has = |t: Transport| measurements.iter().any(|&(_, m)| m == t);
+    let pingpong_note = "ping-pong uses one writer and one reader per direction";
+    if args.writers.is_some() && !(bench == Bench::Throughput && has(Transport::Mpsc)) {
+        return Err(BenchError::Usage(format!(
+            "--writers applies to the throughput of the mpsc transport only ({pingpong_note}): \
+             use `shmesh bench throughput --transport mpsc --writers N`"
+        )));
+    }
+    if args.readers.is_some() && !(bench == Bench::Throughput && has(Transport::Broadcast)) {
+        return Err(BenchError::Usage(format!(
+            "--readers applies to the throughput of the broadcast transport only \
+             ({pingpong_note}): use `shmesh bench throughput --transport broadcast --readers N`"
+        )));
+    }
+    if args.policy.is_some() && !has(Transport::Broadcast) {
+        return Err(BenchError::Usage(
+            "--policy applies to the broadcast transport only: add it to --transport".into(),
+        ));
+    }
+    if let Some(&(size, transport)) = measurements
+        .iter()
+        .find(|&&(size, t)| t.fans_out(bench) && size < fanout::MIN_SIZE)
+    {
+        return Err(BenchError::Usage(format!(
+            "the {transport} throughput needs messages of at least {} bytes (each carries its \
+             writer and sequence number, which every reader checks), not {size}: raise --size \
+             or leave {transport} out",
+            fanout::MIN_SIZE
+        )));
+    }
+    Ok(())
+}
+
+impl Ctx {
+    /// The peer processes of a measurement of `transport`: `--writers` for the mpsc
+    /// throughput, `--readers` for the broadcast throughput, otherwise one.
+    fn peers_of(&self, transport: Transport) -> usize {
+        match (self.bench, transport) {
+            (Bench::Throughput, Transport::Mpsc) => self.writers,
+            (Bench::Throughput, Transport::Broadcast) => self.readers,
+            _ => 1,
+        }
+    }
 }
 
 fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
@@ -553,9 +708,15 @@ fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
                 .into(),
         ));
     }
+    check_fan_options(bench, args, &measurements)?;
     let dir = TempDir::new()?;
     process::clean_up_on_signal(dir.path().to_owned())?;
-    let cpus = process::pick_cpus()?;
+    // Listed before the parent pins itself to the first of them.
+    let allowed = process::allowed_cpus()?;
+    let cpus = match allowed.as_slice() {
+        [parent, child, ..] => Some((*parent, *child)),
+        _ => None,
+    };
     match cpus {
         Some((parent, _)) => process::pin(parent)?,
         None => eprintln!(
@@ -569,10 +730,15 @@ fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
         touch: args.touch,
         iters: args.iters,
         child_cpu: cpus.map(|(_, child)| child),
+        cpus: if cpus.is_some() { allowed } else { Vec::new() },
+        writers: args.writers.map_or(DEFAULT_PEERS, usize::from),
+        readers: args.readers.map_or(DEFAULT_PEERS, usize::from),
+        policy: args.policy.unwrap_or_default(),
         dir,
         pid: std::process::id(),
         next_id: 0,
     };
+    fanout::warn_if_oversubscribed(&ctx, &measurements);
     let table = match bench {
         Bench::PingPong => Table::PingPong,
         Bench::Throughput => Table::Throughput,
@@ -629,14 +795,20 @@ fn measure(
         touch: ctx.touch,
         tag: &tag,
         dir: ctx.dir.path(),
+        policy: ctx.policy.ring(),
+        peers: ctx.peers_of(transport),
     };
     // Declared before everything of the measurement, so dropped after all of it, on every path.
     let _clean_up = CleanUp(&plan);
-    let (setup, endpoint) = ParentSetup::new(&plan)?;
     let measured = ctx
         .iters
         .unwrap_or_else(|| ctx.bench.default_iters(transport, size));
     let warmup = warmup(measured);
+    if transport.fans_out(ctx.bench) {
+        let counts = fanout::Counts { warmup, measured };
+        return fanout::measure(ctx, &plan, &mut probe, &probe_name, counts, bar, label);
+    }
+    let (setup, endpoint) = ParentSetup::new(&plan)?;
     let mut args = vec![
         "__bench-peer".to_owned(),
         format!("--bench={}", ctx.bench),
@@ -648,6 +820,7 @@ fn measure(
         format!("--probe={probe_name}"),
         format!("--endpoint={endpoint}"),
         format!("--parent={}", ctx.pid),
+        format!("--policy={}", ctx.policy),
     ];
     if let Some(cpu) = ctx.child_cpu {
         args.push(format!("--cpu={cpu}"));
@@ -697,19 +870,17 @@ fn parent_side(
     let cl_ns = measure_cl(probe, peer)?;
     let total = warmup + measured;
     let ticker = bar.clone();
-    let watchdog = Watchdog::start(STALL, peer.pid(), move |done| {
+    let watchdog = Watchdog::start(STALL, vec![peer.pid()], move |done| {
         ticker.set_message(format!("{label} {}%", done * 100 / total.max(1)));
     })?;
     let progress = watchdog.progress();
     let latency = |h: Histogram<u64>| {
-        Row::PingPong(PingPongRow::from_histogram(
-            plan.transport,
-            plan.size,
-            ctx.wait,
-            ctx.touch,
-            cl_ns,
-            &h,
-        ))
+        let mut row =
+            PingPongRow::from_histogram(plan.transport, plan.size, ctx.wait, ctx.touch, cl_ns, &h);
+        if plan.transport == Transport::Broadcast {
+            row.policy = Some(ctx.policy);
+        }
+        Row::PingPong(row)
     };
     let result = match setup {
         ParentSetup::Line(mut line) => {
@@ -730,6 +901,7 @@ fn parent_side(
                         cl_ns,
                         msgs_per_s,
                         bytes_per_s: msgs_per_s * plan.size as f64,
+                        fan: None,
                     })
                 }),
             }
@@ -860,13 +1032,6 @@ pub fn run_peer(args: &PeerArgs) -> Result<(), BenchError> {
     if let Some(cpu) = args.cpu {
         process::pin(cpu)?;
     }
-    let probe = CacheLineProbe::open(&args.probe).map_err(|source| BenchError::Segment {
-        name: args.probe.clone(),
-        source,
-    })?;
-    probe.serve(OP_TIMEOUT).map_err(BenchError::Probe)?;
-    drop(probe);
-
     let tag = args.endpoint.as_str();
     let dir = std::path::Path::new("");
     let plan = Plan {
@@ -877,7 +1042,23 @@ pub fn run_peer(args: &PeerArgs) -> Result<(), BenchError> {
         touch: args.touch,
         tag,
         dir,
+        policy: args.policy.ring(),
+        peers: args.peers,
     };
+    if args.transport.fans_out(args.bench) {
+        return fanout::run_peer(args, &plan);
+    }
+    let probe_name = args
+        .probe
+        .as_deref()
+        .ok_or_else(|| BenchError::Usage("internal error: the peer was given no --probe".into()))?;
+    let probe = CacheLineProbe::open(probe_name).map_err(|source| BenchError::Segment {
+        name: probe_name.to_owned(),
+        source,
+    })?;
+    probe.serve(OP_TIMEOUT).map_err(BenchError::Probe)?;
+    drop(probe);
+
     if args.transport == Transport::Cacheline {
         let line = transport::open_line(&args.endpoint)?;
         let served = line.serve(OP_TIMEOUT).map_err(BenchError::Probe)?;
@@ -980,6 +1161,87 @@ mod tests {
         ]);
         assert_eq!(a.touch, Touch::None);
         assert_eq!(a.transport, [Transport::Iceoryx2, Transport::IpcChannel]);
+    }
+
+    #[test]
+    fn fan_options_parse_with_limits() {
+        let a = ipc_args(&["throughput", "--transport", "mpsc,broadcast"]);
+        assert_eq!((a.writers, a.readers, a.policy), (None, None, None));
+        let a = ipc_args(&[
+            "throughput",
+            "--writers",
+            "3",
+            "--readers=4",
+            "--policy",
+            "lap",
+        ]);
+        assert_eq!(
+            (a.writers, a.readers, a.policy),
+            (Some(3), Some(4), Some(Policy::Lap))
+        );
+        assert_eq!(Policy::Lap.ring(), BroadcastPolicy::Lap);
+        assert_eq!(Policy::default().name(), "block");
+        for bad in [
+            &["throughput", "--writers", "0"][..],
+            &["throughput", "--readers", "65"],
+            &["throughput", "--writers", "two"],
+            &["throughput", "--policy", "drop"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn fan_options_must_apply_to_something_measured() {
+        let check = |bench, args: &[&str]| {
+            let a = ipc_args(args);
+            check_fan_options(bench, &a, &plan(bench, &a.transport, &a.size))
+        };
+        use Bench::{PingPong, Throughput};
+        check(
+            Throughput,
+            &["throughput", "--transport=mpsc", "--writers=3"],
+        )
+        .unwrap();
+        check(
+            Throughput,
+            &["throughput", "--transport=broadcast", "--readers=3"],
+        )
+        .unwrap();
+        check(
+            PingPong,
+            &["pingpong", "--transport=broadcast", "--policy=lap"],
+        )
+        .unwrap();
+        let err = |bench, args: &[&str]| check(bench, args).unwrap_err().to_string();
+        let e = err(
+            Throughput,
+            &["throughput", "--transport=shm", "--writers=3"],
+        );
+        assert!(e.contains("--writers applies to"), "{e}");
+        let e = err(PingPong, &["pingpong", "--transport=mpsc", "--writers=3"]);
+        assert!(e.contains("one writer and one reader per direction"), "{e}");
+        let e = err(
+            Throughput,
+            &["throughput", "--transport=mpsc", "--readers=3"],
+        );
+        assert!(e.contains("--readers applies to"), "{e}");
+        let e = err(
+            Throughput,
+            &["throughput", "--transport=shm", "--policy=lap"],
+        );
+        assert!(e.contains("--policy applies to"), "{e}");
+        let e = err(
+            Throughput,
+            &["throughput", "--transport=mpsc", "--size=64,4"],
+        );
+        assert!(e.contains("at least 8 bytes") && e.contains("not 4"), "{e}");
+        // Ping-pong carries what fits of the sequence number, as the other transports.
+        check(
+            PingPong,
+            &["pingpong", "--transport=mpsc,broadcast", "--size=3"],
+        )
+        .unwrap();
     }
 
     #[test]

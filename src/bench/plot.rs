@@ -61,10 +61,13 @@ pub enum JsonValue {
     Bool(bool),
     /// `null`.
     Null,
+    /// An array of the values above (no nested arrays or objects): the per-reader figures of
+    /// broadcast throughput rows.
+    List(Vec<JsonValue>),
 }
 
-/// Parses one flat JSON object (string keys; string, number, boolean or null values; no
-/// nesting), as `shmesh bench --json` prints.
+/// Parses one flat JSON object (string keys; string, number, boolean or null values, or arrays
+/// of those; no other nesting), as `shmesh bench --json` prints.
 ///
 /// # Errors
 ///
@@ -78,6 +81,8 @@ pub enum JsonValue {
 /// let o = parse_object(r#"{"transport":"shm","size":64}"#).unwrap();
 /// assert_eq!(o["transport"], JsonValue::Str("shm".into()));
 /// assert_eq!(o["size"], JsonValue::Num(64.0));
+/// let o = parse_object(r#"{"lost":[0,3]}"#).unwrap();
+/// assert_eq!(o["lost"], JsonValue::List(vec![JsonValue::Num(0.0), JsonValue::Num(3.0)]));
 /// assert!(parse_object(r#"{"a":{"b":1}}"#).is_err());
 /// ```
 pub fn parse_object(text: &str) -> Result<BTreeMap<String, JsonValue>, String> {
@@ -201,11 +206,37 @@ impl Parser<'_> {
         }
     }
 
+    /// A value, or an array of values.
     fn value(&mut self) -> Result<JsonValue, String> {
+        if self.peek() != Some(b'[') {
+            return self.scalar();
+        }
+        self.pos += 1;
+        let mut items = Vec::new();
+        self.ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+            return Ok(JsonValue::List(items));
+        }
+        loop {
+            self.ws();
+            items.push(self.scalar()?);
+            self.ws();
+            match self.next() {
+                Some(b',') => continue,
+                Some(b']') => return Ok(JsonValue::List(items)),
+                _ => return Err(format!("expected ',' or ']' at byte {}", self.pos)),
+            }
+        }
+    }
+
+    /// A string, number, boolean or null.
+    fn scalar(&mut self) -> Result<JsonValue, String> {
         match self.peek() {
             Some(b'"') => self.string().map(JsonValue::Str),
             Some(b'{' | b'[') => Err(format!(
-                "a nested object or array at byte {} (shmesh bench lines are flat)",
+                "a nested object or array at byte {} (shmesh bench lines are flat, with arrays \
+                 of plain values at most)",
                 self.pos
             )),
             Some(b't') => self.word("true", JsonValue::Bool(true)),
@@ -561,6 +592,16 @@ mod tests {
         assert_eq!(o["e"], JsonValue::Null);
         assert_eq!(o["f"], JsonValue::Str("é".into()));
         assert!(parse_object("{}").unwrap().is_empty());
+        let o = parse_object(r#"{"l":[1, "x" ,null],"e":[ ]}"#).unwrap();
+        assert_eq!(
+            o["l"],
+            JsonValue::List(vec![
+                JsonValue::Num(1.0),
+                JsonValue::Str("x".into()),
+                JsonValue::Null
+            ])
+        );
+        assert_eq!(o["e"], JsonValue::List(Vec::new()));
     }
 
     #[test]
@@ -574,7 +615,10 @@ mod tests {
             r#"{"a":1,}"#,
             r#"{"a":1 "b":2}"#,
             r#"{"a":"open}"#,
-            r#"{"a":[1]}"#,
+            r#"{"a":[[1]]}"#,
+            r#"{"a":[{"b":1}]}"#,
+            r#"{"a":[1,]}"#,
+            r#"{"a":[1}"#,
             r#"{"a":{"b":1}}"#,
             r#"{"a":1} trailing"#,
             r#"{"a":1,"a":2}"#,
@@ -593,6 +637,7 @@ mod tests {
             line("shm", 64, "all", 100, 45),
             String::new(),
             r#"{"bench":"throughput","transport":"shm","size":64,"wait":"spin","touch":"all","cl_ns":45,"msgs_per_s":1,"bytes_per_s":64}"#.into(),
+            r#"{"bench":"throughput","transport":"broadcast","size":64,"wait":"spin","touch":"all","cl_ns":45,"msgs_per_s":1,"bytes_per_s":64,"readers":2,"policy":"block","per_reader_msgs_per_s":[1,2],"min_reader_msgs_per_s":1,"lost":[0,0]}"#.into(),
             r#"{"bench":"memcpy","size":64,"bytes_per_s":1}"#.into(),
             // A line from before --touch: touch is "all".
             r#"{"bench":"pingpong","transport":"uds","size":8,"wait":"spin","samples":9,"cl_ns":50,"p50_ns":8000,"p99_ns":9000,"p999_ns":9000,"max_ns":9000}"#.into(),

@@ -2,11 +2,12 @@
 //! the private temporary directory.
 
 use std::fs::DirBuilder;
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -26,7 +27,7 @@ const FAILURE_GRACE: Duration = Duration::from_millis(300);
 const TICK: Duration = Duration::from_millis(200);
 
 /// The CPUs this process may run on, in order.
-fn allowed_cpus() -> Result<Vec<usize>, BenchError> {
+pub(crate) fn allowed_cpus() -> Result<Vec<usize>, BenchError> {
     let set = sched_getaffinity(Pid::from_raw(0)).map_err(BenchError::os("sched_getaffinity"))?;
     Ok((0..CpuSet::count())
         .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
@@ -148,19 +149,40 @@ pub(crate) struct Peer {
     child: Child,
     stderr: Option<JoinHandle<Vec<u8>>>,
     status: Option<ExitStatus>,
+    /// [`spawn_piped`](Self::spawn_piped): the peer's stdin, for the parent's commands.
+    stdin: Option<ChildStdin>,
+    /// [`spawn_piped`](Self::spawn_piped): the lines of the peer's stdout, as they come.
+    lines: Option<Receiver<String>>,
 }
 
 impl Peer {
     /// Starts this executable with `args`: no stdin, stdout discarded (it must not mix with
     /// ours), stderr captured for error reports.
     pub(crate) fn spawn(args: &[String]) -> Result<Peer, BenchError> {
+        Self::start(args, false)
+    }
+
+    /// Like [`spawn`](Self::spawn), with a line protocol both ways: the parent writes commands
+    /// on the peer's stdin ([`tell`](Self::tell)) and reads the lines it prints on stdout
+    /// ([`expect_line`](Self::expect_line), [`last_line`](Self::last_line)). Used by the
+    /// fanned-out throughput, whose peers report readiness and results this way.
+    pub(crate) fn spawn_piped(args: &[String]) -> Result<Peer, BenchError> {
+        Self::start(args, true)
+    }
+
+    fn start(args: &[String], piped: bool) -> Result<Peer, BenchError> {
         let exe = std::env::current_exe().map_err(BenchError::io(
             "finding the path of the running shmesh executable",
         ))?;
+        let (stdin, stdout) = if piped {
+            (Stdio::piped(), Stdio::piped())
+        } else {
+            (Stdio::null(), Stdio::null())
+        };
         let mut child = Command::new(&exe)
             .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdin(stdin)
+            .stdout(stdout)
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| BenchError::Spawn {
@@ -174,11 +196,90 @@ impl Peer {
                 out
             })
         });
+        let lines = child.stdout.take().map(|pipe| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
         Ok(Peer {
+            stdin: child.stdin.take(),
             child,
             stderr,
             status: None,
+            lines,
         })
+    }
+
+    /// Writes `command` and a newline on the peer's stdin ([`spawn_piped`](Self::spawn_piped)).
+    pub(crate) fn tell(&mut self, command: &str) -> Result<(), BenchError> {
+        let stdin = self.stdin.as_mut().ok_or_else(|| {
+            BenchError::Usage("internal error: this peer has no command pipe".into())
+        })?;
+        match stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .and_then(|()| stdin.flush())
+        {
+            Ok(()) => Ok(()),
+            // The peer is gone: its own error says why.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.check_alive()?;
+                Err(BenchError::io(format!("telling the peer to {command}"))(e))
+            }
+            Err(e) => Err(BenchError::io(format!("telling the peer to {command}"))(e)),
+        }
+    }
+
+    /// Waits (bounded by `timeout`, checking that the peer runs) for the next line the peer
+    /// prints on stdout ([`spawn_piped`](Self::spawn_piped)); `what` names it in the error.
+    pub(crate) fn expect_line(
+        &mut self,
+        what: &'static str,
+        timeout: Duration,
+    ) -> Result<String, BenchError> {
+        let start = Instant::now();
+        loop {
+            let lines = self.lines.as_ref().ok_or_else(|| {
+                BenchError::Usage("internal error: this peer has no output pipe".into())
+            })?;
+            match lines.recv_timeout(Duration::from_millis(20)) {
+                Ok(line) => return Ok(line),
+                Err(RecvTimeoutError::Timeout) => {}
+                // End of its output: it exited or is about to; its status says why.
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.try_wait()?;
+                    let status = match self.status {
+                        Some(status) => status,
+                        None => self.kill()?,
+                    };
+                    return Err(self.failure(status));
+                }
+            }
+            self.check_alive()?;
+            if start.elapsed() > timeout {
+                return Err(BenchError::Timeout {
+                    what,
+                    waited: timeout,
+                });
+            }
+        }
+    }
+
+    /// After the peer exited: the last line it printed on stdout, if any.
+    pub(crate) fn last_line(&mut self) -> Option<String> {
+        let lines = self.lines.as_ref()?;
+        let mut last = None;
+        // The reader thread ends at the end of the output, which an exited peer has reached.
+        while let Ok(line) = lines.recv_timeout(EXIT_TIMEOUT) {
+            last = Some(line);
+        }
+        last
     }
 
     /// The peer's pid.
@@ -236,7 +337,9 @@ impl Peer {
     ///
     /// With `failed` (the parent's side failed), the peer gets a short grace to exit by itself
     /// and is then killed; `Ok` then means "nothing to add to the parent's error".
-    pub(crate) fn finish(mut self, failed: bool) -> Result<(), BenchError> {
+    pub(crate) fn finish(&mut self, failed: bool) -> Result<(), BenchError> {
+        // No more commands: a peer still waiting for one sees the end of its input.
+        self.stdin = None;
         let grace = if failed { FAILURE_GRACE } else { EXIT_TIMEOUT };
         let start = Instant::now();
         let status = loop {
@@ -279,8 +382,8 @@ struct Shared {
     stalled: AtomicBool,
 }
 
-/// Kills the peer when the progress counter stops moving for too long, so that no wait of
-/// either process can last forever: a dead peer ends every blocking call of the parent
+/// Kills the peers when the progress counter stops moving for too long, so that no wait of
+/// any process can last forever: a dead peer ends every blocking call of the parent
 /// (`PeerGone` on a ring, end of file on a socket or pipe). Also reports progress.
 #[derive(Debug)]
 pub(crate) struct Watchdog {
@@ -290,10 +393,10 @@ pub(crate) struct Watchdog {
 
 impl Watchdog {
     /// Starts watching: `tick` gets the progress counter every 200 ms; after `stall` without
-    /// progress, `victim` gets `SIGKILL`.
+    /// progress, every one of `victims` gets `SIGKILL`.
     pub(crate) fn start(
         stall: Duration,
-        victim: Pid,
+        victims: Vec<Pid>,
         mut tick: impl FnMut(u64) + Send + 'static,
     ) -> Result<Watchdog, BenchError> {
         let shared = Arc::new(Shared::default());
@@ -315,7 +418,9 @@ impl Watchdog {
                         last_change = Instant::now();
                     } else if last_change.elapsed() > stall {
                         theirs.stalled.store(true, Ordering::Release);
-                        let _ = kill(victim, Signal::SIGKILL);
+                        for &victim in &victims {
+                            let _ = kill(victim, Signal::SIGKILL);
+                        }
                         return;
                     }
                 }

@@ -1,7 +1,8 @@
 //! Results of `shmesh bench`: one [`Row`] per measurement, printed as a table row or as one
 //! JSON object per line.
 //!
-//! The JSON keys are fixed (later transports add rows, not keys):
+//! The JSON keys are fixed per kind of row; rows of the transports with several peer
+//! processes add theirs after the common ones:
 //!
 //! ```text
 //! {"bench":"pingpong","transport":"shm","size":64,"wait":"spin","touch":"all","samples":20000,
@@ -10,13 +11,19 @@
 //!  "msgs_per_s":20000000,"bytes_per_s":1280000000}
 //! {"bench":"memcpy","size":1048576,"bytes_per_s":12000000000}
 //! ```
+//!
+//! - mpsc throughput: `"writers":N`; `msgs_per_s` is the aggregate of the writers.
+//! - broadcast throughput: `"readers":N,"policy":"block","per_reader_msgs_per_s":[..],
+//!   "min_reader_msgs_per_s":M,"lost":[..]`; `msgs_per_s` is the minimum reader rate (`M`),
+//!   `lost` the messages each reader lost to being lapped (always 0 under `block`).
+//! - broadcast pingpong: `"policy":"block"` (or `"lap"`) after the common keys.
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
 use super::transport::Transport;
-use super::{Touch, Wait};
+use super::{Policy, Touch, Wait};
 
 /// Round-trip latency of one transport at one message size.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +48,8 @@ pub struct PingPongRow {
     pub p999_ns: u64,
     /// Slowest round trip, ns.
     pub max_ns: u64,
+    /// The broadcast rings' policy (broadcast rows only).
+    pub policy: Option<Policy>,
 }
 
 impl PingPongRow {
@@ -64,6 +73,7 @@ impl PingPongRow {
             p99_ns: hist.value_at_quantile(0.99),
             p999_ns: hist.value_at_quantile(0.999),
             max_ns: hist.max(),
+            policy: None,
         }
     }
 }
@@ -79,14 +89,90 @@ pub struct ThroughputRow {
     pub wait: Wait,
     /// How much of each message was written and read.
     pub touch: Touch,
-    /// Messages timed (after the warm-up).
+    /// Messages timed (after the warm-up): by the reader of all writers together (mpsc), by
+    /// each reader (broadcast).
     pub messages: u64,
     /// The cache-line round trip measured right before, in ns (median).
     pub cl_ns: u64,
-    /// Messages per second.
+    /// Messages per second (mpsc: the writers' aggregate; broadcast: the slowest reader's).
     pub msgs_per_s: f64,
     /// Payload bytes per second.
     pub bytes_per_s: f64,
+    /// The peer processes of the mpsc and broadcast transports; `None` for the others.
+    pub fan: Option<Fan>,
+}
+
+/// The peer processes of a throughput row of the mpsc or broadcast transport.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fan {
+    /// mpsc: this many writer processes into one reader.
+    Writers(usize),
+    /// broadcast: one writer to one reader process per entry.
+    Readers {
+        /// The slow-reader policy.
+        policy: Policy,
+        /// Each reader's rate, messages per second.
+        per_reader_msgs_per_s: Vec<f64>,
+        /// Messages each reader lost to being lapped (always 0 under `block`).
+        lost: Vec<u64>,
+    },
+}
+
+impl Fan {
+    /// The extra JSON keys, each with its leading comma.
+    fn json(&self) -> String {
+        match self {
+            Fan::Writers(n) => format!(",\"writers\":{n}"),
+            Fan::Readers {
+                policy,
+                per_reader_msgs_per_s,
+                lost,
+            } => {
+                let rates: Vec<String> = per_reader_msgs_per_s
+                    .iter()
+                    .map(|&r| rate(r).to_string())
+                    .collect();
+                let lost: Vec<String> = lost.iter().map(u64::to_string).collect();
+                format!(
+                    ",\"readers\":{},\"policy\":\"{policy}\",\"per_reader_msgs_per_s\":[{}],\
+                     \"min_reader_msgs_per_s\":{},\"lost\":[{}]",
+                    per_reader_msgs_per_s.len(),
+                    rates.join(","),
+                    rate(min_rate(per_reader_msgs_per_s)),
+                    lost.join(",")
+                )
+            }
+        }
+    }
+
+    /// The note after a table row.
+    fn note(&self) -> String {
+        match self {
+            Fan::Writers(n) => format!("  {n} writers (aggregate)"),
+            Fan::Readers {
+                policy,
+                per_reader_msgs_per_s,
+                lost,
+            } => {
+                let rates: Vec<String> = per_reader_msgs_per_s
+                    .iter()
+                    .map(|&r| rate(r).to_string())
+                    .collect();
+                let lost: Vec<String> = lost.iter().map(u64::to_string).collect();
+                format!(
+                    "  {} readers ({policy}, slowest shown): {} msgs/s, lost {}",
+                    per_reader_msgs_per_s.len(),
+                    rates.join(" "),
+                    lost.join(" ")
+                )
+            }
+        }
+    }
+}
+
+/// The smallest of `rates` (0 for none).
+fn min_rate(rates: &[f64]) -> f64 {
+    rates.iter().copied().reduce(f64::min).unwrap_or(0.0)
 }
 
 /// Single-core copy bandwidth at one size.
@@ -126,7 +212,7 @@ impl Row {
             Row::PingPong(r) => format!(
                 "{{\"bench\":\"pingpong\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
                  \"touch\":\"{}\",\"samples\":{},\"cl_ns\":{},\"p50_ns\":{},\"p99_ns\":{},\
-                 \"p999_ns\":{},\"max_ns\":{}}}",
+                 \"p999_ns\":{},\"max_ns\":{}{}}}",
                 r.transport,
                 r.size,
                 r.wait,
@@ -136,18 +222,22 @@ impl Row {
                 r.p50_ns,
                 r.p99_ns,
                 r.p999_ns,
-                r.max_ns
+                r.max_ns,
+                r.policy
+                    .map(|p| format!(",\"policy\":\"{p}\""))
+                    .unwrap_or_default()
             ),
             Row::Throughput(r) => format!(
                 "{{\"bench\":\"throughput\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
-                 \"touch\":\"{}\",\"cl_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}}}",
+                 \"touch\":\"{}\",\"cl_ns\":{},\"msgs_per_s\":{},\"bytes_per_s\":{}{}}}",
                 r.transport,
                 r.size,
                 r.wait,
                 r.touch,
                 r.cl_ns,
                 rate(r.msgs_per_s),
-                rate(r.bytes_per_s)
+                rate(r.bytes_per_s),
+                r.fan.as_ref().map(Fan::json).unwrap_or_default()
             ),
             Row::Memcpy(r) => format!(
                 "{{\"bench\":\"memcpy\",\"size\":{},\"bytes_per_s\":{}}}",
@@ -162,7 +252,7 @@ impl Row {
         match self {
             Row::PingPong(r) => {
                 let lat = |ns| with_ratio(ns, r.cl_ns);
-                format!(
+                let mut row = format!(
                     "{:<11} {:>8} {:<5} {:<5} {:>8} {:>6} {:>15} {:>15} {:>15} {:>16}",
                     r.transport.name(),
                     format_size(r.size),
@@ -174,19 +264,29 @@ impl Row {
                     lat(r.p99_ns),
                     lat(r.p999_ns),
                     lat(r.max_ns)
-                )
+                );
+                if let Some(policy) = r.policy {
+                    let _ = write!(row, "  ({policy})");
+                }
+                row
             }
-            Row::Throughput(r) => format!(
-                "{:<11} {:>8} {:<5} {:<5} {:>9} {:>6} {:>12} {:>10.1}",
-                r.transport.name(),
-                format_size(r.size),
-                r.wait.name(),
-                r.touch.name(),
-                r.messages,
-                r.cl_ns,
-                rate(r.msgs_per_s),
-                r.bytes_per_s / 1e6
-            ),
+            Row::Throughput(r) => {
+                let mut row = format!(
+                    "{:<11} {:>8} {:<5} {:<5} {:>9} {:>6} {:>12} {:>10.1}",
+                    r.transport.name(),
+                    format_size(r.size),
+                    r.wait.name(),
+                    r.touch.name(),
+                    r.messages,
+                    r.cl_ns,
+                    rate(r.msgs_per_s),
+                    r.bytes_per_s / 1e6
+                );
+                if let Some(fan) = &r.fan {
+                    row += &fan.note();
+                }
+                row
+            }
             Row::Memcpy(r) => format!(
                 "{:>7} {:>10.2} {:>14}",
                 format_size(r.size),
@@ -296,6 +396,7 @@ mod tests {
             p99_ns: 180,
             p999_ns: 900,
             max_ns: 45_000,
+            policy: None,
         }
     }
 
@@ -335,6 +436,7 @@ mod tests {
             cl_ns: 420,
             msgs_per_s: 123_456.6,
             bytes_per_s: 505_678_643.2,
+            fan: None,
         });
         let json = row.to_json();
         assert_eq!(
@@ -355,6 +457,70 @@ mod tests {
             "{json}"
         );
         assert!(json.contains(r#""wait":"futex","touch":"none""#), "{json}");
+    }
+
+    fn fan_row(fan: Fan) -> ThroughputRow {
+        ThroughputRow {
+            transport: Transport::Broadcast,
+            size: 64,
+            wait: Wait::Spin,
+            touch: Touch::All,
+            messages: 1000,
+            cl_ns: 45,
+            msgs_per_s: 1_000_000.4,
+            bytes_per_s: 64_000_025.6,
+            fan: Some(fan),
+        }
+    }
+
+    #[test]
+    fn fanned_out_rows_add_their_keys_after_the_common_ones() {
+        let common = [
+            "bench",
+            "transport",
+            "size",
+            "wait",
+            "touch",
+            "cl_ns",
+            "msgs_per_s",
+            "bytes_per_s",
+        ];
+        let mut row = fan_row(Fan::Writers(2));
+        row.transport = Transport::Mpsc;
+        let json = Row::Throughput(row).to_json();
+        assert_eq!(keys(&json), [&common[..], &["writers"]].concat(), "{json}");
+        assert!(
+            json.ends_with(r#""bytes_per_s":64000026,"writers":2}"#),
+            "{json}"
+        );
+
+        let row = fan_row(Fan::Readers {
+            policy: Policy::Lap,
+            per_reader_msgs_per_s: vec![1_500_000.2, 1_000_000.4],
+            lost: vec![3, 0],
+        });
+        let json = Row::Throughput(row.clone()).to_json();
+        assert!(
+            json.ends_with(
+                r#""readers":2,"policy":"lap","per_reader_msgs_per_s":[1500000,1000000],"min_reader_msgs_per_s":1000000,"lost":[3,0]}"#
+            ),
+            "{json}"
+        );
+        let table = Row::Throughput(row).to_table();
+        assert!(
+            table.ends_with("  2 readers (lap, slowest shown): 1500000 1000000 msgs/s, lost 3 0"),
+            "{table}"
+        );
+
+        let mut ping = pingpong_row();
+        ping.transport = Transport::Broadcast;
+        ping.policy = Some(Policy::Block);
+        let json = Row::PingPong(ping.clone()).to_json();
+        assert!(
+            json.ends_with(r#""max_ns":45000,"policy":"block"}"#),
+            "{json}"
+        );
+        assert!(Row::PingPong(ping).to_table().ends_with("  (block)"));
     }
 
     #[test]
@@ -425,6 +591,7 @@ mod tests {
             cl_ns: 45,
             msgs_per_s: 2000.0,
             bytes_per_s: 2000.0 * 1048576.0,
+            fan: None,
         })
         .to_table();
         assert_eq!(row.len(), Table::Throughput.header().len(), "{row}");

@@ -39,7 +39,8 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::stat::Mode;
 use shmesh_ring::{
-    CacheLineProbe, Consumer, PeerState, Producer, SegmentBuilder, ShmMemory, WaitStrategy,
+    BroadcastPolicy, CacheLineProbe, Consumer, PeerState, Producer, SegmentBuilder, ShmMemory,
+    WaitStrategy,
 };
 
 use super::error::BenchError;
@@ -66,11 +67,17 @@ pub enum Transport {
     /// shmesh's typed channel: the same typed message as ipc-channel (`BenchMessage`, about
     /// 1 KiB), serialized with rkyv straight into the ring and validated and read in place.
     Typed,
+    /// The shmesh multi-producer/single-consumer ring: `--writers` writer processes into one
+    /// reader (throughput); one writer per direction (pingpong).
+    Mpsc,
+    /// The shmesh one-writer, many-reader broadcast ring: one writer to `--readers` reader
+    /// processes (throughput); one reader per direction (pingpong).
+    Broadcast,
 }
 
 impl Transport {
     /// Every transport.
-    pub const ALL: [Transport; 8] = [
+    pub const ALL: [Transport; 10] = [
         Transport::Cacheline,
         Transport::Shm,
         Transport::Uds,
@@ -79,15 +86,19 @@ impl Transport {
         Transport::Iceoryx2,
         Transport::IpcChannel,
         Transport::Typed,
+        Transport::Mpsc,
+        Transport::Broadcast,
     ];
 
     /// The default `--transport` list: those that need no optional feature.
-    pub const DEFAULT: [Transport; 5] = [
+    pub const DEFAULT: [Transport; 7] = [
         Transport::Cacheline,
         Transport::Shm,
         Transport::Uds,
         Transport::Pipe,
         Transport::Tcp,
+        Transport::Mpsc,
+        Transport::Broadcast,
     ];
 
     /// The name used on the command line and in the output.
@@ -101,6 +112,8 @@ impl Transport {
             Transport::Iceoryx2 => "iceoryx2",
             Transport::IpcChannel => "ipc-channel",
             Transport::Typed => "typed",
+            Transport::Mpsc => "mpsc",
+            Transport::Broadcast => "broadcast",
         }
     }
 
@@ -121,8 +134,20 @@ impl Transport {
     pub fn is_shared_memory(self) -> bool {
         matches!(
             self,
-            Transport::Cacheline | Transport::Shm | Transport::Iceoryx2 | Transport::Typed
+            Transport::Cacheline
+                | Transport::Shm
+                | Transport::Iceoryx2
+                | Transport::Typed
+                | Transport::Mpsc
+                | Transport::Broadcast
         )
+    }
+
+    /// Whether `bench` over this transport runs several peer processes (`super::fanout`):
+    /// the throughput of the MPSC ring (`--writers` writers) and of the broadcast ring
+    /// (`--readers` readers).
+    pub fn fans_out(self, bench: Bench) -> bool {
+        bench == Bench::Throughput && matches!(self, Transport::Mpsc | Transport::Broadcast)
     }
 
     /// Fails when this build cannot run this transport.
@@ -421,6 +446,8 @@ pub(crate) enum ParentSetup {
     IpcChannel(super::ipc::Setup),
     /// The parent's ends of the typed channels.
     Typed(Box<super::typed::TypedEndpoint>),
+    /// The parent's ends of the MPSC or broadcast ping-pong rings.
+    Rings(Box<super::rings::ParentRings>),
 }
 
 /// Where the transport named `tag` lives, and how its ends are set.
@@ -435,6 +462,11 @@ pub(crate) struct Plan<'a> {
     pub(crate) tag: &'a str,
     /// Private directory for socket and FIFO files.
     pub(crate) dir: &'a Path,
+    /// The broadcast rings' slow-reader policy.
+    pub(crate) policy: BroadcastPolicy,
+    /// Peer processes of a fanned-out throughput ([`Transport::fans_out`]): MPSC writers or
+    /// broadcast readers; 1 otherwise.
+    pub(crate) peers: usize,
 }
 
 fn segment_name(tag: &str, what: &str) -> String {
@@ -460,7 +492,10 @@ fn open_ring(name: &str) -> Result<shmesh_ring::Segment, BenchError> {
         })
 }
 
-fn attach<T>(name: &str, result: Result<T, shmesh_ring::AttachError>) -> Result<T, BenchError> {
+pub(crate) fn attach<T>(
+    name: &str,
+    result: Result<T, shmesh_ring::AttachError>,
+) -> Result<T, BenchError> {
     result.map_err(|source| BenchError::Attach {
         name: name.to_owned(),
         source,
@@ -561,6 +596,10 @@ impl ParentSetup {
                 let (ep, endpoint) = super::typed::parent(plan)?;
                 Ok((ParentSetup::Typed(Box::new(ep)), endpoint))
             }
+            Transport::Mpsc | Transport::Broadcast => {
+                let rings = super::rings::ParentRings::new(plan)?;
+                Ok((ParentSetup::Rings(Box::new(rings)), tag.to_owned()))
+            }
             #[cfg(not(feature = "peers"))]
             transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
                 Err(BenchError::NeedsPeers { transport })
@@ -636,6 +675,7 @@ impl ParentSetup {
             #[cfg(feature = "peers")]
             ParentSetup::IpcChannel(setup) => setup.connect(plan, alive),
             ParentSetup::Typed(ep) => super::typed::connect(*ep, alive),
+            ParentSetup::Rings(rings) => rings.connect(alive),
         }
     }
 }
@@ -907,6 +947,7 @@ pub(crate) fn connect_peer(
         #[cfg(feature = "peers")]
         Transport::IpcChannel => super::ipc::connect_peer(plan, endpoint),
         Transport::Typed => super::typed::connect_peer(plan, endpoint),
+        Transport::Mpsc | Transport::Broadcast => super::rings::connect_peer(plan, endpoint),
         #[cfg(not(feature = "peers"))]
         transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
             Err(BenchError::NeedsPeers { transport })
