@@ -564,13 +564,19 @@ fn inspect_decodes_every_field_of_each_kind() {
     assert_eq!(h["kind_code"], 4);
     assert_eq!(h["kind"], "broadcast");
     assert_eq!(h["policy"], 2);
-    assert_eq!(h["history"], 16);
-    assert_eq!(h["data_offset"], layout::data_offset(5, 16));
+    // The header holds the history table's length: the records asked for plus slack, and at
+    // least the index a lapped reader resumes from.
+    let table = shmesh_ring::broadcast::table_len(BroadcastPolicy::Lap, 16);
+    assert_eq!(h["history"], table);
+    assert_eq!(h["data_offset"], layout::data_offset(5, table));
     assert_eq!(v["endpoints"][0]["role"], "writer");
     assert_eq!(v["endpoints"][4]["role"], "reader");
     let listed = ls_record(&bcast).unwrap();
     assert_eq!(listed["policy"], "lap");
-    assert_eq!(listed["history"], 16);
+    assert_eq!(
+        listed["history"],
+        shmesh_ring::broadcast::history_records(table)
+    );
     assert_eq!(listed["fill_bytes"], 0);
     drop(seg);
     assert!(!spsc.path().exists(), "the creator unlinks on drop");

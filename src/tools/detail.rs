@@ -343,7 +343,17 @@ pub(crate) fn report(file: &SegmentFile, d: &Decoded) -> String {
                 _ => h.policy.to_string(),
             },
         );
-        r.field("history", format!("{} records", h.history));
+        r.field(
+            "history",
+            match d.kind {
+                Some(SegmentKind::BroadcastRing) => format!(
+                    "table of {} entries ({} records for late joiners)",
+                    h.history,
+                    shmesh_ring::broadcast::history_records(h.history as usize)
+                ),
+                _ => h.history.to_string(),
+            },
+        );
         r.field(
             "reserved",
             h.reserved

@@ -54,7 +54,8 @@ pub struct SegmentView {
     pub age_s: Option<f64>,
     /// Broadcast rings: `block` or `lap`.
     pub policy: Option<String>,
-    /// Broadcast rings: history length in records.
+    /// Broadcast rings: how many of the last records a late joiner may ask for (the history
+    /// table less its slack).
     pub history: Option<u32>,
     /// Messages written so far (producer and writers).
     pub messages: u64,
@@ -189,7 +190,10 @@ impl SegmentView {
                 .map(|h| age(h.created_unix_ns).as_secs_f64()),
             policy: d.policy.map(|p: BroadcastPolicy| p.to_string()),
             history: (d.kind == Some(SegmentKind::BroadcastRing))
-                .then(|| header.map(|h| h.history))
+                .then(|| {
+                    header
+                        .map(|h| shmesh_ring::broadcast::history_records(h.history as usize) as u32)
+                })
                 .flatten(),
             messages: totals.written_messages,
             bytes: totals.written_bytes,
