@@ -312,7 +312,8 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
     /// # Errors
     ///
     /// [`ChannelError::Segment`] (no such service), [`ChannelError::SchemaMismatch`] (another
-    /// request or reply type), [`ChannelError::Attach`] (all client slots taken).
+    /// request or reply type), [`ChannelError::Attach`] (all client slots taken);
+    /// [`ServiceError::ServerGone`] when the server's process died or it dropped the service.
     pub fn connect(self) -> Result<Client<Req, Resp>, ServiceError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let schema = self.schema();
@@ -322,6 +323,10 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
             .map_err(ChannelError::from_segment)?;
         let mut requests = segment.mpsc_writer()?;
         requests.set_wait_strategy(self.wait);
+        // A dead server's request ring still takes a hello while it has room: ask its token.
+        if requests.peer() == PeerState::Gone {
+            return Err(ServiceError::ServerGone { service: self.name });
+        }
         let client = (u64::from(std::process::id()) << 32) | NEXT.fetch_add(1, Ordering::Relaxed);
         let reply_name = format!("{}.reply.{client:x}", self.name);
         let mut reply_schema = Schema::of::<Resp>();
