@@ -19,8 +19,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    access, check_shape, child_role, say, text, wait_for_parent, Prefix, Proc, Shape, Watchdog,
-    ACCESS_MODES, DEADLINE, TEST_LIMIT,
+    access, check_frame, check_shape, child_role, frame, say, text, wait_for_parent, Prefix, Proc,
+    Shape, Watchdog, ACCESS_MODES, DEADLINE, TEST_LIMIT,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 use shmesh::channel::{
@@ -120,25 +120,6 @@ fn drain<T: shmesh::channel::Message>(
             Err(e) => panic!("recv: {e}"),
         }
     }
-}
-
-/// A 128-byte plain message: the sender (4 bytes LE), the sequence number (8 bytes LE), then a
-/// pattern of both.
-fn frame(sender: u32, seq: u64) -> [u8; 128] {
-    let mut f: [u8; 128] =
-        std::array::from_fn(|i| (seq as usize * 13 + i * 7) as u8 ^ sender as u8);
-    f[..4].copy_from_slice(&sender.to_le_bytes());
-    f[4..12].copy_from_slice(&seq.to_le_bytes());
-    f
-}
-
-/// The sender and sequence number of a frame, after checking its pattern.
-#[track_caller]
-fn check_frame(got: &[u8]) -> (u32, u64) {
-    let sender = u32::from_le_bytes(got[..4].try_into().unwrap());
-    let seq = u64::from_le_bytes(got[4..12].try_into().unwrap());
-    assert_eq!(got, frame(sender, seq), "frame {sender}/{seq}");
-    (sender, seq)
 }
 
 /// A slice message: a frame's first 12 bytes, then `seq % 300` bytes of pattern.

@@ -21,8 +21,8 @@ use std::thread;
 use std::time::Duration;
 
 use common::{
-    access, check_received, check_shape, child_role, rich, say, text, wait_for_parent, Prefix,
-    Proc, Rich, Shape, Watchdog, ACCESS_MODES, DEADLINE, TEST_LIMIT,
+    access, check_received, check_shape, check_tick, child_role, rich, say, text, tick,
+    wait_for_parent, Prefix, Proc, Rich, Shape, Tick, Watchdog, ACCESS_MODES, DEADLINE, TEST_LIMIT,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 use shmesh::channel::{
@@ -36,36 +36,6 @@ use shmesh_ring::AttachError;
 const RICH_CAP: u64 = 256 * 1024;
 /// A small ring, so that streams wrap and the publisher waits often.
 const SMALL_CAP: u64 = 4096;
-
-/// A small message with heap data, numbered.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[rkyv(derive(Debug))]
-struct Tick {
-    seq: u64,
-    text: String,
-    data: Vec<u32>,
-}
-
-/// Tick number `seq`: 0 to 60 bytes of text, 0 to 6 numbers, all derived from `seq`.
-fn tick(seq: u64) -> Tick {
-    Tick {
-        seq,
-        text: text(seq, (seq % 61) as usize),
-        data: (0..seq % 7)
-            .map(|i| (seq as u32) ^ (i as u32) << 16)
-            .collect(),
-    }
-}
-
-/// Checks a received tick against `tick(seq)`.
-#[track_caller]
-fn check_tick(got: &ArchivedTick, seq: u64) {
-    let want = tick(seq);
-    assert_eq!(got.seq.to_native(), seq, "tick seq");
-    assert_eq!(got.text.as_str(), want.text, "tick {seq}: text");
-    let data: Vec<u32> = got.data.iter().map(|x| x.to_native()).collect();
-    assert_eq!(data, want.data, "tick {seq}: data");
-}
 
 /// The other message type some tests open a topic with.
 #[derive(Archive, Serialize, Deserialize, Debug)]

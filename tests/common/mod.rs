@@ -527,3 +527,57 @@ pub fn child_role() -> Option<(String, Args)> {
     let role = words.next().expect("a role").to_owned();
     Some((role, Args(words.map(str::to_owned).collect())))
 }
+
+// ---- small messages of the pattern tests ----
+
+/// A small message with heap data, numbered.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Tick {
+    /// The sequence number.
+    pub seq: u64,
+    /// 0 to 60 bytes of text.
+    pub text: String,
+    /// 0 to 6 numbers.
+    pub data: Vec<u32>,
+}
+
+/// Tick number `seq`: 0 to 60 bytes of text, 0 to 6 numbers, all derived from `seq`.
+pub fn tick(seq: u64) -> Tick {
+    Tick {
+        seq,
+        text: text(seq, (seq % 61) as usize),
+        data: (0..seq % 7)
+            .map(|i| (seq as u32) ^ (i as u32) << 16)
+            .collect(),
+    }
+}
+
+/// Checks a received tick against `tick(seq)`.
+#[track_caller]
+pub fn check_tick(got: &ArchivedTick, seq: u64) {
+    let want = tick(seq);
+    assert_eq!(got.seq.to_native(), seq, "tick seq");
+    assert_eq!(got.text.as_str(), want.text, "tick {seq}: text");
+    let data: Vec<u32> = got.data.iter().map(|x| x.to_native()).collect();
+    assert_eq!(data, want.data, "tick {seq}: data");
+}
+
+/// A 128-byte plain message: the sender (4 bytes LE), the sequence number (8 bytes LE), then a
+/// pattern of both.
+pub fn frame(sender: u32, seq: u64) -> [u8; 128] {
+    let mut f: [u8; 128] =
+        std::array::from_fn(|i| (seq as usize * 13 + i * 7) as u8 ^ sender as u8);
+    f[..4].copy_from_slice(&sender.to_le_bytes());
+    f[4..12].copy_from_slice(&seq.to_le_bytes());
+    f
+}
+
+/// The sender and sequence number of a frame, after checking its pattern.
+#[track_caller]
+pub fn check_frame(got: &[u8]) -> (u32, u64) {
+    let sender = u32::from_le_bytes(got[..4].try_into().unwrap());
+    let seq = u64::from_le_bytes(got[4..12].try_into().unwrap());
+    assert_eq!(got, frame(sender, seq), "frame {sender}/{seq}");
+    (sender, seq)
+}
