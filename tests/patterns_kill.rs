@@ -9,6 +9,9 @@
 //! | `topic_lap_subscriber_stopped_*` | a `Lap` subscriber stopped with SIGSTOP while the publisher laps it several times gets `Lapped { lost }` with exact counts (each followed by the message right after the loss) |
 //! | `service_client_killed_*` | a client killed with requests outstanding: its requests still reach the server, whose replies fail with `ReplyError::PeerGone`; the server removes the dead client's reply ring and serves others |
 //! | `service_server_killed_*` | a server killed while a client waits in `call`: the call returns `CallError::PeerGone`, later calls too, a new connect fails with `ServiceError::ServerGone`; gc removes the dead server's segment and a new server takes the name |
+//! | `topic_publisher_killed_*` | a publisher killed mid-stream: subscribers get every message whose publish returned (and at most the one in flight), then `Disconnected`; a new publisher takes over, three times |
+//! | `service_client_killed_while_*` | a client that stopped reading is killed while the server waits for room in its reply ring: the reply returns `PeerGone` (not `Stuck`), so do replies to its remaining requests |
+//! | `service_server_killed_a_client_blocked_*` | a client blocked in `send_request` on a full request ring gets `PeerGone` when the server is killed |
 //! | `mpsc_sender_killed_holding_a_loan_*` | a sender killed while it holds a loan (a claim, uncommitted) that blocks every record claimed after it: the receiver then gets every other sender's messages, in order, exactly once |
 
 mod common;
@@ -42,7 +45,9 @@ fn child_entry() {
         "sub_all" => role_sub_all(a.s(0), a.get(1)),
         "sub_lap" => role_sub_lap(a.s(0), a.get(1), a.get(2)),
         "client_hang" => role_client_hang(a.s(0), a.get(1)),
-        "server_hang" => role_server_hang(a.s(0)),
+        "server_hang" => role_server_hang(a.s(0), a.get(1)),
+        "pub_stream" => role_pub_stream(a.s(0)),
+        "client_flood" => role_client_flood(a.s(0), a.get(1)),
         "loan_hold" => role_loan_hold(a.s(0), a.get(1), a.get(2)),
         "send_frames" => role_send_frames(a.s(0), a.get(1), a.get(2)),
         other => panic!("unknown child role '{other}'"),
@@ -135,12 +140,43 @@ fn role_client_hang(name: &str, k: u64) {
     std::process::exit(3);
 }
 
-/// Serves `name`, receives one request, and holds it unanswered until killed.
-fn role_server_hang(name: &str) {
-    let mut server = Server::<Tick, Tick>::create(name).expect("serve");
+/// Serves `name` (a request ring of `capacity` bytes), receives one request, and holds it
+/// unanswered until killed.
+fn role_server_hang(name: &str, capacity: u64) {
+    let mut server = Server::<Tick, Tick>::builder(name)
+        .capacity(capacity)
+        .serve()
+        .expect("serve");
     say("serving", std::process::id());
     let request = server.recv_timeout(DEADLINE).expect("a request");
     say("got", request.id());
+    wait_for_parent();
+    std::process::exit(3);
+}
+
+/// Publishes ticks `0..` until killed, announcing each once `publish` returned.
+fn role_pub_stream(name: &str) {
+    let topic = open_topic(name);
+    let mut publisher = topic.publisher().expect("attach the publisher");
+    say("attached", std::process::id());
+    for seq in 0.. {
+        publisher
+            .publish_timeout(&tick(seq), DEADLINE)
+            .unwrap_or_else(|e| panic!("publish {seq}: {e}"));
+        say("published", seq);
+    }
+}
+
+/// Connects with a 4 KiB reply ring, sends `k` requests and never reads a reply.
+fn role_client_flood(name: &str, k: u64) {
+    let mut client = Client::<Tick, Tick>::builder(name)
+        .reply_capacity(SMALL_CAP)
+        .connect()
+        .expect("connect");
+    for seq in 0..k {
+        client.send_request(&tick(seq)).expect("send_request");
+    }
+    say("sent", k);
     wait_for_parent();
     std::process::exit(3);
 }
@@ -319,6 +355,62 @@ fn topic_lap_subscriber_stopped_while_lapped_gets_the_exact_losses() {
     prefix.assert_only(&[]);
 }
 
+#[test]
+fn topic_publisher_killed_mid_stream_subscribers_get_what_it_published_and_a_new_one_continues() {
+    let _watchdog = Watchdog::new("publisher_killed", TEST_LIMIT);
+    let prefix = Prefix::new("pub-killed");
+    let name = prefix.name("topic");
+    let topic = Topic::<Tick>::builder(&name)
+        .capacity(SMALL_CAP)
+        .create()
+        .unwrap();
+    let mut sub = topic.subscriber().unwrap();
+    let mut next = 0u64;
+    for (round, before_kill) in [(0, 1u64), (1, 150), (2, 1000)] {
+        let mut child = Proc::spawn("pub_stream", &[&name]);
+        child.expect("attached");
+        // The child publishes on from where the last one stopped, numbering from 0: read
+        // `before_kill` of its ticks, then kill it while it publishes (or waits for room).
+        let first = next;
+        while next - first < before_kill {
+            match sub.recv_timeout(DEADLINE) {
+                Ok(got) => check_tick(&got, next - first),
+                Err(e) => child.fail(format!("round {round}: recv {next}: {e}")),
+            }
+            next += 1;
+        }
+        child.kill();
+        loop {
+            match sub.recv_timeout(DEADLINE) {
+                Ok(got) => {
+                    check_tick(&got, next - first);
+                    next += 1;
+                }
+                Err(RecvError::Disconnected) => break,
+                Err(e) => child.fail(format!("round {round}: after the kill: {e}")),
+            }
+        }
+        // Every tick whose publish returned arrived, and at most the one being announced.
+        let announced = child
+            .remaining_lines()
+            .iter()
+            .filter(|l| l.starts_with("published "))
+            .count() as u64;
+        let got = next - first;
+        assert!(
+            announced <= got && got <= announced + 1,
+            "round {round}: received {got} ticks; the child had announced {announced}"
+        );
+        prefix.assert_only(&[&name]);
+    }
+    // A publisher in this process takes over.
+    let mut publisher = topic.publisher().unwrap();
+    publisher.publish_timeout(&tick(5), DEADLINE).unwrap();
+    check_tick(&sub.recv_timeout(DEADLINE).unwrap(), 5);
+    drop((publisher, sub, topic));
+    prefix.assert_only(&[]);
+}
+
 // ---- services ----
 
 fn reply_ring(service: &str, client: u64) -> String {
@@ -383,7 +475,7 @@ fn service_server_killed_fails_a_blocked_call_and_new_connects_with_peer_gone() 
     let _watchdog = Watchdog::new("server_killed", TEST_LIMIT);
     let prefix = Prefix::new("server-killed");
     let name = prefix.name("svc");
-    let mut child = Proc::spawn("server_hang", &[&name]);
+    let mut child = Proc::spawn("server_hang", &[&name, &(1u64 << 20)]);
     child.expect("serving");
     let mut client = Client::<Tick, Tick>::connect(&name).unwrap();
     let client_id = client.id();
@@ -439,6 +531,91 @@ fn service_server_killed_fails_a_blocked_call_and_new_connects_with_peer_gone() 
     check_tick(&client.recv_reply().unwrap(), 4);
     drop((client, server));
     prefix.assert_only(&[]);
+}
+
+#[test]
+fn service_client_killed_while_the_server_waits_for_room_in_its_reply_ring() {
+    let _watchdog = Watchdog::new("client_killed_full", TEST_LIMIT);
+    const K: u64 = 300;
+    let prefix = Prefix::new("client-full");
+    let name = prefix.name("svc");
+    // A reply may wait for room much longer than the test: only the client's death ends it.
+    let mut server = Server::<Tick, Tick>::builder(&name)
+        .reply_timeout(Duration::from_secs(3600))
+        .serve()
+        .unwrap();
+    let mut child = Proc::spawn("client_flood", &[&name, &K]);
+    assert_eq!(child.expect("sent"), K.to_string());
+    let replied = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&replied);
+    let (done, outcome) = mpsc::channel();
+    thread::spawn(move || {
+        let mut results = Vec::new();
+        for _ in 0..K {
+            let request = server.recv_timeout(DEADLINE).unwrap();
+            let seq = request.seq.to_native();
+            match request.reply(&tick(seq + 1000)) {
+                Ok(()) => {
+                    counter.fetch_add(1, Ordering::Release);
+                }
+                Err(e) => results.push(e),
+            }
+        }
+        let _ = done.send((results, server.clients()));
+    });
+    // The 4 KiB reply ring holds some 30 replies: the server then waits for room.
+    wait_until("some replies", || replied.load(Ordering::Acquire) >= 10);
+    child.kill();
+    let (errors, clients) = outcome
+        .recv_timeout(DEADLINE)
+        .expect("the server's reply to a killed client did not return");
+    let ok = replied.load(Ordering::Acquire);
+    assert!(ok < K, "{K} replies fit a 4 KiB ring");
+    assert_eq!(ok + errors.len() as u64, K);
+    for e in &errors {
+        assert!(matches!(e, ReplyError::PeerGone { .. }), "{e}");
+    }
+    assert_eq!(clients, 0);
+    prefix.assert_only(&[&name]);
+}
+
+#[test]
+fn service_server_killed_a_client_blocked_on_a_full_request_ring_gets_peer_gone() {
+    let _watchdog = Watchdog::new("server_killed_full", TEST_LIMIT);
+    let prefix = Prefix::new("server-full");
+    let name = prefix.name("svc");
+    let mut child = Proc::spawn("server_hang", &[&name, &SMALL_CAP]);
+    child.expect("serving");
+    let mut client = Client::<Tick, Tick>::connect(&name).unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&sent);
+    let (done, outcome) = mpsc::channel();
+    thread::spawn(move || {
+        // The server reads one request and no more: the ring fills, send_request waits.
+        let result = loop {
+            match client.send_request(&tick(counter.load(Ordering::Relaxed))) {
+                Ok(_) => counter.fetch_add(1, Ordering::Release),
+                Err(e) => break e,
+            };
+        };
+        let _ = done.send(result);
+        drop(client);
+    });
+    assert_eq!(child.expect("got"), "1");
+    // Some 30 requests fill a 4 KiB ring; the client is then blocked.
+    wait_until("requests sent", || sent.load(Ordering::Acquire) >= 10);
+    child.kill();
+    match outcome.recv_timeout(DEADLINE) {
+        Ok(CallError::PeerGone { service }) => assert_eq!(service, name),
+        Ok(e) => panic!("send_request on a full ring whose server was killed: {e}"),
+        Err(_) => panic!("send_request on a full ring whose server was killed did not return"),
+    }
+    assert!(
+        sent.load(Ordering::Acquire) < 4096 / 16,
+        "a 4 KiB ring took every request"
+    );
+    let removed = prefix.assert_only(&[]);
+    assert_eq!(removed, vec![name.clone()]);
 }
 
 // ---- MPSC channels ----

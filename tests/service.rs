@@ -7,6 +7,7 @@
 //! | `*_clients_*_own_replies` | many clients (threads, then processes) calling at once: each gets only its own replies (ids and contents); the server sees one stable client id per client |
 //! | `call_timeout_*` | a call that times out returns `Timeout`; its late reply is dropped by the next call |
 //! | `too_large_*` | a request larger than the request ring, or a reply larger than the client's reply ring, is refused with `TooLarge`; the service works on |
+//! | `*_does_not_read_*` | a live client that does not read its replies: the reply waits the reply timeout and returns `Stuck`, the server goes on; once the client reads, it is served again |
 //! | `connect_*` | connecting with other types or another version, to no service, or beyond the client slots fails with a typed error and leaves nothing behind |
 //! | `dropped_client_*` | a client that drops says goodbye: its reply ring is gone and the server forgets it |
 //! | `child_server_*` | a server in another process |
@@ -502,6 +503,57 @@ fn dropped_client_removes_its_reply_ring_and_the_server_forgets_it() {
     ));
     assert_eq!(server.clients(), 0, "the server did not forget the client");
     drop(server);
+    prefix.assert_only(&[]);
+}
+
+#[test]
+fn a_client_that_does_not_read_its_replies_makes_the_reply_stuck_not_the_server() {
+    let _watchdog = Watchdog::new("stuck", TEST_LIMIT);
+    let prefix = Prefix::new("stuck");
+    let name = prefix.name("svc");
+    let wait = Duration::from_millis(30);
+    let mut server = Server::<Ask, Answer>::builder(&name)
+        .capacity(64 * 1024)
+        .reply_timeout(wait)
+        .serve()
+        .unwrap();
+    let mut client = Client::<Ask, Answer>::builder(&name)
+        .reply_capacity(4096)
+        .connect()
+        .unwrap();
+    let asks: Vec<Ask> = (0..100).map(|n| ask("slow", n)).collect();
+    for a in &asks {
+        client.send_request(a).unwrap();
+    }
+    // Replies fill the 4 KiB reply ring; then a reply waits `wait` and reports Stuck.
+    let mut replied = 0usize;
+    let stuck_at = loop {
+        let request = server.recv_timeout(DEADLINE).unwrap();
+        let n = request.n.to_native();
+        match request.reply(&answer(&asks[n as usize])) {
+            Ok(()) => replied += 1,
+            Err(ReplyError::Stuck { client: c, waited }) => {
+                assert_eq!((c, waited), (client.id(), wait));
+                break n;
+            }
+            Err(e) => panic!("reply {n}: {e}"),
+        }
+        assert!(replied < asks.len(), "a 4 KiB reply ring took 100 replies");
+    };
+    assert_eq!(stuck_at, replied as u64);
+    // The client is still served once it reads (the stuck reply was not sent).
+    for a in &asks[..replied] {
+        check_answer(&client.recv_reply().unwrap(), a);
+    }
+    let request = server.recv_timeout(DEADLINE).unwrap();
+    let n = request.n.to_native();
+    request.reply(&answer(&asks[n as usize])).unwrap();
+    let reply = client.recv_reply().unwrap();
+    assert_eq!(reply.id(), n + 1);
+    check_answer(&reply, &asks[n as usize]);
+    drop(reply);
+    assert_eq!(server.clients(), 1);
+    drop((client, server));
     prefix.assert_only(&[]);
 }
 
