@@ -21,7 +21,9 @@
 //!   100 ms (it watches the server's liveness token while it waits); new calls fail the same way.
 //! - A client dies: the server's [`Request::reply`] to it fails with [`ReplyError::PeerGone`];
 //!   the server forgets the client and removes its reply ring (the client, being dead, could
-//!   not). Requests it sent before dying are still delivered to the server.
+//!   not). Requests it sent before dying are still delivered to the server. A client that dies
+//!   with nothing outstanding is forgotten (its reply ring removed) when the server finds no
+//!   request within a wait slice (100 ms at most) or another client connects.
 //! - A client that dies between claiming space for a request and committing it does not wedge
 //!   the service: the MPSC ring turns its claim into padding once its liveness token is gone.
 //!
@@ -431,6 +433,20 @@ impl<Resp: Message> Replies<Resp> {
         self.clients.insert(client, Conn { producer, watch });
     }
 
+    /// Forgets every client whose reply ring's reader is gone (its process died, or it left
+    /// without a goodbye), removing their reply rings. One liveness check per client.
+    fn sweep(&mut self) {
+        let gone: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, conn)| conn.producer.peer() == PeerState::Gone)
+            .map(|(&client, _)| client)
+            .collect();
+        for client in gone {
+            self.forget(client);
+        }
+    }
+
     /// Forgets `client` and removes its reply ring if nobody uses it any more.
     fn forget(&mut self, client: u64) {
         if let Some(conn) = self.clients.remove(&client) {
@@ -612,7 +628,12 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 Err(RxFail::Lapped(_)) => unreachable!("MPSC rings do not lap"),
             }
             match self.classify()? {
-                Some(Incoming::Hello(client, name)) => self.replies.connect(client, &name),
+                Some(Incoming::Hello(client, name)) => {
+                    // A busy server never idles: dead clients are also forgotten as new ones
+                    // come, so their number stays bounded.
+                    self.replies.sweep();
+                    self.replies.connect(client, &name)
+                }
                 Some(Incoming::Bye(client)) => self.replies.forget(client),
                 Some(Incoming::Request) => break,
                 None => {}
@@ -676,6 +697,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         match self.requests.wait_for_record(slice) {
             Ok(()) => Ok(()),
             Err(shmesh_ring::ReadError::Timeout) => {
+                // Idle: a good time to forget clients that died with nothing outstanding.
+                self.replies.sweep();
                 if let Some(mismatch) = self.watch.check() {
                     return Err(RecvError::SchemaMismatch(mismatch));
                 }
