@@ -10,6 +10,7 @@
 //! | `service_client_killed_*` | a client killed with requests outstanding: its requests still reach the server, whose replies fail with `ReplyError::PeerGone`; the server removes the dead client's reply ring and serves others |
 //! | `service_server_killed_*` | a server killed while a client waits in `call`: the call returns `CallError::PeerGone`, later calls too, a new connect fails with `ServiceError::ServerGone`; gc removes the dead server's segment and a new server takes the name |
 //! | `topic_publisher_killed_*` | a publisher killed mid-stream: subscribers get every message whose publish returned (and at most the one in flight), then `Disconnected`; a new publisher takes over, three times |
+//! | `service_client_killed_with_nothing_outstanding_*` | clients killed between calls: the server, idle, finds out, forgets them and removes their reply rings |
 //! | `service_client_killed_while_*` | a client that stopped reading is killed while the server waits for room in its reply ring: the reply returns `PeerGone` (not `Stuck`), so do replies to its remaining requests |
 //! | `service_server_killed_a_client_blocked_*` | a client blocked in `send_request` on a full request ring gets `PeerGone` when the server is killed |
 //! | `mpsc_sender_killed_holding_a_loan_*` | a sender killed while it holds a loan (a claim, uncommitted) that blocks every record claimed after it: the receiver then gets every other sender's messages, in order, exactly once |
@@ -45,6 +46,7 @@ fn child_entry() {
         "sub_all" => role_sub_all(a.s(0), a.get(1)),
         "sub_lap" => role_sub_lap(a.s(0), a.get(1), a.get(2)),
         "client_hang" => role_client_hang(a.s(0), a.get(1)),
+        "client_idle" => role_client_idle(a.s(0)),
         "server_hang" => role_server_hang(a.s(0), a.get(1)),
         "pub_stream" => role_pub_stream(a.s(0)),
         "client_flood" => role_client_flood(a.s(0), a.get(1)),
@@ -136,6 +138,18 @@ fn role_client_hang(name: &str, k: u64) {
         client.send_request(&tick(seq)).expect("send_request");
     }
     say("sent", k);
+    wait_for_parent();
+    std::process::exit(3);
+}
+
+/// Connects, makes one call, and waits to be killed with nothing outstanding.
+fn role_client_idle(name: &str) {
+    let mut client = Client::<Tick, Tick>::connect(name).expect("connect");
+    say("connected", client.id());
+    let reply = client.call_timeout(&tick(1), DEADLINE).expect("call");
+    check_tick(&reply, 2);
+    drop(reply);
+    say("called", 1);
     wait_for_parent();
     std::process::exit(3);
 }
@@ -534,6 +548,49 @@ fn service_server_killed_fails_a_blocked_call_and_new_connects_with_peer_gone() 
 }
 
 #[test]
+fn service_client_killed_with_nothing_outstanding_is_forgotten_and_its_ring_removed() {
+    let _watchdog = Watchdog::new("idle_client_killed", TEST_LIMIT);
+    let prefix = Prefix::new("idle-killed");
+    let name = prefix.name("svc");
+    let mut server = Server::<Tick, Tick>::create(&name).unwrap();
+    let mut children = Vec::new();
+    let mut rings = Vec::new();
+    for _ in 0..3 {
+        let mut child = Proc::spawn("client_idle", &[&name]);
+        let client: u64 = child.expect("connected").parse().unwrap();
+        rings.push(reply_ring(&name, client));
+        let request = server.recv_timeout(DEADLINE).unwrap();
+        assert_eq!(request.client(), client);
+        request.reply(&tick(2)).unwrap();
+        assert_eq!(child.expect("called"), "1");
+        children.push(child);
+    }
+    assert_eq!(server.clients(), 3);
+    // Killed with nothing outstanding: no reply will ever tell the server. An idle server
+    // still finds out, forgets them and removes their reply rings (nobody else can: the
+    // server itself holds them open).
+    for child in &mut children {
+        child.kill();
+    }
+    wait_until("the server forgets the killed clients", || {
+        assert!(matches!(
+            server.recv_timeout(Duration::from_millis(5)),
+            Err(RecvError::Timeout)
+        ));
+        server.clients() == 0
+    });
+    for ring in &rings {
+        assert!(
+            !shm_path(ring).exists(),
+            "{ring} outlived its killed client"
+        );
+    }
+    prefix.assert_only(&[&name]);
+    drop(server);
+    prefix.assert_only(&[]);
+}
+
+#[test]
 fn service_client_killed_while_the_server_waits_for_room_in_its_reply_ring() {
     let _watchdog = Watchdog::new("client_killed_full", TEST_LIMIT);
     const K: u64 = 300;
@@ -561,12 +618,12 @@ fn service_client_killed_while_the_server_waits_for_room_in_its_reply_ring() {
                 Err(e) => results.push(e),
             }
         }
-        let _ = done.send((results, server.clients()));
+        let _ = done.send((results, server));
     });
     // The 4 KiB reply ring holds some 30 replies: the server then waits for room.
     wait_until("some replies", || replied.load(Ordering::Acquire) >= 10);
     child.kill();
-    let (errors, clients) = outcome
+    let (errors, server) = outcome
         .recv_timeout(DEADLINE)
         .expect("the server's reply to a killed client did not return");
     let ok = replied.load(Ordering::Acquire);
@@ -575,8 +632,10 @@ fn service_client_killed_while_the_server_waits_for_room_in_its_reply_ring() {
     for e in &errors {
         assert!(matches!(e, ReplyError::PeerGone { .. }), "{e}");
     }
-    assert_eq!(clients, 0);
+    assert_eq!(server.clients(), 0);
     prefix.assert_only(&[&name]);
+    drop(server);
+    prefix.assert_only(&[]);
 }
 
 #[test]
@@ -598,8 +657,9 @@ fn service_server_killed_a_client_blocked_on_a_full_request_ring_gets_peer_gone(
                 Err(e) => break e,
             };
         };
-        let _ = done.send(result);
+        // Gone before the test looks at /dev/shm.
         drop(client);
+        let _ = done.send(result);
     });
     assert_eq!(child.expect("got"), "1");
     // Some 30 requests fill a 4 KiB ring; the client is then blocked.
