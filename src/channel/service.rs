@@ -297,6 +297,7 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
             hello: Decoder::new(Access::validated().0),
             replies: Replies {
                 clients: HashMap::new(),
+                orphans: Vec::new(),
                 enc: Encoder::new(),
                 schema: Schema::of::<Resp>(),
                 version: self.version,
@@ -397,6 +398,10 @@ struct Conn {
 /// The server's side of the reply rings.
 struct Replies<Resp> {
     clients: HashMap<u64, Conn>,
+    /// Reply rings of forgotten clients that still looked in use when the server removed
+    /// them: retried on each [`sweep`](Self::sweep). (A child process that this process is
+    /// spawning holds its open files, and so the rings' liveness locks, until it execs.)
+    orphans: Vec<String>,
     enc: Encoder<Resp>,
     schema: Schema,
     version: u32,
@@ -445,6 +450,8 @@ impl<Resp: Message> Replies<Resp> {
         for client in gone {
             self.forget(client);
         }
+        self.orphans
+            .retain(|name| matches!(Segment::remove_unused(name), Ok(false)));
     }
 
     /// Forgets `client` and removes its reply ring if nobody uses it any more.
@@ -452,7 +459,9 @@ impl<Resp: Message> Replies<Resp> {
         if let Some(conn) = self.clients.remove(&client) {
             let name = conn.watch.segment.name().to_owned();
             drop(conn);
-            let _ = Segment::remove_unused(&name);
+            if let Ok(false) = Segment::remove_unused(&name) {
+                self.orphans.push(name);
+            }
         }
     }
 
