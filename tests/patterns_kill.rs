@@ -13,6 +13,7 @@
 //! | `service_client_killed_with_nothing_outstanding_*` | clients killed between calls: the server, idle, finds out, forgets them and removes their reply rings |
 //! | `service_client_killed_while_*` | a client that stopped reading is killed while the server waits for room in its reply ring: the reply returns `PeerGone` (not `Stuck`), so do replies to its remaining requests |
 //! | `service_server_killed_a_client_blocked_*` | a client blocked in `send_request` on a full request ring gets `PeerGone` when the server is killed |
+//! | `topic_block_subscriber_killed_after_forking_*` | (ignored: a ring bug) a subscriber killed after forking a child that does not exec still holds up a `Block` publisher |
 //! | `mpsc_sender_killed_holding_a_loan_*` | a sender killed while it holds a loan (a claim, uncommitted) that blocks every record claimed after it: the receiver then gets every other sender's messages, in order, exactly once |
 
 mod common;
@@ -43,6 +44,7 @@ fn child_entry() {
     };
     match role.as_str() {
         "sub_stall" => role_sub_stall(a.s(0), a.get(1)),
+        "sub_fork_stall" => role_sub_fork_stall(a.s(0)),
         "sub_all" => role_sub_all(a.s(0), a.get(1)),
         "sub_lap" => role_sub_lap(a.s(0), a.get(1), a.get(2)),
         "client_hang" => role_client_hang(a.s(0), a.get(1)),
@@ -73,6 +75,25 @@ fn role_sub_stall(name: &str, k: u64) {
     say("holding", k - 1);
     wait_for_parent();
     std::process::exit(3); // only if the parent died without killing us
+}
+
+/// Subscribes, reads tick 0 and holds it, forks a process that does nothing (no exec) and
+/// waits to be killed.
+fn role_sub_fork_stall(name: &str) {
+    let topic = open_topic(name);
+    let mut sub = topic.subscriber().expect("subscribe");
+    say("subscribed", std::process::id());
+    let held = sub.recv_timeout(DEADLINE).expect("recv");
+    check_tick(&held, 0);
+    // SAFETY: the forked child calls only `pause` (async-signal-safe) until it is killed.
+    match unsafe { nix::unistd::fork() }.expect("fork") {
+        nix::unistd::ForkResult::Child => loop {
+            nix::unistd::pause();
+        },
+        nix::unistd::ForkResult::Parent { child } => say("forked", child),
+    }
+    wait_for_parent();
+    std::process::exit(3);
 }
 
 /// Subscribes, reads ticks `0..total` announcing each, then expects `Disconnected`.
@@ -316,6 +337,57 @@ fn topic_block_subscriber_killed_frees_the_publisher_and_the_others_get_everythi
     prefix.assert_only(&[]);
 }
 
+/// Kills a process by pid when dropped.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// A subscriber killed after it forked a child that never execs: the child shares the
+/// subscriber's open files, and with them the lock that is its liveness token, so the dead
+/// subscriber looks alive for the child's whole life and a `Block` publisher waits for it.
+#[test]
+#[ignore = "bug (ring/segment.rs): a liveness token is an OFD lock, which a process forked \
+            without exec inherits; an endpoint whose process died then looks alive for as \
+            long as such a child lives (the slot's pid and start time could tell)"]
+fn topic_block_subscriber_killed_after_forking_frees_the_publisher() {
+    let _watchdog = Watchdog::new("fork_killed", TEST_LIMIT);
+    let prefix = Prefix::new("fork-killed");
+    let name = prefix.name("topic");
+    let topic = Topic::<Tick>::builder(&name)
+        .capacity(SMALL_CAP)
+        .create()
+        .unwrap();
+    let mut publisher = topic.publisher().unwrap();
+    let mut child = Proc::spawn("sub_fork_stall", &[&name]);
+    child.expect("subscribed");
+    publisher.publish_timeout(&tick(0), DEADLINE).unwrap();
+    let grandchild: i32 = child.expect("forked").parse().unwrap();
+    let _reap = KillOnDrop(grandchild);
+    let mut sent = 1;
+    while publisher.try_publish(&tick(sent)).is_ok() {
+        sent += 1;
+    }
+    child.kill();
+    // The subscriber is dead: the publisher must go on. (Ten seconds: a deadline to turn
+    // the wait into a failure, far beyond the milliseconds a dead reader takes to notice.)
+    match publisher.publish_timeout(&tick(sent), DEADLINE / 6) {
+        Ok(()) => {}
+        Err(e) => panic!(
+            "publish after the stalled subscriber was killed (its forked child {grandchild} \
+             lives): {e}"
+        ),
+    }
+    drop((publisher, topic));
+    prefix.assert_only(&[]);
+}
+
 #[test]
 fn topic_lap_subscriber_stopped_while_lapped_gets_the_exact_losses() {
     let _watchdog = Watchdog::new("lap_stopped", TEST_LIMIT);
@@ -454,10 +526,6 @@ fn service_client_killed_with_requests_outstanding_gets_peer_gone_and_its_ring_r
             other => panic!("a reply to a killed client: {other:?}"),
         }
     }
-    assert!(
-        !shm_path(&ring).exists(),
-        "the server did not remove the dead client's reply ring"
-    );
     assert_eq!(server.clients(), 0);
     // Its other requests still arrive; replies to them fail the same way.
     for id in 2..=K {
@@ -469,6 +537,12 @@ fn service_client_killed_with_requests_outstanding_gets_peer_gone_and_its_ring_r
             Err(ReplyError::PeerGone { .. })
         ));
     }
+    // The server removed the dead client's reply ring: at once, or (if a child another test
+    // thread was spawning held it for a moment) when it next idles.
+    wait_until("the server removes the dead client's reply ring", || {
+        let _ = server.recv_timeout(Duration::from_millis(1));
+        !shm_path(&ring).exists()
+    });
     // The server serves a new client.
     let mut other = Client::<Tick, Tick>::connect(&name).unwrap();
     let id = other.send_request(&tick(7)).unwrap();
@@ -577,14 +651,8 @@ fn service_client_killed_with_nothing_outstanding_is_forgotten_and_its_ring_remo
             server.recv_timeout(Duration::from_millis(5)),
             Err(RecvError::Timeout)
         ));
-        server.clients() == 0
+        server.clients() == 0 && rings.iter().all(|ring| !shm_path(ring).exists())
     });
-    for ring in &rings {
-        assert!(
-            !shm_path(ring).exists(),
-            "{ring} outlived its killed client"
-        );
-    }
     prefix.assert_only(&[&name]);
     drop(server);
     prefix.assert_only(&[]);
