@@ -5,15 +5,15 @@
 //!
 //! | test | what it shows |
 //! |------|---------------|
-//! | `topic_block_subscriber_killed_*` | a `Block` publisher held up by a subscriber that stopped reading is freed when that subscriber is killed; the other subscribers (a child and a thread) get every message |
-//! | `topic_lap_subscriber_stopped_*` | a `Lap` subscriber stopped with SIGSTOP while the publisher laps it several times gets `Lapped { lost }` with exact counts (each followed by the message right after the loss) |
-//! | `service_client_killed_*` | a client killed with requests outstanding: its requests still reach the server, whose replies fail with `ReplyError::PeerGone`; the server removes the dead client's reply ring and serves others |
-//! | `service_server_killed_*` | a server killed while a client waits in `call`: the call returns `CallError::PeerGone`, later calls too, a new connect fails with `ServiceError::ServerGone`; gc removes the dead server's segment and a new server takes the name |
+//! | `topic_block_subscriber_killed_frees_*` | a `Block` publisher held up by a subscriber that stopped reading is freed when that subscriber is killed; the other subscribers (a child and a thread) get every message |
+//! | `topic_block_subscriber_killed_after_forking_*` | (ignored: a ring bug) a subscriber killed after forking a child that does not exec still holds up a `Block` publisher |
 //! | `topic_publisher_killed_*` | a publisher killed mid-stream: subscribers get every message whose publish returned (and at most the one in flight), then `Disconnected`; a new publisher takes over, three times |
+//! | `topic_lap_subscriber_stopped_*` | a `Lap` subscriber stopped with SIGSTOP while the publisher laps it several times gets `Lapped { lost }` with exact counts (each followed by the message right after the loss) |
+//! | `service_client_killed_with_requests_*` | a client killed with requests outstanding: its requests still reach the server, whose replies fail with `ReplyError::PeerGone`; the server removes the dead client's reply ring and serves others |
 //! | `service_client_killed_with_nothing_outstanding_*` | clients killed between calls: the server, idle, finds out, forgets them and removes their reply rings |
 //! | `service_client_killed_while_*` | a client that stopped reading is killed while the server waits for room in its reply ring: the reply returns `PeerGone` (not `Stuck`), so do replies to its remaining requests |
+//! | `service_server_killed_fails_*` | a server killed while a client waits in `call`: the call returns `CallError::PeerGone`, later calls too, a new connect fails with `ServiceError::ServerGone`; gc removes the dead server's segment and a new server takes the name |
 //! | `service_server_killed_a_client_blocked_*` | a client blocked in `send_request` on a full request ring gets `PeerGone` when the server is killed |
-//! | `topic_block_subscriber_killed_after_forking_*` | (ignored: a ring bug) a subscriber killed after forking a child that does not exec still holds up a `Block` publisher |
 //! | `mpsc_sender_killed_holding_a_loan_*` | a sender killed while it holds a loan (a claim, uncommitted) that blocks every record claimed after it: the receiver then gets every other sender's messages, in order, exactly once |
 
 mod common;
