@@ -165,3 +165,58 @@ fn quickstart_exchanges_typed_messages_between_two_processes() {
     );
     assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
 }
+
+/// Runs example `name` and returns its run and a description of it for failure messages,
+/// failing unless it exited with success.
+fn run_ok(name: &str) -> (Run, String) {
+    let run = run(&example(name));
+    let output = format!(
+        "{name}: exit: {}\n--- stdout\n{}--- stderr\n{}",
+        run.status, run.stdout, run.stderr
+    );
+    assert!(run.status.success(), "{output}");
+    (run, output)
+}
+
+#[test]
+fn pubsub_delivers_every_reading_in_order_to_both_subscriber_processes() {
+    let (run, output) = run_ok("pubsub");
+    // The publisher and each subscriber (its own process) report; the subscribers checked
+    // the sequence numbers and the contents of every reading, in place.
+    assert!(
+        run.stdout
+            .contains("publisher: 100000 readings to 2 subscribers in "),
+        "{output}"
+    );
+    for who in ["A", "B"] {
+        let line = format!("subscriber {who}: 100000 readings in order, mean 22.45 °C");
+        assert!(run.stdout.contains(&line), "missing {line:?}\n{output}");
+    }
+    assert_eq!(run.stderr, "", "{output}");
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}
+
+#[test]
+fn reqrep_answers_each_client_process_with_its_own_replies() {
+    let (run, output) = run_ok("reqrep");
+    for who in ["ann", "bob", "cy"] {
+        let prefix = format!("client {who}: 2000 calls answered correctly, median round trip ");
+        let median = run
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no line {prefix:?}\n{output}"));
+        assert!(
+            median.starts_with(|c: char| c.is_ascii_digit()) && median.ends_with('s'),
+            "a duration: {median:?}\n{output}"
+        );
+    }
+    assert!(
+        run.stdout
+            .contains("server: 6000 requests from 3 clients answered"),
+        "{output}"
+    );
+    assert_eq!(run.stderr, "", "{output}");
+    // Neither the service nor any client's reply ring (named after the service) is left.
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}

@@ -114,6 +114,21 @@ impl Tx {
     }
 }
 
+impl Tx {
+    /// Claims `len` bytes, waiting at most `timeout` (`Duration::MAX`: forever) while the ring
+    /// is full.
+    pub(crate) fn claim_timeout(
+        &mut self,
+        len: usize,
+        timeout: Duration,
+    ) -> Result<AnyGrant<'_>, ClaimError> {
+        match self {
+            Tx::Spsc(p) => p.claim_timeout(len, timeout).map(AnyGrant::Spsc),
+            Tx::Mpsc(w) => w.claim_timeout(len, timeout).map(AnyGrant::Mpsc),
+        }
+    }
+}
+
 impl RingTx for Tx {
     type Grant<'a> = AnyGrant<'a>;
 

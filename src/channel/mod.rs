@@ -75,8 +75,8 @@ use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
 use rkyv::{Archive, Archived};
 use shmesh_ring::{
-    broadcast, mpsc, MappedRecord, PeerState, SchemaId, Segment, SegmentBuilder, SegmentKind,
-    ShmMemory, TryClaimError, WaitStrategy,
+    broadcast, mpsc, ClaimError, MappedRecord, PeerState, SchemaId, Segment, SegmentBuilder,
+    SegmentKind, ShmMemory, TryClaimError, WaitStrategy,
 };
 
 use self::any::{AnyGrant, Rx, Tx};
@@ -613,17 +613,33 @@ impl<T> Sender<T> {
             return Err(SendFailure::SchemaMismatch(mismatch).into());
         }
         let capacity = self.producer.capacity();
+        if let Patience::Never = patience {
+            return self
+                .producer
+                .try_claim(len)
+                .map_err(|e| claim_failure(e, capacity).into());
+        }
+        // Wait in slices, reporting refused openers, until there is room...
         match self.producer.check_space(len) {
-            Err(TryClaimError::Full { .. }) if !matches!(patience, Patience::Never) => {
-                self.wait_for_space(len, patience)?
-            }
+            Err(TryClaimError::Full { .. }) => self.wait_for_space(len, patience)?,
             Err(e) => return Err(claim_failure(e, capacity).into()),
             Ok(()) => {}
         }
-        match self.producer.try_claim(len) {
-            Ok(grant) => Ok(grant),
-            Err(e) => Err(claim_failure(e, capacity).into()),
-        }
+        // ...then claim it. Another sender of an MPSC channel may take the room first: the
+        // ring's own claim waits again then (a `try_claim` would report a `Full` that a
+        // waiting loan must not return).
+        let timeout = match patience {
+            Patience::Until(deadline) => deadline.saturating_duration_since(Instant::now()),
+            Patience::Forever | Patience::Never => Duration::MAX,
+        };
+        self.producer
+            .claim_timeout(len, timeout)
+            .map_err(|e| match e {
+                ClaimError::Timeout => LoanError::Timeout,
+                ClaimError::PeerGone => LoanError::Disconnected,
+                ClaimError::TooLarge { len, .. } => too_large(len as usize, capacity).into(),
+                ClaimError::Corrupt(c) => SendFailure::Corrupt(c).into(),
+            })
     }
 
     /// The receiver's state: not attached yet, alive, or gone.

@@ -21,7 +21,9 @@
 //!   100 ms (it watches the server's liveness token while it waits); new calls fail the same way.
 //! - A client dies: the server's [`Request::reply`] to it fails with [`ReplyError::PeerGone`];
 //!   the server forgets the client and removes its reply ring (the client, being dead, could
-//!   not). Requests it sent before dying are still delivered to the server.
+//!   not). Requests it sent before dying are still delivered to the server. A client that dies
+//!   with nothing outstanding is forgotten (its reply ring removed) when the server finds no
+//!   request within a wait slice (100 ms at most) or another client connects.
 //! - A client that dies between claiming space for a request and committing it does not wedge
 //!   the service: the MPSC ring turns its claim into padding once its liveness token is gone.
 //!
@@ -295,6 +297,7 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
             hello: Decoder::new(Access::validated().0),
             replies: Replies {
                 clients: HashMap::new(),
+                orphans: Vec::new(),
                 enc: Encoder::new(),
                 schema: Schema::of::<Resp>(),
                 version: self.version,
@@ -312,7 +315,8 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
     /// # Errors
     ///
     /// [`ChannelError::Segment`] (no such service), [`ChannelError::SchemaMismatch`] (another
-    /// request or reply type), [`ChannelError::Attach`] (all client slots taken).
+    /// request or reply type), [`ChannelError::Attach`] (all client slots taken);
+    /// [`ServiceError::ServerGone`] when the server's process died or it dropped the service.
     pub fn connect(self) -> Result<Client<Req, Resp>, ServiceError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let schema = self.schema();
@@ -322,6 +326,10 @@ impl<Req: Message, Resp: Message> ServiceBuilder<Req, Resp> {
             .map_err(ChannelError::from_segment)?;
         let mut requests = segment.mpsc_writer()?;
         requests.set_wait_strategy(self.wait);
+        // A dead server's request ring still takes a hello while it has room: ask its token.
+        if requests.peer() == PeerState::Gone {
+            return Err(ServiceError::ServerGone { service: self.name });
+        }
         let client = (u64::from(std::process::id()) << 32) | NEXT.fetch_add(1, Ordering::Relaxed);
         let reply_name = format!("{}.reply.{client:x}", self.name);
         let mut reply_schema = Schema::of::<Resp>();
@@ -390,6 +398,10 @@ struct Conn {
 /// The server's side of the reply rings.
 struct Replies<Resp> {
     clients: HashMap<u64, Conn>,
+    /// Reply rings of forgotten clients that still looked in use when the server removed
+    /// them: retried on each [`sweep`](Self::sweep). (A child process that this process is
+    /// spawning holds its open files, and so the rings' liveness locks, until it execs.)
+    orphans: Vec<String>,
     enc: Encoder<Resp>,
     schema: Schema,
     version: u32,
@@ -426,12 +438,30 @@ impl<Resp: Message> Replies<Resp> {
         self.clients.insert(client, Conn { producer, watch });
     }
 
+    /// Forgets every client whose reply ring's reader is gone (its process died, or it left
+    /// without a goodbye), removing their reply rings. One liveness check per client.
+    fn sweep(&mut self) {
+        let gone: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, conn)| conn.producer.peer() == PeerState::Gone)
+            .map(|(&client, _)| client)
+            .collect();
+        for client in gone {
+            self.forget(client);
+        }
+        self.orphans
+            .retain(|name| matches!(Segment::remove_unused(name), Ok(false)));
+    }
+
     /// Forgets `client` and removes its reply ring if nobody uses it any more.
     fn forget(&mut self, client: u64) {
         if let Some(conn) = self.clients.remove(&client) {
             let name = conn.watch.segment.name().to_owned();
             drop(conn);
-            let _ = Segment::remove_unused(&name);
+            if let Ok(false) = Segment::remove_unused(&name) {
+                self.orphans.push(name);
+            }
         }
     }
 
@@ -607,7 +637,12 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
                 Err(RxFail::Lapped(_)) => unreachable!("MPSC rings do not lap"),
             }
             match self.classify()? {
-                Some(Incoming::Hello(client, name)) => self.replies.connect(client, &name),
+                Some(Incoming::Hello(client, name)) => {
+                    // A busy server never idles: dead clients are also forgotten as new ones
+                    // come, so their number stays bounded.
+                    self.replies.sweep();
+                    self.replies.connect(client, &name)
+                }
                 Some(Incoming::Bye(client)) => self.replies.forget(client),
                 Some(Incoming::Request) => break,
                 None => {}
@@ -671,6 +706,8 @@ impl<Req: Message, Resp: Message> Server<Req, Resp> {
         match self.requests.wait_for_record(slice) {
             Ok(()) => Ok(()),
             Err(shmesh_ring::ReadError::Timeout) => {
+                // Idle: a good time to forget clients that died with nothing outstanding.
+                self.replies.sweep();
                 if let Some(mismatch) = self.watch.check() {
                     return Err(RecvError::SchemaMismatch(mismatch));
                 }

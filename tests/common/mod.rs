@@ -358,3 +358,240 @@ pub fn check_received(got: &shmesh::channel::Received<'_, Rich>, want: &Rich) {
 }
 
 // ---- child processes ----
+
+// ---- segments of the pattern tests: one prefix per test, leftovers, gc ----
+
+/// A prefix of segment names unique to a test and to this process (`p-<pid>-<test>-<n>`). Every
+/// segment the test makes is named `<prefix>.<suffix>` ([`name`](Self::name)); a service's
+/// reply rings (`<service>.reply.<client>`) fall under it too. So the test can list what it
+/// left in `/dev/shm` ([`segments`](Self::segments)), remove what no live process uses
+/// ([`gc`](Self::gc)) and check that only its live segments remain
+/// ([`assert_only`](Self::assert_only)), whatever tests run beside it. On drop, removes every
+/// segment under the prefix that something (a killed child, a failed test) left behind.
+#[derive(Debug)]
+pub struct Prefix(String);
+
+impl Prefix {
+    /// A fresh prefix for the test `test` (a short `[a-z0-9-]` label).
+    pub fn new(test: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Prefix(format!("p-{}-{test}-{n}", std::process::id()))
+    }
+
+    /// The prefix itself.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The segment name `<prefix>.<suffix>`.
+    pub fn name(&self, suffix: &str) -> String {
+        format!("{}.{suffix}", self.0)
+    }
+
+    /// The names (without `shmesh.`) of the segments under this prefix in `/dev/shm`, sorted.
+    pub fn segments(&self) -> Vec<String> {
+        let head = format!("shmesh.{}.", self.0);
+        let mut names: Vec<String> = fs::read_dir("/dev/shm")
+            .expect("read /dev/shm")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&head))
+            .map(|n| n["shmesh.".len()..].to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Removes every segment under this prefix that no live process uses
+    /// ([`shmesh_ring::Segment::remove_unused`]), as `shmesh gc` does; returns the names
+    /// removed.
+    pub fn gc(&self) -> Vec<String> {
+        let mut removed = Vec::new();
+        for name in self.segments() {
+            match shmesh_ring::Segment::remove_unused(&name) {
+                Ok(true) => removed.push(name),
+                Ok(false) | Err(shmesh_ring::SegmentError::NotFound { .. }) => {}
+                Err(e) => panic!("remove_unused({name}): {e}"),
+            }
+        }
+        removed
+    }
+
+    /// Runs [`gc`](Self::gc), then asserts that exactly the segments `live` remain under this
+    /// prefix. Returns what gc removed.
+    ///
+    /// A segment this process no longer uses can look in use for a moment: a child that
+    /// another test thread is spawning shares this process's open files (and with them the
+    /// liveness locks) between its fork and its exec. So gc runs again until the segments are
+    /// the expected ones, for at most [`DEADLINE`].
+    #[track_caller]
+    pub fn assert_only(&self, live: &[&str]) -> Vec<String> {
+        let mut want: Vec<String> = live.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let mut removed = Vec::new();
+        loop {
+            removed.extend(self.gc());
+            let left = self.segments();
+            if left == want {
+                return removed;
+            }
+            if std::time::Instant::now() >= deadline {
+                assert_eq!(
+                    left, want,
+                    "segments of the test in /dev/shm after gc (gc removed {removed:?})"
+                );
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Display for Prefix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Drop for Prefix {
+    fn drop(&mut self) {
+        for name in self.segments() {
+            let _ = shmesh_ring::Segment::remove(&name);
+        }
+    }
+}
+
+/// Polls `cond` every millisecond until it holds; fails with `what` after [`DEADLINE`].
+#[track_caller]
+pub fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {DEADLINE:?}"
+        );
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Stops the child with SIGSTOP and waits until the kernel reports it stopped.
+pub fn sigstop(proc: &Proc) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    let pid = Pid::from_raw(proc.pid() as i32);
+    kill(pid, Signal::SIGSTOP).expect("SIGSTOP");
+    match waitpid(pid, Some(WaitPidFlag::WUNTRACED)) {
+        Ok(WaitStatus::Stopped(..)) => {}
+        other => proc.fail(format!("the child did not stop: {other:?}")),
+    }
+}
+
+/// Resumes a child stopped by [`sigstop`].
+pub fn sigcont(proc: &Proc) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    kill(Pid::from_raw(proc.pid() as i32), Signal::SIGCONT).expect("SIGCONT");
+}
+
+/// The access mode named `mode` ("validated", "untrusted", "trusted"). The trusted mode is for
+/// the tests' own peers only: every sender on their segments is this test binary, sending the
+/// segment's type through the typed API.
+pub fn access(mode: &str) -> shmesh::channel::Access {
+    match mode {
+        "validated" => shmesh::channel::Access::validated(),
+        "untrusted" => shmesh::channel::Access::untrusted(),
+        // SAFETY: the callers' senders are this test binary (in the parent or a child
+        // process), sending values of the segment's type with the typed senders of shmesh.
+        "trusted" => unsafe { shmesh::channel::Access::trusted() },
+        other => panic!("unknown access mode {other}"),
+    }
+}
+
+/// The three access modes, by name.
+pub const ACCESS_MODES: [&str; 3] = ["validated", "untrusted", "trusted"];
+
+/// The arguments of a child role, parsed on demand.
+#[derive(Debug)]
+pub struct Args(pub Vec<String>);
+
+impl Args {
+    /// Argument `i` as a string.
+    pub fn s(&self, i: usize) -> &str {
+        self.0
+            .get(i)
+            .unwrap_or_else(|| panic!("missing child argument {i}"))
+    }
+
+    /// Argument `i`, parsed.
+    pub fn get<T: std::str::FromStr>(&self, i: usize) -> T {
+        self.s(i)
+            .parse()
+            .unwrap_or_else(|_| panic!("bad child argument {i}: {}", self.s(i)))
+    }
+}
+
+/// The role and arguments this test binary was started with as a child, if it was: arms the
+/// child's lifetime guard too.
+pub fn child_role() -> Option<(String, Args)> {
+    let spec = std::env::var(CHILD_ENV).ok()?;
+    arm_child_lifetime();
+    let mut words = spec.split_whitespace();
+    let role = words.next().expect("a role").to_owned();
+    Some((role, Args(words.map(str::to_owned).collect())))
+}
+
+// ---- small messages of the pattern tests ----
+
+/// A small message with heap data, numbered.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[rkyv(derive(Debug))]
+pub struct Tick {
+    /// The sequence number.
+    pub seq: u64,
+    /// 0 to 60 bytes of text.
+    pub text: String,
+    /// 0 to 6 numbers.
+    pub data: Vec<u32>,
+}
+
+/// Tick number `seq`: 0 to 60 bytes of text, 0 to 6 numbers, all derived from `seq`.
+pub fn tick(seq: u64) -> Tick {
+    Tick {
+        seq,
+        text: text(seq, (seq % 61) as usize),
+        data: (0..seq % 7)
+            .map(|i| (seq as u32) ^ (i as u32) << 16)
+            .collect(),
+    }
+}
+
+/// Checks a received tick against `tick(seq)`.
+#[track_caller]
+pub fn check_tick(got: &ArchivedTick, seq: u64) {
+    let want = tick(seq);
+    assert_eq!(got.seq.to_native(), seq, "tick seq");
+    assert_eq!(got.text.as_str(), want.text, "tick {seq}: text");
+    let data: Vec<u32> = got.data.iter().map(|x| x.to_native()).collect();
+    assert_eq!(data, want.data, "tick {seq}: data");
+}
+
+/// A 128-byte plain message: the sender (4 bytes LE), the sequence number (8 bytes LE), then a
+/// pattern of both.
+pub fn frame(sender: u32, seq: u64) -> [u8; 128] {
+    let mut f: [u8; 128] =
+        std::array::from_fn(|i| (seq as usize * 13 + i * 7) as u8 ^ sender as u8);
+    f[..4].copy_from_slice(&sender.to_le_bytes());
+    f[4..12].copy_from_slice(&seq.to_le_bytes());
+    f
+}
+
+/// The sender and sequence number of a frame, after checking its pattern.
+#[track_caller]
+pub fn check_frame(got: &[u8]) -> (u32, u64) {
+    let sender = u32::from_le_bytes(got[..4].try_into().unwrap());
+    let seq = u64::from_le_bytes(got[4..12].try_into().unwrap());
+    assert_eq!(got, frame(sender, seq), "frame {sender}/{seq}");
+    (sender, seq)
+}
