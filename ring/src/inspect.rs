@@ -1496,7 +1496,10 @@ mod tests {
         let d = decode(&bcast);
         assert!(d.is_valid(), "{:?}", d.problems);
         assert_eq!(d.policy, Some(BroadcastPolicy::Lap));
-        assert_eq!(d.header.as_ref().unwrap().history, 8);
+        assert_eq!(
+            d.header.as_ref().unwrap().history as usize,
+            crate::broadcast::table_len(BroadcastPolicy::Lap, 8)
+        );
         assert_eq!(d.endpoints[0].role, Role::Writer);
         assert_eq!(d.endpoints[4].role, Role::Reader);
         assert_eq!(d.broadcast.unwrap().start, 4096);
