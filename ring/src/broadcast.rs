@@ -145,14 +145,13 @@ use thiserror::Error;
 use crate::counters::Counters;
 use crate::error::{AttachError, ClaimError, Corruption, TryClaimError};
 use crate::layout::{
-    align_record, RecordHeader, MAX_HISTORY, MAX_SLOTS, PADDING, RECORD_ALIGN, RECORD_HEADER,
-    SLOT_CLOSED, SLOT_NEVER,
+    align_record, MAX_HISTORY, MAX_SLOTS, PADDING, RECORD_ALIGN, RECORD_HEADER, SLOT_CLOSED,
+    SLOT_NEVER,
 };
 use crate::memory::{BroadcastPolicy, HeapMemory, PeerState, RingMemory, Track};
+use crate::spsc::{committed_footprint, decode, encode, park_slice};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
-use crate::wait::{
-    light_wakes, sleeper_fence, waker_fence, Step, WaitStrategy, Waiter, DEGRADED_PARK_SLICE,
-};
+use crate::wait::{light_wakes, sleeper_fence, waker_fence, Step, WaitStrategy, Waiter};
 
 /// History table entries beyond the records a late joiner may ask for: the oldest entry is
 /// always the next one the writer overwrites, and the rest give a reader slack against a
@@ -424,21 +423,6 @@ pub(crate) struct Mirror {
     words: Option<std::sync::Arc<Vec<AtomicU64>>>,
 }
 
-/// Packs a record header into its atomic word (length in the low half).
-#[inline]
-fn encode(len: i32, kind: u32) -> u64 {
-    (u64::from(kind) << 32) | u64::from(len as u32)
-}
-
-/// Unpacks a record header word.
-#[inline]
-fn decode(word: u64) -> RecordHeader {
-    RecordHeader {
-        len: word as u32 as i32,
-        kind: (word >> 32) as u32,
-    }
-}
-
 /// The header word of the record at position `pos`.
 #[inline]
 fn header<M: RingMemory>(mem: &M, pos: u64) -> &AtomicU64 {
@@ -446,46 +430,6 @@ fn header<M: RingMemory>(mem: &M, pos: u64) -> &AtomicU64 {
     // SAFETY: `off` is masked below the capacity (a power of two) and rounded down to a
     // multiple of 16, which is the contract of `RingMemory::header`.
     unsafe { mem.header(off) }
-}
-
-/// The largest record, header included (as in [`crate::spsc::max_payload`]).
-#[inline]
-fn max_footprint(cap: u64) -> u64 {
-    crate::spsc::max_payload(cap) + RECORD_HEADER
-}
-
-/// The footprint of the record whose header `h` sits at offset `off`, if it is committed;
-/// `None` while the slot is empty (0) or claimed (negative). Checks everything another process
-/// wrote (as [`crate::spsc`] does): a record lies inside the data area and is no larger than
-/// the largest record; a padding record runs exactly to the end and never starts at offset 0.
-fn committed_footprint(h: RecordHeader, off: u64, cap: u64) -> Result<Option<u64>, Corruption> {
-    if h.len <= 0 {
-        return Ok(None);
-    }
-    let len = h.len as u64;
-    let footprint = align_record(len);
-    if h.kind == PADDING {
-        if off == 0 || footprint != cap - off {
-            return Err(Corruption {
-                what: "padding record length",
-                found: len,
-                expected: format!("{} (to the end of the ring, never at its start)", cap - off),
-            });
-        }
-        return Ok(Some(footprint));
-    }
-    if len < RECORD_HEADER || footprint > max_footprint(cap) || footprint > cap - off {
-        return Err(Corruption {
-            what: "record length",
-            found: len,
-            expected: format!(
-                "{RECORD_HEADER} to {} (header included; at most {} bytes to the end of the ring)",
-                max_footprint(cap),
-                cap - off
-            ),
-        });
-    }
-    Ok(Some(footprint))
 }
 
 /// `Err(Corruption)` unless `pos` is a multiple of 16.
@@ -533,17 +477,6 @@ fn wake_if_parked<M: RingMemory>(mem: &M, word: &AtomicU32, light: bool) {
             .is_ok()
     {
         mem.futex_wake(word);
-    }
-}
-
-/// How long to sleep: the waiter's slice, or at most [`DEGRADED_PARK_SLICE`] when the heavy
-/// barrier failed.
-#[inline]
-fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
-    if barrier_ok {
-        slice
-    } else {
-        slice.min(DEGRADED_PARK_SLICE)
     }
 }
 
@@ -2018,7 +1951,10 @@ mod tests {
     #[test]
     fn header_words_round_trip() {
         for (len, kind) in [(8, 0), (-72, 0), (i32::MAX, PADDING), (0, 7)] {
-            assert_eq!(decode(encode(len, kind)), RecordHeader { len, kind });
+            assert_eq!(
+                decode(encode(len, kind)),
+                crate::layout::RecordHeader { len, kind }
+            );
         }
     }
 }

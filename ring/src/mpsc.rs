@@ -120,7 +120,7 @@ use crate::layout::{
 };
 use crate::memory::{HeapMemory, PeerState, RingMemory, Track};
 use crate::park::{AsyncPark, Look, ParkWord, ASYNC_PARK_SLICE};
-use crate::spsc::{check_capacity, max_payload};
+use crate::spsc::{check_capacity, decode, encode, max_payload};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{
     light_wakes, sleeper_fence, waker_fence, Step, WaitStrategy, Waiter, DEGRADED_PARK_SLICE,
@@ -313,21 +313,6 @@ impl crate::segment::Segment {
             CONSUMER_SLOT,
             crate::memory::Side::Consumer,
         )?)
-    }
-}
-
-/// Packs a record header into its atomic word (length in the low half).
-#[inline]
-fn encode(len: i32, kind: u32) -> u64 {
-    (u64::from(kind) << 32) | u64::from(len as u32)
-}
-
-/// Unpacks a record header word.
-#[inline]
-fn decode(word: u64) -> RecordHeader {
-    RecordHeader {
-        len: word as u32 as i32,
-        kind: (word >> 32) as u32,
     }
 }
 

@@ -171,13 +171,13 @@ pub fn channel_at(
 
 /// Packs a record header into its atomic word (length in the low half, see [`RingMemory::header`]).
 #[inline]
-fn encode(len: i32, kind: u32) -> u64 {
+pub(crate) fn encode(len: i32, kind: u32) -> u64 {
     (u64::from(kind) << 32) | u64::from(len as u32)
 }
 
 /// Unpacks a record header word.
 #[inline]
-fn decode(word: u64) -> RecordHeader {
+pub(crate) fn decode(word: u64) -> RecordHeader {
     RecordHeader {
         len: word as u32 as i32,
         kind: (word >> 32) as u32,
@@ -220,7 +220,7 @@ fn wake_if_parked<M: RingMemory>(mem: &M, word: &AtomicU32, light: bool) {
 /// How long to sleep: the waiter's slice, or at most [`DEGRADED_PARK_SLICE`] when the heavy
 /// barrier failed and a light waker might miss us.
 #[inline]
-fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
+pub(crate) fn park_slice(slice: Duration, barrier_ok: bool) -> Duration {
     if barrier_ok {
         slice
     } else {
@@ -628,7 +628,11 @@ impl<M: RingMemory> fmt::Debug for Producer<M> {
 /// `None` while the slot is empty (0) or claimed (negative). Every length another process
 /// wrote is checked here: a record lies inside the data area and is no larger than the
 /// largest record; a padding record runs exactly to the end and never starts at offset 0.
-fn committed_footprint(h: RecordHeader, off: u64, cap: u64) -> Result<Option<u64>, Corruption> {
+pub(crate) fn committed_footprint(
+    h: RecordHeader,
+    off: u64,
+    cap: u64,
+) -> Result<Option<u64>, Corruption> {
     if h.len <= 0 {
         return Ok(None);
     }
