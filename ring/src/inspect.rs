@@ -1004,7 +1004,7 @@ impl Decoded {
                     .max()
                     .unwrap_or(0),
             ),
-            SegmentKind::Probe => None,
+            SegmentKind::Probe | SegmentKind::Region => None,
         }
     }
 
@@ -1360,7 +1360,7 @@ impl<'a> Decoder<'a> {
                     );
                 }
             }
-            SegmentKind::Probe => {}
+            SegmentKind::Probe | SegmentKind::Region => {}
         }
     }
 

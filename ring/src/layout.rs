@@ -19,6 +19,15 @@
 //! | ...    | 8 × history, rounded up to 128 | broadcast history: start positions of the last records |
 //! | [`data_offset`] | cap | the data area, `≡ 8 (mod 64)` |
 //!
+//! A region (kind 5) keeps slots 0 (its writer) and 1 (unused), the ring control block (unused)
+//! and the schema block, then:
+//!
+//! | offset | size | what |
+//! |-------:|-----:|------|
+//! | 1536   | 384  | [`RegionControl`]: latest version, the version of each buffer, the wait words, the shape |
+//! | 1920   | 8 × history × (1 + ⌈chunks / 64⌉) | change history: per version, the chunks it changed |
+//! | [`RegionShape::buffer_offset`] | buffers × stride | the buffers, page aligned, each `size` bytes rounded up to 128 |
+//!
 //! Endpoint slot `i` is liveness-token byte `1 + i`. Slot 0 is the SPSC producer and the
 //! broadcast writer; slot 1 the SPSC and MPSC consumer; MPSC writers and broadcast readers take
 //! free slots from 2 on.
@@ -138,6 +147,191 @@ pub struct SegmentHeader {
 pub const POLICY_BLOCK: u32 = 1;
 /// Broadcast policy code: the writer never waits; lapped readers lose records.
 pub const POLICY_LAP: u32 = 2;
+
+/// Most buffers a region may have.
+pub const MAX_REGION_BUFFERS: usize = 8;
+/// Largest region, in bytes (1 TiB).
+pub const MAX_REGION_SIZE: u64 = 1 << 40;
+/// Longest change history of a region, in versions.
+pub const MAX_REGION_HISTORY: usize = 1 << 12;
+/// Smallest and largest change-tracking chunk of a region, in bytes (powers of two).
+pub const REGION_CHUNK_RANGE: std::ops::RangeInclusive<usize> = 64..=(1 << 24);
+/// A region buffer's version word while the writer rewrites it (or after it died doing so):
+/// the buffer holds no whole version.
+pub const REGION_WRITING: u64 = u64::MAX;
+/// Offset of the [`RegionControl`] block of a region segment.
+pub const REGION_OFFSET: usize = EXT_OFFSET;
+/// Offset of a region's change history: one entry per version, `1 + ⌈chunks / 64⌉` words
+/// (the version the entry describes, then a bitmap of the chunks that version changed).
+pub const REGION_HISTORY_OFFSET: usize = REGION_OFFSET + 3 * LINE;
+
+/// Where everything of a region lives, derived from its four parameters (and so recomputed
+/// and compared by every opener, never trusted from the segment).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionShape {
+    /// Bytes of the region (of one version).
+    pub size: usize,
+    /// How many copies of the region there are (version `v` lives in buffer `v % buffers`).
+    pub buffers: usize,
+    /// Bytes per change-tracking chunk (a power of two).
+    pub chunk_size: usize,
+    /// How many versions the change history covers.
+    pub history: usize,
+    /// Chunks of the region: `⌈size / chunk_size⌉`.
+    pub chunks: usize,
+    /// Words per history entry: the version, then the chunk bitmap.
+    pub entry_words: usize,
+    /// Offset of buffer 0 (page aligned).
+    pub buffer_offset: usize,
+    /// Distance between two buffers: `size` rounded up to [`LINE`].
+    pub stride: usize,
+    /// Total bytes of the segment, before rounding to pages.
+    pub end: usize,
+}
+
+impl RegionShape {
+    /// The shape of a region with these parameters, or which parameter is out of range (its
+    /// name, the value, and what is allowed).
+    pub fn new(
+        size: u64,
+        buffers: usize,
+        chunk_size: usize,
+        history: usize,
+    ) -> Result<Self, (&'static str, u64, String)> {
+        if size == 0 || size > MAX_REGION_SIZE {
+            return Err(("size", size, format!("1 to {MAX_REGION_SIZE} bytes")));
+        }
+        if !(2..=MAX_REGION_BUFFERS).contains(&buffers) {
+            return Err((
+                "buffers",
+                buffers as u64,
+                format!("2 to {MAX_REGION_BUFFERS}"),
+            ));
+        }
+        if !chunk_size.is_power_of_two() || !REGION_CHUNK_RANGE.contains(&chunk_size) {
+            return Err((
+                "chunk size",
+                chunk_size as u64,
+                format!(
+                    "a power of two from {} to {}",
+                    REGION_CHUNK_RANGE.start(),
+                    REGION_CHUNK_RANGE.end()
+                ),
+            ));
+        }
+        if history < buffers || history > MAX_REGION_HISTORY {
+            return Err((
+                "history",
+                history as u64,
+                format!("{buffers} (the buffer count) to {MAX_REGION_HISTORY} versions"),
+            ));
+        }
+        let size = size as usize;
+        let chunks = size.div_ceil(chunk_size);
+        let entry_words = 1 + chunks.div_ceil(64);
+        let history_end = REGION_HISTORY_OFFSET + history * entry_words * 8;
+        let buffer_offset = history_end.div_ceil(4096) * 4096;
+        let stride = size.div_ceil(LINE) * LINE;
+        Ok(RegionShape {
+            size,
+            buffers,
+            chunk_size,
+            history,
+            chunks,
+            entry_words,
+            buffer_offset,
+            stride,
+            end: buffer_offset + buffers * stride,
+        })
+    }
+}
+
+/// A region's control block (three 128-byte lines at [`REGION_OFFSET`]).
+///
+/// Line 0 is what a reader loads for every snapshot, written by the writer on publish; line 1
+/// the sleepers' flag; line 2 the shape, written by the creator before the magic and then
+/// read-only (openers recompute it from `size`, `buffers`, `chunk_size` and `history` and
+/// refuse a segment whose stored offsets differ).
+#[repr(C, align(128))]
+#[derive(Debug)]
+pub struct RegionControl {
+    /// The latest published version. Only goes up. `Release` store after the buffer and the
+    /// history entry of that version are complete.
+    pub latest: AtomicU64,
+    /// The version each buffer holds, or [`REGION_WRITING`] while the writer rewrites it.
+    /// Buffer `v % buffers` holds version `v` once its word says `v`.
+    pub buffer_version: [AtomicU64; MAX_REGION_BUFFERS],
+    /// The futex word readers sleep on in `wait_for`: the low 32 bits of `latest`.
+    pub notify: AtomicU32,
+    /// Reserved, zero.
+    pub reserved0: AtomicU32,
+    /// Reserved, zero.
+    pub reserved1: [AtomicU64; 6],
+    /// 1 while some reader may sleep on `notify`; the writer swaps it to 0 and wakes them.
+    pub parked: AtomicU32,
+    /// Reserved, zero.
+    pub reserved2: [AtomicU32; 31],
+    /// Bytes of the region.
+    pub size: AtomicU64,
+    /// Number of buffers.
+    pub buffers: AtomicU32,
+    /// Bytes per change-tracking chunk.
+    pub chunk_size: AtomicU32,
+    /// Versions of change history.
+    pub history: AtomicU32,
+    /// Words per history entry.
+    pub entry_words: AtomicU32,
+    /// Offset of buffer 0.
+    pub buffer_offset: AtomicU64,
+    /// Distance between buffers.
+    pub stride: AtomicU64,
+    /// Versions published by all writers, takeovers included (display only).
+    pub publishes: AtomicU64,
+    /// Writers that took over from a dead one (display only).
+    pub takeovers: AtomicU64,
+    /// Reserved, zero.
+    pub reserved3: [AtomicU64; 9],
+}
+
+impl RegionControl {
+    /// A control block for `shape`, at version 0 with every buffer holding version 0.
+    pub fn new(shape: &RegionShape) -> Self {
+        let ctl = Self {
+            latest: AtomicU64::new(0),
+            buffer_version: std::array::from_fn(|_| AtomicU64::new(0)),
+            notify: AtomicU32::new(0),
+            reserved0: AtomicU32::new(0),
+            reserved1: std::array::from_fn(|_| AtomicU64::new(0)),
+            parked: AtomicU32::new(0),
+            reserved2: std::array::from_fn(|_| AtomicU32::new(0)),
+            size: AtomicU64::new(0),
+            buffers: AtomicU32::new(0),
+            chunk_size: AtomicU32::new(0),
+            history: AtomicU32::new(0),
+            entry_words: AtomicU32::new(0),
+            buffer_offset: AtomicU64::new(0),
+            stride: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            takeovers: AtomicU64::new(0),
+            reserved3: std::array::from_fn(|_| AtomicU64::new(0)),
+        };
+        ctl.store_shape(shape);
+        ctl
+    }
+
+    /// Writes the shape fields (the creator, before publishing the magic).
+    pub fn store_shape(&self, shape: &RegionShape) {
+        use crate::sync::Ordering::Relaxed;
+        self.size.store(shape.size as u64, Relaxed);
+        self.buffers.store(shape.buffers as u32, Relaxed);
+        self.chunk_size.store(shape.chunk_size as u32, Relaxed);
+        self.history.store(shape.history as u32, Relaxed);
+        self.entry_words.store(shape.entry_words as u32, Relaxed);
+        self.buffer_offset
+            .store(shape.buffer_offset as u64, Relaxed);
+        self.stride.store(shape.stride as u64, Relaxed);
+    }
+}
 
 /// Endpoint slot state: no endpoint has attached yet.
 pub const SLOT_NEVER: u32 = 0;
@@ -384,6 +578,11 @@ const _: () = {
     assert!(offset_of!(SchemaBlock, rejected_text) == SCHEMA_TEXT_LEN + 48);
     assert!(DATA_OFFSET >= SCHEMA_OFFSET + size_of::<SchemaBlock>());
     assert!(DATA_OFFSET % 64 == 8);
+    assert!(size_of::<RegionControl>() == 3 * LINE);
+    assert!(offset_of!(RegionControl, buffer_version) == 8);
+    assert!(offset_of!(RegionControl, notify) == 72);
+    assert!(offset_of!(RegionControl, parked) == LINE);
+    assert!(offset_of!(RegionControl, size) == 2 * LINE);
 };
 
 #[cfg(all(test, not(loom)))]

@@ -10,6 +10,8 @@
 //! - [`broadcast`]: the one-writer, many-reader byte ring ([`broadcast::Writer`],
 //!   [`broadcast::Reader`]), with a slow-reader policy ([`BroadcastPolicy`]: block the writer,
 //!   or let readers be lapped) and a history for late joiners.
+//! - [`region`]: versioned regions: one writer publishes whole versions, any number of
+//!   readers copy out consistent snapshots, and each version records which chunks it changed.
 //! - [`wait`]: how blocking calls wait ([`WaitStrategy`]: spin, yield, futex).
 //! - [`park`]: how async calls wait ([`Consumer::read_async`]): a helper thread sleeps on the
 //!   same futex and wakes the task.
@@ -50,6 +52,7 @@ mod os;
 pub mod park;
 #[cfg(not(loom))]
 pub mod probe;
+pub mod region;
 #[cfg(not(loom))]
 pub mod segment;
 pub mod spsc;
@@ -63,7 +66,7 @@ pub use probe::CacheLineProbe;
 #[cfg(not(loom))]
 pub use segment::{
     SchemaId, SchemaMismatch, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind,
-    ShmMemory,
+    ShmMemory, ShmRegion,
 };
 pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadAsync, ReadBatch, Record, WriteBatch};
 pub use wait::WaitStrategy;

@@ -45,13 +45,14 @@ use thiserror::Error;
 
 use crate::error::AttachError;
 use crate::layout::{
-    self, pack_text, unpack_text, BroadcastControl, EndpointSlot, RingControl, SchemaBlock,
-    SegmentHeader, CONTROL_OFFSET, DATA_OFFSET, EXT_OFFSET, LAYOUT_VERSION, MAGIC, MAX_HISTORY,
-    MAX_SLOTS, SCHEMA_OFFSET, SLOT_ATTACHED,
+    self, pack_text, unpack_text, BroadcastControl, EndpointSlot, RegionControl, RegionShape,
+    RingControl, SchemaBlock, SegmentHeader, CONTROL_OFFSET, DATA_OFFSET, EXT_OFFSET,
+    LAYOUT_VERSION, MAGIC, MAX_HISTORY, MAX_SLOTS, SCHEMA_OFFSET, SLOT_ATTACHED,
 };
 use crate::memory::{BroadcastPolicy, RingMemory, Side};
 use crate::os::{self, LockKind};
 use crate::park::FutexHost;
+use crate::region;
 use crate::spsc::{self, Consumer, Producer};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -74,6 +75,12 @@ pub(crate) fn endpoint_byte(index: usize) -> u64 {
 
 /// Default number of many-side endpoint slots (MPSC writers, broadcast readers).
 pub const DEFAULT_ENDPOINTS: usize = 16;
+/// Default number of buffers of a region.
+pub const DEFAULT_REGION_BUFFERS: usize = 3;
+/// Default change-tracking chunk of a region, in bytes.
+pub const DEFAULT_REGION_CHUNK: usize = 4096;
+/// Default change history of a region, in versions.
+pub const DEFAULT_REGION_HISTORY: usize = 64;
 
 /// What a segment holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +93,8 @@ pub enum SegmentKind {
     MpscRing,
     /// A one-writer, many-reader broadcast ring ([`crate::broadcast`]).
     BroadcastRing,
+    /// A versioned region: one writer, many readers of whole versions ([`crate::region`]).
+    Region,
 }
 
 impl SegmentKind {
@@ -96,12 +105,13 @@ impl SegmentKind {
             SegmentKind::Probe => 2,
             SegmentKind::MpscRing => 3,
             SegmentKind::BroadcastRing => 4,
+            SegmentKind::Region => 5,
         }
     }
 
     /// Whether segments of this kind have a data area (all but the probe).
     pub fn is_ring(self) -> bool {
-        self != SegmentKind::Probe
+        !matches!(self, SegmentKind::Probe | SegmentKind::Region)
     }
 
     /// Whether segments of this kind have a table of many-side endpoint slots.
@@ -116,6 +126,7 @@ impl SegmentKind {
             2 => Some(SegmentKind::Probe),
             3 => Some(SegmentKind::MpscRing),
             4 => Some(SegmentKind::BroadcastRing),
+            5 => Some(SegmentKind::Region),
             _ => None,
         }
     }
@@ -128,6 +139,7 @@ impl fmt::Display for SegmentKind {
             SegmentKind::Probe => "cache-line probe",
             SegmentKind::MpscRing => "mpsc ring",
             SegmentKind::BroadcastRing => "broadcast ring",
+            SegmentKind::Region => "region",
         })
     }
 }
@@ -248,6 +260,18 @@ pub enum SegmentError {
         /// The largest allowed.
         max: u64,
     },
+    /// A region parameter (size, buffers, chunk size, history) is out of range.
+    #[error("region '{name}': {what} {found} is out of range: use {allowed}")]
+    RegionShape {
+        /// Segment name.
+        name: String,
+        /// Which parameter.
+        what: &'static str,
+        /// The value asked for.
+        found: u64,
+        /// What is allowed.
+        allowed: String,
+    },
     /// Another operating-system call failed.
     #[error("{op} failed for segment '{name}': {source}")]
     Os {
@@ -325,6 +349,8 @@ pub struct SegmentBuilder {
     policy: Option<BroadcastPolicy>,
     history: Option<usize>,
     any_ring: bool,
+    buffers: Option<usize>,
+    chunk_size: Option<usize>,
 }
 
 impl SegmentBuilder {
@@ -344,7 +370,40 @@ impl SegmentBuilder {
             policy: None,
             history: None,
             any_ring: false,
+            buffers: None,
+            chunk_size: None,
         }
+    }
+
+    /// Regions. Create: how many copies of the region to keep ([`DEFAULT_REGION_BUFFERS`] by
+    /// default, 2 to 8; see [`crate::region`] for the trade-off). Open: the number required,
+    /// when given.
+    pub fn buffers(mut self, n: usize) -> Self {
+        self.buffers = Some(n);
+        self
+    }
+
+    /// Regions. Create: the change-tracking chunk in bytes ([`DEFAULT_REGION_CHUNK`] by
+    /// default; a power of two from 64 to 16 MiB). Open: the size required, when given.
+    pub fn chunk_size(mut self, bytes: usize) -> Self {
+        self.chunk_size = Some(bytes);
+        self
+    }
+
+    /// The shape of the region this builder creates.
+    fn region_shape(&self) -> Result<RegionShape, SegmentError> {
+        RegionShape::new(
+            self.capacity.unwrap_or(0),
+            self.buffers.unwrap_or(DEFAULT_REGION_BUFFERS),
+            self.chunk_size.unwrap_or(DEFAULT_REGION_CHUNK),
+            self.history.unwrap_or(DEFAULT_REGION_HISTORY),
+        )
+        .map_err(|(what, found, allowed)| SegmentError::RegionShape {
+            name: self.name.clone(),
+            what,
+            found,
+            allowed,
+        })
     }
 
     /// Open: accept a ring of any kind (SPSC, MPSC, broadcast) instead of the builder's kind;
@@ -370,7 +429,9 @@ impl SegmentBuilder {
     }
 
     /// Broadcast rings. Create: how many of the last records the writer keeps for readers that
-    /// join late (0 by default, at most 65528). Open: the number required, when given.
+    /// join late (0 by default, at most 65528). Regions: how many versions the change history
+    /// covers ([`DEFAULT_REGION_HISTORY`] by default; at least the buffer count, at most 4096).
+    /// Open: the number required, when given.
     pub fn history(mut self, records: usize) -> Self {
         self.history = Some(records);
         self
@@ -400,7 +461,7 @@ impl SegmentBuilder {
     }
 
     /// Data capacity in bytes, a power of two (create: required for rings; open: checked when
-    /// given).
+    /// given). For regions: the region's size in bytes, any size from 1 byte to 1 TiB.
     pub fn capacity(mut self, capacity: u64) -> Self {
         self.capacity = Some(capacity);
         self
@@ -455,6 +516,7 @@ impl SegmentBuilder {
             SegmentKind::MpscRing | SegmentKind::BroadcastRing => {
                 layout::data_offset(slots, history) as u64 + capacity
             }
+            SegmentKind::Region => self.region_shape().map_or(0, |s| s.end as u64),
         };
         let page = rustix::param::page_size() as u64;
         bytes.div_ceil(page) * page
@@ -471,6 +533,7 @@ impl SegmentBuilder {
         let path = object_name(&self.name)?;
         let capacity = match self.kind {
             SegmentKind::Probe => 0,
+            SegmentKind::Region => self.region_shape()?.size as u64,
             _ => {
                 let capacity = self.capacity.unwrap_or(0);
                 spsc::check_capacity(capacity)?;
@@ -629,9 +692,14 @@ impl SegmentBuilder {
             SegmentKind::BroadcastRing => Some(self.policy.unwrap_or(BroadcastPolicy::Block)),
             _ => None,
         };
-        let data_offset = match self.kind {
-            SegmentKind::SpscRing | SegmentKind::Probe => DATA_OFFSET,
-            _ => layout::data_offset(slots, history),
+        let region = match self.kind {
+            SegmentKind::Region => Some(self.region_shape()?),
+            _ => None,
+        };
+        let (history, data_offset) = match (self.kind, region) {
+            (_, Some(shape)) => (shape.history, shape.buffer_offset),
+            (SegmentKind::SpscRing | SegmentKind::Probe, _) => (history, DATA_OFFSET),
+            _ => (history, layout::data_offset(slots, history)),
         };
         let inner = Inner {
             name: self.name.clone(),
@@ -644,6 +712,7 @@ impl SegmentBuilder {
             policy,
             data_offset,
             local_broadcast: BroadcastControl::new(0),
+            region,
             creator: true,
             map,
             file,
@@ -685,6 +754,13 @@ impl SegmentBuilder {
             b.start.store(self.start, Ordering::Relaxed);
             for word in inner.history() {
                 word.store(self.start, Ordering::Relaxed);
+            }
+        }
+        if let Some(shape) = &region {
+            // The object is fresh (zero): version 0 is all zero bytes, in every buffer.
+            inner.region_control().store_shape(shape);
+            for word in inner.region_history().iter().step_by(shape.entry_words) {
+                word.store(layout::REGION_WRITING, Ordering::Relaxed);
             }
         }
         // Published last: an opener that sees the magic (Acquire) sees everything above.
@@ -772,6 +848,7 @@ impl SegmentBuilder {
             policy: None,
             data_offset: DATA_OFFSET,
             local_broadcast: BroadcastControl::new(0),
+            region: None,
             creator: false,
             map,
             file,
@@ -809,7 +886,15 @@ impl SegmentBuilder {
         let history = h.history.load(Ordering::Relaxed) as usize;
         let policy_code = h.policy.load(Ordering::Relaxed);
         let mut found_policy = None;
-        let expected_offset = if kind.has_many_side() {
+        let mut region = None;
+        let expected_offset = if kind == SegmentKind::Region {
+            if slots != 2 {
+                return Err(self.mismatch("slot count", 2, slots));
+            }
+            let shape = self.open_region_shape(&inner, size)?;
+            region = Some(shape);
+            shape.buffer_offset
+        } else if kind.has_many_side() {
             if !(3..=MAX_SLOTS).contains(&slots) {
                 return Err(self.mismatch("slot count", format!("3 to {MAX_SLOTS}"), slots));
             }
@@ -874,6 +959,12 @@ impl SegmentBuilder {
                 return Err(self.mismatch("capacity", 0, capacity))
             }
             SegmentKind::Probe => {}
+            SegmentKind::Region => {
+                let size = region.map_or(0, |r| r.size as u64);
+                if capacity != size {
+                    return Err(self.mismatch("capacity (region size)", size, capacity));
+                }
+            }
         }
         if let Some(expected) = self.capacity {
             if expected != capacity {
@@ -913,6 +1004,10 @@ impl SegmentBuilder {
         inner.capacity = capacity;
         inner.data_offset = expected_offset;
         inner.policy = found_policy;
+        inner.region = region;
+        if kind == SegmentKind::Region {
+            inner.history = history;
+        }
         if kind.has_many_side() {
             inner.slot_count = slots;
             inner.history = history;
@@ -920,6 +1015,68 @@ impl SegmentBuilder {
         Ok(Segment {
             inner: Arc::new(inner),
         })
+    }
+
+    /// Reads a region's shape parameters, recomputes the shape and checks every stored offset
+    /// against it, and against what the builder asks for.
+    fn open_region_shape(&self, inner: &Inner, size: u64) -> Result<RegionShape, SegmentError> {
+        if size < (layout::REGION_HISTORY_OFFSET as u64) {
+            return Err(self.mismatch("total size", "room for a region's control block", size));
+        }
+        let ctl = inner.region_control();
+        let stored_size = ctl.size.load(Ordering::Relaxed);
+        let buffers = ctl.buffers.load(Ordering::Relaxed) as usize;
+        let chunk = ctl.chunk_size.load(Ordering::Relaxed) as usize;
+        let history = ctl.history.load(Ordering::Relaxed) as usize;
+        let shape = RegionShape::new(stored_size, buffers, chunk, history)
+            .map_err(|(what, found, allowed)| self.mismatch(what, allowed, found))?;
+        let checks: [(&'static str, u64, u64); 5] = [
+            (
+                "region entry words",
+                shape.entry_words as u64,
+                ctl.entry_words.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "region buffer offset",
+                shape.buffer_offset as u64,
+                ctl.buffer_offset.load(Ordering::Relaxed),
+            ),
+            (
+                "region buffer stride",
+                shape.stride as u64,
+                ctl.stride.load(Ordering::Relaxed),
+            ),
+            (
+                "history",
+                shape.history as u64,
+                inner.header().history.load(Ordering::Relaxed).into(),
+            ),
+            (
+                "total size",
+                (shape.end as u64).div_ceil(rustix::param::page_size() as u64)
+                    * rustix::param::page_size() as u64,
+                size,
+            ),
+        ];
+        for (field, expected, found) in checks {
+            if expected != found {
+                return Err(self.mismatch(field, expected, found));
+            }
+        }
+        let asked: [(&'static str, Option<usize>, usize); 4] = [
+            ("region size", self.capacity.map(|c| c as usize), shape.size),
+            ("buffers", self.buffers, shape.buffers),
+            ("chunk size", self.chunk_size, shape.chunk_size),
+            ("history", self.history, shape.history),
+        ];
+        for (field, expected, found) in asked {
+            if let Some(expected) = expected {
+                if expected != found {
+                    return Err(self.mismatch(field, expected, found));
+                }
+            }
+        }
+        Ok(shape)
     }
 
     fn check_owner_and_mode(&self, fd: &OwnedFd) -> Result<(), SegmentError> {
@@ -1086,6 +1243,8 @@ struct Inner {
     data_offset: usize,
     /// Stands in for the broadcast block of kinds that have none.
     local_broadcast: BroadcastControl,
+    /// Regions: the shape (validated).
+    region: Option<RegionShape>,
     creator: bool,
     map: MmapRaw,
     /// Holds the shared "in use" lock while open.
@@ -1143,6 +1302,59 @@ impl Inner {
             std::slice::from_raw_parts(
                 self.base().add(off).cast::<AtomicU64>().as_ptr(),
                 self.history,
+            )
+        }
+    }
+
+    /// The region control block. Only for segments whose mapping is at least
+    /// `REGION_HISTORY_OFFSET` bytes (checked at create/open before the first call).
+    #[inline]
+    fn region_control(&self) -> &RegionControl {
+        assert!(self.map.len() >= layout::REGION_HISTORY_OFFSET);
+        // SAFETY: the block lies at REGION_OFFSET, below REGION_HISTORY_OFFSET, which is inside
+        // the mapping (asserted); 128-aligned on a page-aligned mapping; all atomics.
+        unsafe {
+            self.base()
+                .add(layout::REGION_OFFSET)
+                .cast::<RegionControl>()
+                .as_ref()
+        }
+    }
+
+    /// A region's change history (empty for other kinds).
+    #[inline]
+    fn region_history(&self) -> &[AtomicU64] {
+        let Some(shape) = &self.region else {
+            return &[];
+        };
+        // SAFETY: the validated shape puts `history × entry_words` words at
+        // REGION_HISTORY_OFFSET, before the buffers, inside the mapping (its size was checked
+        // against the shape); 8-aligned; all atomics.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base()
+                    .add(layout::REGION_HISTORY_OFFSET)
+                    .cast::<AtomicU64>()
+                    .as_ptr(),
+                shape.history * shape.entry_words,
+            )
+        }
+    }
+
+    /// Buffer `index` of a region, as words.
+    #[inline]
+    fn region_buffer(&self, index: usize) -> &[AtomicU64] {
+        let shape = self.region.as_ref().expect("a region segment");
+        assert!(index < shape.buffers, "region buffer {index} out of range");
+        // SAFETY: the validated shape puts `buffers` buffers of `stride` bytes (a multiple of
+        // 128) at the page-aligned buffer offset, inside the mapping; all atomics.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.base()
+                    .add(shape.buffer_offset + index * shape.stride)
+                    .cast::<AtomicU64>()
+                    .as_ptr(),
+                shape.stride / 8,
             )
         }
     }
@@ -1483,6 +1695,63 @@ impl Segment {
         }
     }
 
+    /// A region's shape (`None` for other kinds).
+    pub fn region_shape(&self) -> Option<RegionShape> {
+        self.inner.region
+    }
+
+    /// Attaches as the writer of a region: takes the writer's liveness token and continues
+    /// from the latest published version (taking over from a writer that died, if one did).
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::Busy`] while another live process is the writer, `NotARing` for another
+    /// kind, `Corrupt` if the region's state is impossible, `Os`.
+    pub fn region_writer(&self) -> Result<region::Writer<ShmRegion>, AttachError> {
+        self.expect_kind(SegmentKind::Region, "a region")?;
+        let slot = self.inner.slot(0);
+        let lock = self.reopen().map_err(self.attach_os("reopen"))?;
+        if !self.lock_slot(&lock, 0)? {
+            return Err(AttachError::Busy {
+                name: self.inner.name.clone(),
+                side: Side::Producer,
+                pid: slot.pid.load(Ordering::Relaxed),
+            });
+        }
+        // A writer attached before and never closed: it died, and this is a takeover.
+        if slot.state.load(Ordering::Acquire) == SLOT_ATTACHED {
+            self.inner
+                .region_control()
+                .takeovers
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let endpoint = self.attached(lock, 0);
+        let mem = ShmRegion {
+            seg: Arc::clone(&self.inner),
+            writer: Some(endpoint),
+        };
+        region::Writer::new(mem).map_err(|e| {
+            AttachError::Corrupt(crate::error::Corruption {
+                what: e.what,
+                found: e.found,
+                expected: e.expected,
+            })
+        })
+    }
+
+    /// A reader of a region. Readers take no slot: any number may read.
+    ///
+    /// # Errors
+    ///
+    /// [`AttachError::NotARing`] for another kind.
+    pub fn region_reader(&self) -> Result<region::Reader<ShmRegion>, AttachError> {
+        self.expect_kind(SegmentKind::Region, "a region")?;
+        Ok(region::Reader::new(ShmRegion {
+            seg: Arc::clone(&self.inner),
+            writer: None,
+        }))
+    }
+
     /// The probe word of a [`SegmentKind::Probe`] segment.
     pub(crate) fn probe_word(&self) -> Option<&AtomicU64> {
         (self.inner.kind == SegmentKind::Probe).then(|| &self.inner.control().tail.0)
@@ -1585,6 +1854,83 @@ unsafe impl RingMemory for ShmMemory {
 
     fn futex_host(&self) -> Arc<dyn FutexHost> {
         Arc::clone(&self.seg) as Arc<dyn FutexHost>
+    }
+}
+
+/// The memory of a region in a shared-memory segment, for its writer (holding the writer's
+/// liveness token) or a reader.
+pub struct ShmRegion {
+    seg: Arc<Inner>,
+    /// The writer's endpoint (its token and slot); `None` for readers.
+    writer: Option<ShmMemory>,
+}
+
+impl fmt::Debug for ShmRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ShmRegion")
+            .field("segment", &self.seg.name)
+            .field("writer", &self.writer.is_some())
+            .finish()
+    }
+}
+
+impl ShmRegion {
+    /// The segment's name.
+    pub fn segment_name(&self) -> &str {
+        &self.seg.name
+    }
+}
+
+impl Drop for ShmRegion {
+    fn drop(&mut self) {
+        if self.writer.is_some() {
+            // A clean detach: the next writer is not a takeover.
+            self.seg
+                .slot(0)
+                .state
+                .store(layout::SLOT_CLOSED, Ordering::Release);
+        }
+    }
+}
+
+// SAFETY: the shape was validated at create/open and is kept in process memory; the mapping
+// covers it (its size was checked against the shape) and stays mapped while the `Arc<Inner>`
+// lives.
+unsafe impl region::RegionMemory for ShmRegion {
+    #[inline]
+    fn shape(&self) -> &RegionShape {
+        self.seg.region.as_ref().expect("a region segment")
+    }
+
+    #[inline]
+    fn control(&self) -> &RegionControl {
+        self.seg.region_control()
+    }
+
+    #[inline]
+    fn history(&self) -> &[AtomicU64] {
+        self.seg.region_history()
+    }
+
+    #[inline]
+    fn buffer(&self, index: usize) -> &[AtomicU64] {
+        self.seg.region_buffer(index)
+    }
+
+    fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+        crate::wait::futex_wait(word, expected, timeout, true);
+    }
+
+    fn futex_wake(&self, word: &AtomicU32) {
+        crate::wait::futex_wake(word, true);
+    }
+
+    fn writer_alive(&self) -> bool {
+        if self.writer.is_some() {
+            return true;
+        }
+        self.seg.slot(0).state.load(Ordering::Acquire) == SLOT_ATTACHED
+            && os::is_locked(self.seg.file.as_fd(), endpoint_byte(0)).unwrap_or(true)
     }
 }
 
