@@ -315,6 +315,8 @@ pub struct Writer<M: RegionMemory> {
     /// The byte spans each of our last `buffers - 1` versions wrote (`None`: too many, use
     /// the chunk bitmap).
     recent: VecDeque<(u64, Option<Vec<Range<usize>>>)>,
+    /// A span list to reuse for the next scope (so steady-state writes allocate nothing).
+    spare: Vec<Range<usize>>,
     light: bool,
     bitmap: Vec<u64>,
 }
@@ -354,6 +356,7 @@ impl<M: RegionMemory> Writer<M> {
         Ok(Writer {
             version,
             recent: VecDeque::with_capacity(shape.buffers),
+            spare: Vec::new(),
             light: crate::wait::light_wakes(),
             bitmap: vec![0; shape.entry_words - 1],
             mem,
@@ -393,7 +396,7 @@ impl<M: RegionMemory> Writer<M> {
         WriteScope {
             next,
             target,
-            spans: Vec::new(),
+            spans: std::mem::take(&mut self.spare),
             done: false,
             writer: self,
         }
@@ -409,20 +412,16 @@ impl<M: RegionMemory> Writer<M> {
         }
         let (src, dst) = (self.mem.buffer(current), self.mem.buffer(target));
         if held < v && v - held <= shape.history as u64 {
-            let spans: Option<Vec<Range<usize>>> = (held + 1..=v)
-                .map(|x| {
-                    self.recent
-                        .iter()
-                        .find(|(y, _)| *y == x)
-                        .and_then(|(_, s)| s.clone())
-                })
-                .try_fold(Vec::new(), |mut all, s| {
-                    all.extend(s?);
-                    Some(all)
-                });
-            if let Some(spans) = spans {
-                for span in spans {
-                    bytes::copy(src, dst, span);
+            // Our own spans of versions held+1..=v, when we remember all of them.
+            let spans_of = |x: u64| {
+                self.recent
+                    .iter()
+                    .find(|(y, _)| *y == x)
+                    .and_then(|(_, s)| s.as_ref())
+            };
+            if (held + 1..=v).all(|x| spans_of(x).is_some()) {
+                for span in (held + 1..=v).filter_map(spans_of).flatten() {
+                    bytes::copy(src, dst, span.clone());
                 }
                 return;
             }
@@ -591,14 +590,18 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         let range = offset..offset + data.len();
         self.check(&range);
         let chunk = self.writer.mem.shape().chunk_size;
-        let mut old = vec![0u8; chunk];
+        let mut old = [0u8; 512];
         let mut at = offset;
         while at < range.end {
             let end = ((at / chunk + 1) * chunk).min(range.end);
             let new = &data[at - offset..end - offset];
-            let old = &mut old[..new.len()];
-            bytes::read(self.buffer(), at, old);
-            if old != new {
+            // Compare in pieces through a small buffer: no allocation per call.
+            let differs = new.chunks(old.len()).enumerate().any(|(i, piece)| {
+                let old = &mut old[..piece.len()];
+                bytes::read(self.buffer(), at + i * 512, old);
+                old != piece
+            });
+            if differs {
                 bytes::write(self.buffer(), at, new);
                 self.mark(at..end);
             }
@@ -660,7 +663,9 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         ctl.buffer_version[self.target].store(next, Ordering::Release);
         ctl.latest.store(next, Ordering::Release);
         ctl.notify.store(next as u32, Ordering::Relaxed);
-        ctl.publishes.fetch_add(1, Ordering::Relaxed);
+        // Single writer: a plain increment, no locked instruction on the fast path.
+        let published = ctl.publishes.load(Ordering::Relaxed);
+        ctl.publishes.store(published.wrapping_add(1), Ordering::Relaxed);
         // SYNC POINT D: the parked-flag handshake (see `crate::wait`).
         crate::wait::waker_fence(self.writer.light);
         if ctl.parked.load(Ordering::Relaxed) != 0 && ctl.parked.swap(0, Ordering::Relaxed) != 0 {
@@ -669,10 +674,16 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         let w = &mut *self.writer;
         w.version = next;
         if w.recent.len() + 1 >= shape.buffers {
-            w.recent.pop_front();
+            if let Some((_, Some(mut old))) = w.recent.pop_front() {
+                old.clear();
+                w.spare = old;
+            }
         }
-        let keep = spans.len() <= MAX_SPANS;
-        w.recent.push_back((next, keep.then_some(spans)));
+        if spans.len() <= MAX_SPANS {
+            w.recent.push_back((next, Some(spans)));
+        } else {
+            w.recent.push_back((next, None));
+        }
         self.done = true;
         next
     }
@@ -694,6 +705,9 @@ impl<M: RegionMemory> Drop for WriteScope<'_, M> {
         }
         // The buffer holds the latest version again (it was brought up to date).
         w.mem.control().buffer_version[self.target].store(w.version, Ordering::Release);
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        self.writer.spare = spans;
     }
 }
 
