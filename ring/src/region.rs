@@ -665,7 +665,8 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         ctl.notify.store(next as u32, Ordering::Relaxed);
         // Single writer: a plain increment, no locked instruction on the fast path.
         let published = ctl.publishes.load(Ordering::Relaxed);
-        ctl.publishes.store(published.wrapping_add(1), Ordering::Relaxed);
+        ctl.publishes
+            .store(published.wrapping_add(1), Ordering::Relaxed);
         // SYNC POINT D: the parked-flag handshake (see `crate::wait`).
         crate::wait::waker_fence(self.writer.light);
         if ctl.parked.load(Ordering::Relaxed) != 0 && ctl.parked.swap(0, Ordering::Relaxed) != 0 {

@@ -146,5 +146,10 @@ fn region_writes_and_reads_do_not_allocate() {
     let sum = versions(&mut w, &r, n);
     let after = allocations();
     assert!(sum > 0);
-    assert_eq!(after - before, 0, "{n} versions allocated {} times", after - before);
+    assert_eq!(
+        after - before,
+        0,
+        "{n} versions allocated {} times",
+        after - before
+    );
 }
