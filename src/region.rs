@@ -46,7 +46,7 @@
 //!
 //! // Anywhere else, in any number of processes:
 //! let reader = Region::open(&name)?.reader();
-//! let (version, bytes) = reader.snapshot();
+//! let (version, bytes) = reader.snapshot()?;
 //! assert_eq!((version, &bytes[..5]), (v, &b"state"[..]));
 //! assert_eq!(reader.changes_since(0)?.chunks, vec![0]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -70,7 +70,7 @@ use thiserror::Error;
 
 use crate::channel::{Message, Schema, SliceWriter};
 
-pub use shmesh_ring::region::{Changes, ChangesError, Delta, WaitTimeout};
+pub use shmesh_ring::region::{Changes, ChangesError, Delta, RegionCorruption, WaitTimeout};
 pub use shmesh_ring::segment::{
     DEFAULT_REGION_BUFFERS, DEFAULT_REGION_CHUNK, DEFAULT_REGION_HISTORY,
 };
@@ -186,6 +186,14 @@ pub enum RegionReadError {
         version: u64,
         /// What is wrong.
         detail: String,
+    },
+    /// The region's shared state is impossible (another process wrote its control words).
+    #[error("region '{region}': {source}")]
+    Corrupt {
+        /// Region name.
+        region: String,
+        /// What is wrong.
+        source: RegionCorruption,
     },
     /// The wait for a version timed out.
     #[error("region '{region}': {source}")]
@@ -857,25 +865,32 @@ impl<T: Message> TypedReader<T> {
     /// # Errors
     ///
     /// [`RegionReadError::Empty`] before a value was published; `Invalid` when the bytes are
-    /// not a valid archive of `T` (never a panic, whatever the writer wrote).
+    /// not a valid archive of `T` (never a panic, whatever the writer wrote); `Corrupt` when
+    /// the region's control words are impossible.
     pub fn read(&mut self) -> Result<Snapshot<'_, T>, RegionReadError> {
         let max = self.reader.shape().size.saturating_sub(TYPED_HEADER);
         let copy = &mut self.copy;
-        let (version, len) = self.reader.read_with(|peek| {
-            let mut header = [0u8; 8];
-            if !peek.copy_to(0, &mut header) {
-                return Err(0);
-            }
-            let len = u64::from_le_bytes(header);
-            if len > max as u64 {
-                return Err(len);
-            }
-            let len = len as usize;
-            copy.clear();
-            copy.resize(len, 0);
-            peek.copy_to(TYPED_HEADER, &mut copy[..]);
-            Ok(len)
-        });
+        let (version, len) = self
+            .reader
+            .read_with(|peek| {
+                let mut header = [0u8; 8];
+                if !peek.copy_to(0, &mut header) {
+                    return Err(0);
+                }
+                let len = u64::from_le_bytes(header);
+                if len > max as u64 {
+                    return Err(len);
+                }
+                let len = len as usize;
+                copy.clear();
+                copy.resize(len, 0);
+                peek.copy_to(TYPED_HEADER, &mut copy[..]);
+                Ok(len)
+            })
+            .map_err(|e| RegionReadError::Corrupt {
+                region: self.name.clone(),
+                source: e,
+            })?;
         self.last = Some(version);
         let len = match len {
             Ok(0) if version == 0 => {

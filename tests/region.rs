@@ -160,7 +160,7 @@ fn typed_publish_rewrites_only_changed_chunks() {
     // The weight's chunk; the root at the end of the archive is unchanged (same lengths).
     assert_eq!(changes.chunks.len(), 1, "{changes:?}");
     let chunk = changes.chunks[0];
-    let (v, bytes) = region.bytes().reader().snapshot();
+    let (v, bytes) = region.bytes().reader().snapshot().unwrap();
     assert_eq!(v, before + 1);
     let needle = (-1.0f64).to_le_bytes();
     let at = bytes
@@ -314,7 +314,7 @@ fn writer_takeover_continues_the_version_sequence() {
     let mut scope = writer.write();
     scope.write_at(9990, b"tail");
     assert_eq!(scope.publish(), 6);
-    let (v, bytes) = region.reader().snapshot();
+    let (v, bytes) = region.reader().snapshot().unwrap();
     assert_eq!(v, 6);
     for i in 0..5u8 {
         assert_eq!(bytes[1000 * i as usize], i + 1);

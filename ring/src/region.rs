@@ -63,7 +63,7 @@
 //! let v = scope.publish();
 //!
 //! let mut bytes = [0u8; 64];
-//! assert_eq!(reader.read_into(&mut bytes), v);
+//! assert_eq!(reader.read_into(&mut bytes)?, v);
 //! assert_eq!(&bytes[..5], b"hello");
 //! assert_eq!(reader.changes_since(0)?.chunks, vec![0]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -237,9 +237,13 @@ pub struct RegionCorruption {
     pub expected: String,
 }
 
-/// Why [`Reader::changes_since`] cannot list the changes: take a full snapshot instead.
+/// Why [`Reader::changes_since`] cannot list the changes: take a full snapshot instead (or,
+/// for `Corrupt`, stop using the region).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ChangesError {
+    /// The region's state is impossible (see [`Reader::read_with`]).
+    #[error(transparent)]
+    Corrupt(#[from] RegionCorruption),
     /// The history no longer reaches back to that version.
     #[error(
         "version {asked} is too old: the change history reaches back to version {oldest} \
@@ -800,18 +804,22 @@ impl<M: RegionMemory> Reader<M> {
     /// version with `f`'s result. `f` may run more than once, and a run that is repeated may
     /// have seen torn bytes: it must only copy and check what it reads ([`Peek::copy_to`]
     /// never fails on torn bytes), and do nothing else that lasts.
-    pub fn read_with<R>(&self, mut f: impl FnMut(&Peek<'_>) -> R) -> (u64, R) {
-        let mut attempts = 0u32;
+    ///
+    /// # Errors
+    ///
+    /// [`RegionCorruption`] when the latest version's buffer keeps saying it holds another
+    /// version while `latest` stays put: the writer never leaves that state (it rewrites a
+    /// buffer only after publishing newer versions), so another process wrote it.
+    pub fn read_with<R>(
+        &self,
+        mut f: impl FnMut(&Peek<'_>) -> R,
+    ) -> Result<(u64, R), RegionCorruption> {
+        let mut stuck = Stuck::default();
         loop {
             if let Some(done) = self.attempt(&mut f) {
-                return done;
+                return Ok(done);
             }
-            attempts = attempts.wrapping_add(1);
-            if attempts % 64 == 0 {
-                crate::sync::yield_now();
-            } else {
-                crate::sync::spin_loop();
-            }
+            stuck.check(self.mem.control(), self.mem.shape())?;
         }
     }
 
@@ -843,17 +851,25 @@ impl<M: RegionMemory> Reader<M> {
 
     /// Copies the latest version into `dst` (its first `dst.len()` bytes, at most the whole
     /// region) and returns the version.
-    pub fn read_into(&self, dst: &mut [u8]) -> u64 {
+    ///
+    /// # Errors
+    ///
+    /// As [`read_with`](Self::read_with).
+    pub fn read_into(&self, dst: &mut [u8]) -> Result<u64, RegionCorruption> {
         let len = dst.len().min(self.mem.shape().size);
         let dst = &mut dst[..len];
-        self.read_with(|p| p.copy_to(0, dst)).0
+        Ok(self.read_with(|p| p.copy_to(0, dst))?.0)
     }
 
     /// A copy of the latest version.
-    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+    ///
+    /// # Errors
+    ///
+    /// As [`read_with`](Self::read_with).
+    pub fn snapshot(&self) -> Result<(u64, Vec<u8>), RegionCorruption> {
         let mut bytes = vec![0u8; self.mem.shape().size];
-        let version = self.read_into(&mut bytes);
-        (version, bytes)
+        let version = self.read_into(&mut bytes)?;
+        Ok((version, bytes))
     }
 
     /// Waits until a version `>= version` is published and returns the latest version, or
@@ -977,6 +993,7 @@ impl<M: RegionMemory> Reader<M> {
         let shape = *self.mem.shape();
         let mut bitmap = vec![0u64; shape.entry_words - 1];
         let mut bytes = Vec::new();
+        let mut stuck = Stuck::default();
         loop {
             let ctl = self.mem.control();
             let latest = self.version();
@@ -986,6 +1003,7 @@ impl<M: RegionMemory> Reader<M> {
             let index = (latest % shape.buffers as u64) as usize;
             let word = &ctl.buffer_version[index];
             if word.load(Ordering::Acquire) != latest {
+                stuck.check(ctl, &shape)?;
                 continue;
             }
             bytes.clear();
@@ -1000,7 +1018,48 @@ impl<M: RegionMemory> Reader<M> {
             if word.load(Ordering::Relaxed) == latest {
                 return Ok(Delta { changes, bytes });
             }
+            stuck.check(ctl, &shape)?;
         }
+    }
+}
+
+/// Failed read attempts in a row that saw the same `latest`, after which the region counts as
+/// corrupt. A lap by the writer moves `latest` before it touches that version's buffer, so
+/// legitimately this only lasts until the new `latest` is visible: nanoseconds.
+const STUCK_ATTEMPTS: u32 = 1 << 16;
+
+/// Tells a reader lapped by a fast writer (retry) from a buffer word another process wrote.
+#[derive(Default)]
+struct Stuck {
+    latest: u64,
+    attempts: u32,
+}
+
+impl Stuck {
+    /// After a failed attempt: backs off a little, and fails when `latest` has not moved for
+    /// [`STUCK_ATTEMPTS`] attempts.
+    fn check(&mut self, ctl: &RegionControl, shape: &RegionShape) -> Result<(), RegionCorruption> {
+        let latest = ctl.latest.load(Ordering::Acquire);
+        if latest != self.latest || self.attempts == 0 {
+            self.latest = latest;
+            self.attempts = 1;
+        } else {
+            self.attempts += 1;
+        }
+        if self.attempts >= STUCK_ATTEMPTS {
+            let index = (latest % shape.buffers as u64) as usize;
+            return Err(RegionCorruption {
+                what: "version word of the latest version's buffer",
+                found: ctl.buffer_version[index].load(Ordering::Relaxed),
+                expected: format!("{latest} (the latest version)"),
+            });
+        }
+        if self.attempts % 64 == 0 {
+            crate::sync::yield_now();
+        } else {
+            crate::sync::spin_loop();
+        }
+        Ok(())
     }
 }
 
@@ -1127,7 +1186,7 @@ mod tests {
     fn a_new_region_is_version_zero_and_all_zero() {
         let (w, r) = region(100, 3, 64);
         assert_eq!(w.version(), 0);
-        assert_eq!(r.snapshot(), (0, vec![0; 100]));
+        assert_eq!(r.snapshot().unwrap(), (0, vec![0; 100]));
         assert_eq!(r.changes_since(0).unwrap().chunks, Vec::<usize>::new());
     }
 
@@ -1141,7 +1200,7 @@ mod tests {
             s.write_at(at, &[v as u8; 10]);
             model[at..at + 10].fill(v as u8);
             assert_eq!(s.publish(), v);
-            assert_eq!(r.snapshot(), (v, model.clone()));
+            assert_eq!(r.snapshot().unwrap(), (v, model.clone()));
         }
     }
 
@@ -1162,7 +1221,7 @@ mod tests {
         assert_eq!(&four, b"kept");
         s.write_at(200, b"x");
         assert_eq!(s.publish(), 2);
-        let (v, bytes) = r.snapshot();
+        let (v, bytes) = r.snapshot().unwrap();
         assert_eq!(v, 2);
         assert_eq!(&bytes[0..4], b"kept");
         assert_eq!(&bytes[100..107], &[0; 7]);
@@ -1212,7 +1271,7 @@ mod tests {
         s.write_diff(0, &state);
         s.publish();
         assert_eq!(r.changes_since(1).unwrap().chunks, vec![2]);
-        assert_eq!(r.snapshot().1, state);
+        assert_eq!(r.snapshot().unwrap().1, state);
     }
 
     #[test]
@@ -1231,7 +1290,20 @@ mod tests {
             b[0]
         });
         assert_eq!(attempt, None);
-        assert_eq!(r.read_with(|p| p.version()).0, 2);
+        assert_eq!(r.read_with(|p| p.version()).unwrap().0, 2);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "65536 attempts are slow under miri")]
+    fn a_buffer_word_that_never_matches_is_corruption_not_a_hang() {
+        let (mut w, r) = region(64, 2, 64);
+        w.write().publish();
+        // Another process says the latest version's buffer holds something else, for good.
+        r.memory().control().buffer_version[1].store(7, Ordering::Relaxed);
+        let e = r.read_into(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(e.found, 7);
+        assert!(matches!(r.read_changes(0), Err(ChangesError::Corrupt(_))));
+        assert!(r.try_read_with(|_| ()).is_none());
     }
 
     #[test]

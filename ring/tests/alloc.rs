@@ -128,7 +128,7 @@ fn versions<M: shmesh_ring::region::RegionMemory>(
         scope.write_diff(0, &state);
         scope.publish();
         drop(w.write()); // an aborted scope
-        sum += r.read_into(&mut out);
+        sum += r.read_into(&mut out).unwrap();
         sum += u64::from(out[250]);
     }
     sum
