@@ -16,7 +16,7 @@
 //! The session is shared with the fuzz target (`fuzz/fuzz_targets/region_reader.rs`, which
 //! includes this file as a module): everything outside `mod tests` builds without proptest.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use shmesh_ring::layout::{MAX_REGION_BUFFERS, REGION_WRITING};
@@ -71,6 +71,17 @@ fn check_changes(asked: u64, chunks: &[usize], from: u64, to: u64, limit: usize)
     );
 }
 
+/// Stores `data` at byte `off` of a buffer, a word at a time (as a writer would).
+fn poke(words: &[AtomicU64], off: usize, data: &[u8]) {
+    for (i, &byte) in data.iter().enumerate() {
+        let at = off + i;
+        let word = &words[at / 8];
+        let mut bytes = word.load(Ordering::Relaxed).to_le_bytes();
+        bytes[at % 8] = byte;
+        word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+    }
+}
+
 /// Runs one hostile session. Panics only if the region misbehaves.
 pub fn session(data: &[u8]) {
     let mut b = Bytes(data.iter());
@@ -87,9 +98,10 @@ pub fn session(data: &[u8]) {
             // A write scope: a few writes, then published, aborted, or lost with its writer.
             0..=2 => {
                 let Some(w) = writer.as_mut() else { continue };
-                // A hostile `latest` is the writer's own business only on a takeover: it
-                // publishes from its own version.
+                // The writer goes on from its own version, whatever `latest` says now.
                 let mut scope = w.write();
+                let target = (scope.version() % shape.buffers as u64) as usize;
+                let mut written = Vec::new();
                 for _ in 0..b.u8() % 3 {
                     let off = usize::from(b.u8()) * 2 % size;
                     let len = usize::from(b.u8()) % (size - off + 1);
@@ -101,6 +113,8 @@ pub fn session(data: &[u8]) {
                     }
                     let mut back = vec![0u8; len];
                     scope.read_at(off, &mut back);
+                    assert!(back == data, "a scope reads back other bytes than it wrote");
+                    written.push((off, data));
                 }
                 match op % 3 {
                     0 => {
@@ -109,8 +123,15 @@ pub fn session(data: &[u8]) {
                     }
                     1 => drop(scope),
                     _ => {
-                        // A writer killed inside its scope: nothing is undone.
-                        std::mem::forget(scope);
+                        // A writer killed inside its scope leaves the target buffer marked
+                        // WRITING with the scope's bytes in it. `mem::forget(scope)` would
+                        // leave exactly that but leak the scope's span list (which fails the
+                        // fuzzer's and miri's leak checks): undo, then put it back by hand.
+                        drop(scope);
+                        ctl.buffer_version[target].store(REGION_WRITING, Ordering::Relaxed);
+                        for (off, data) in written {
+                            poke(mem.buffer(target), off, &data);
+                        }
                         writer = None;
                     }
                 }
