@@ -355,7 +355,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 6 } else { 2048 }, ..ProptestConfig::default() })]
+        #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 4 } else { 2048 }, ..ProptestConfig::default() })]
 
         #[test]
         fn hostile_stores_cannot_break_the_region(data in proptest::collection::vec(any::<u8>(), 0..600)) {

@@ -312,12 +312,12 @@ fn shape() -> impl Strategy<Value = (usize, usize, usize, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 3 } else { 512 }, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 512 }, ..ProptestConfig::default() })]
 
     #[test]
     fn region_matches_model(
         (size, buffers, chunk, history) in shape(),
-        ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 8 } else { 40 }),
+        ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 6 } else { 40 }),
     ) {
         run(size, buffers, chunk, history, ops)?;
     }
