@@ -288,9 +288,44 @@ fn every_shape_parameter_survives_create_and_open() {
         assert_eq!(scope.publish(), 1);
         let r = exact.region_reader().expect("a reader");
         assert_eq!(r.shape(), &shape);
-        assert_eq!(r.snapshot(), (1, bytes));
+        assert!(r.snapshot() == (1, bytes.clone()), "{shape:?}: version 1");
         let chunks: Vec<usize> = (0..shape.chunks).collect();
         assert_eq!(r.changes_since(0).expect("changes").chunks, chunks);
+
+        // Versions that each change a run of bytes (across a chunk boundary where there is
+        // one) and the region's last byte, until every buffer came round twice: each version
+        // carries the others forward, and its delta is exactly its chunks.
+        let mut model = bytes;
+        let size = size as usize;
+        for v in 2..=1 + 2 * buffers as u64 {
+            let at = (v as usize * 7919) % size;
+            let end = (at + 70).min(size);
+            let data: Vec<u8> = (at..end).map(|i| (i as u64 ^ v) as u8).collect();
+            let mut scope = w.write();
+            scope.write_at(at, &data);
+            scope.write_at(size - 1, &[v as u8]);
+            model[at..end].copy_from_slice(&data);
+            model[size - 1] = v as u8;
+            assert_eq!(scope.publish(), v);
+            assert!(r.snapshot() == (v, model.clone()), "{shape:?}: version {v}");
+            let delta = r.read_changes(v - 1).expect("the changes of one version");
+            let mut chunks: Vec<usize> = (at / chunk..=(end - 1) / chunk).collect();
+            chunks.push((size - 1) / chunk);
+            chunks.dedup();
+            assert_eq!(delta.changes.chunks, chunks, "{shape:?}: version {v}");
+            let expected: Vec<u8> = chunks
+                .iter()
+                .flat_map(|&c| {
+                    model[c * chunk..((c + 1) * chunk).min(size)]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            assert!(
+                delta.bytes == expected,
+                "{shape:?}: the bytes of version {v}'s chunks"
+            );
+        }
     }
 }
 
@@ -714,6 +749,8 @@ fn wait_timeout_says_whether_a_writer_is_alive() {
     let name = ShmName::new("rg-alive");
     let seg = create(&name, 256, 3, 64, 8);
     let other = open(name.as_str());
+    // A reader made before any writer attached, asked again at the end.
+    let early = other.region_reader().unwrap();
 
     let e = timed_out(&other, 1);
     assert!(!e.writer_alive, "no writer ever attached");
@@ -727,6 +764,10 @@ fn wait_timeout_says_whether_a_writer_is_alive() {
     publish_up_to(&mut w, 2);
     let e = timed_out(&other, 3);
     assert!(e.writer_alive, "our writer is attached");
+    assert!(
+        timed_out(&seg, 3).writer_alive,
+        "our writer is attached, seen through the writer's own segment handle"
+    );
     assert!(!e.to_string().contains("no writer"), "{e}");
     // The writer's own memory says it is alive too.
     assert!(w.memory().writer_alive());
@@ -756,4 +797,9 @@ fn wait_timeout_says_whether_a_writer_is_alive() {
     assert_eq!(w.version(), 6);
     assert_eq!(takeovers(&seg), 1);
     assert!(timed_out(&other, 7).writer_alive);
+    let e = early
+        .wait_for(7, Some(SHORT))
+        .expect_err("nothing publishes");
+    assert!(e.writer_alive, "a reader older than the writer sees it too");
+    drop(w);
 }
