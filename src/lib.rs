@@ -11,6 +11,9 @@
 //!   broadcast ring, `Block` or `Lap` for slow subscribers, optional history); the table of
 //!   which pattern maps to which ring is there.
 //! - [`service`]: request/reply — a [`Server<Req, Resp>`] answers many [`Client`]s.
+//! - [`region`](mod@region): shared state in whole versions — one writer publishes, any number
+//!   of readers take consistent snapshots or wait for the next version; [`Region`] holds bytes,
+//!   [`TypedRegion<T>`] an rkyv-archived value; each version records the chunks it changed.
 //! - [`bench`](mod@bench): `shmesh bench`, which measures shmesh against the cache-line limit,
 //!   Unix sockets, pipes, TCP (and, with the `peers` feature, iceoryx2 and ipc-channel) between
 //!   two real processes.
@@ -45,8 +48,10 @@
 
 pub mod bench;
 pub mod channel;
+pub mod region;
 pub mod tools;
 
 pub use channel::service::{self, Client, Server};
 pub use channel::topic::{self, Publisher, Subscriber, Topic};
 pub use channel::{Channel, Receiver, Sender};
+pub use region::{Region, TypedRegion};

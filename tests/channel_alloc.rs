@@ -261,3 +261,49 @@ fn the_counter_sees_allocations() {
     );
     drop(copy);
 }
+
+/// Publishes `messages[i % len]` to a typed region and reads it back, `rounds` times.
+fn region_rounds(
+    writer: &mut shmesh::region::TypedWriter<Sample>,
+    reader: &mut shmesh::region::TypedReader<Sample>,
+    messages: &[Sample],
+    rounds: usize,
+) -> u64 {
+    let mut sum = 0;
+    for i in 0..rounds {
+        let want = &messages[i % messages.len()];
+        let version = writer
+            .publish(want)
+            .unwrap_or_else(|e| panic!("publish {i}: {e}"));
+        match reader.read() {
+            Ok(got) => {
+                assert_eq!(got.version(), version);
+                sum += read_all(&got, want);
+            }
+            Err(e) => panic!("read {i}: {e}"),
+        }
+    }
+    sum
+}
+
+#[test]
+fn typed_region_publish_and_read_allocate_nothing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let _watchdog = Watchdog::new("typed_region_publish_and_read_allocate_nothing", TEST_LIMIT);
+    let name = ChannelName::new("alloc-region");
+    let messages = samples(64);
+    let region = shmesh::TypedRegion::<Sample>::builder(name.as_str())
+        .capacity(64 * 1024)
+        .create(&messages[0])
+        .unwrap();
+    let mut writer = region.writer().unwrap();
+    let mut reader = region.reader();
+    // Warm-up: the writer's scratch and the reader's copy grow to the largest sample.
+    region_rounds(&mut writer, &mut reader, &messages, 300);
+    let (_, allocations) =
+        Counting::measure(|| region_rounds(&mut writer, &mut reader, &messages, 5_000));
+    assert_eq!(
+        allocations, 0,
+        "5 000 publish + read pairs after a warm-up made {allocations} heap allocations"
+    );
+}

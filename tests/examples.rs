@@ -220,3 +220,35 @@ fn reqrep_answers_each_client_process_with_its_own_replies() {
     // Neither the service nor any client's reply ring (named after the service) is left.
     assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
 }
+
+#[test]
+fn region_readers_follow_the_writers_versions_and_every_snapshot_is_whole() {
+    let (run, output) = run_ok("region");
+    assert!(
+        run.stdout
+            .contains("writer: published versions 2..=2001 in "),
+        "{output}"
+    );
+    // The last round changed one vehicle: a couple of chunks, not the whole value.
+    let changed: usize = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("writer: the last version changed "))
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no change-tracking line\n{output}"));
+    assert!((1..=4).contains(&changed), "{output}");
+    for who in ["A", "B"] {
+        // Each reader (its own process) checked every snapshot it got for tearing.
+        let line = format!("reader {who}: followed ");
+        let ok = run
+            .stdout
+            .lines()
+            .any(|l| l.starts_with(&line) && l.ends_with("up to 2001, every snapshot consistent"));
+        assert!(ok, "missing {line:?}\n{output}");
+        let ack = format!("writer: reader {who} acknowledged version 2001");
+        assert!(run.stdout.contains(&ack), "missing {ack:?}\n{output}");
+    }
+    assert_eq!(run.stderr, "", "{output}");
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}

@@ -63,7 +63,7 @@
 //! let v = scope.publish();
 //!
 //! let mut bytes = [0u8; 64];
-//! assert_eq!(reader.read_into(&mut bytes), v);
+//! assert_eq!(reader.read_into(&mut bytes)?, v);
 //! assert_eq!(&bytes[..5], b"hello");
 //! assert_eq!(reader.changes_since(0)?.chunks, vec![0]);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -237,9 +237,13 @@ pub struct RegionCorruption {
     pub expected: String,
 }
 
-/// Why [`Reader::changes_since`] cannot list the changes: take a full snapshot instead.
+/// Why [`Reader::changes_since`] cannot list the changes: take a full snapshot instead (or,
+/// for `Corrupt`, stop using the region).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ChangesError {
+    /// The region's state is impossible (see [`Reader::read_with`]).
+    #[error(transparent)]
+    Corrupt(#[from] RegionCorruption),
     /// The history no longer reaches back to that version.
     #[error(
         "version {asked} is too old: the change history reaches back to version {oldest} \
@@ -315,6 +319,8 @@ pub struct Writer<M: RegionMemory> {
     /// The byte spans each of our last `buffers - 1` versions wrote (`None`: too many, use
     /// the chunk bitmap).
     recent: VecDeque<(u64, Option<Vec<Range<usize>>>)>,
+    /// A span list to reuse for the next scope (so steady-state writes allocate nothing).
+    spare: Vec<Range<usize>>,
     light: bool,
     bitmap: Vec<u64>,
 }
@@ -354,6 +360,7 @@ impl<M: RegionMemory> Writer<M> {
         Ok(Writer {
             version,
             recent: VecDeque::with_capacity(shape.buffers),
+            spare: Vec::new(),
             light: crate::wait::light_wakes(),
             bitmap: vec![0; shape.entry_words - 1],
             mem,
@@ -393,7 +400,7 @@ impl<M: RegionMemory> Writer<M> {
         WriteScope {
             next,
             target,
-            spans: Vec::new(),
+            spans: std::mem::take(&mut self.spare),
             done: false,
             writer: self,
         }
@@ -409,20 +416,16 @@ impl<M: RegionMemory> Writer<M> {
         }
         let (src, dst) = (self.mem.buffer(current), self.mem.buffer(target));
         if held < v && v - held <= shape.history as u64 {
-            let spans: Option<Vec<Range<usize>>> = (held + 1..=v)
-                .map(|x| {
-                    self.recent
-                        .iter()
-                        .find(|(y, _)| *y == x)
-                        .and_then(|(_, s)| s.clone())
-                })
-                .try_fold(Vec::new(), |mut all, s| {
-                    all.extend(s?);
-                    Some(all)
-                });
-            if let Some(spans) = spans {
-                for span in spans {
-                    bytes::copy(src, dst, span);
+            // Our own spans of versions held+1..=v, when we remember all of them.
+            let spans_of = |x: u64| {
+                self.recent
+                    .iter()
+                    .find(|(y, _)| *y == x)
+                    .and_then(|(_, s)| s.as_ref())
+            };
+            if (held + 1..=v).all(|x| spans_of(x).is_some()) {
+                for span in (held + 1..=v).filter_map(spans_of).flatten() {
+                    bytes::copy(src, dst, span.clone());
                 }
                 return;
             }
@@ -591,14 +594,18 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         let range = offset..offset + data.len();
         self.check(&range);
         let chunk = self.writer.mem.shape().chunk_size;
-        let mut old = vec![0u8; chunk];
+        let mut old = [0u8; 512];
         let mut at = offset;
         while at < range.end {
             let end = ((at / chunk + 1) * chunk).min(range.end);
             let new = &data[at - offset..end - offset];
-            let old = &mut old[..new.len()];
-            bytes::read(self.buffer(), at, old);
-            if old != new {
+            // Compare in pieces through a small buffer: no allocation per call.
+            let differs = new.chunks(old.len()).enumerate().any(|(i, piece)| {
+                let old = &mut old[..piece.len()];
+                bytes::read(self.buffer(), at + i * 512, old);
+                old != piece
+            });
+            if differs {
                 bytes::write(self.buffer(), at, new);
                 self.mark(at..end);
             }
@@ -660,7 +667,10 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         ctl.buffer_version[self.target].store(next, Ordering::Release);
         ctl.latest.store(next, Ordering::Release);
         ctl.notify.store(next as u32, Ordering::Relaxed);
-        ctl.publishes.fetch_add(1, Ordering::Relaxed);
+        // Single writer: a plain increment, no locked instruction on the fast path.
+        let published = ctl.publishes.load(Ordering::Relaxed);
+        ctl.publishes
+            .store(published.wrapping_add(1), Ordering::Relaxed);
         // SYNC POINT D: the parked-flag handshake (see `crate::wait`).
         crate::wait::waker_fence(self.writer.light);
         if ctl.parked.load(Ordering::Relaxed) != 0 && ctl.parked.swap(0, Ordering::Relaxed) != 0 {
@@ -669,10 +679,16 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         let w = &mut *self.writer;
         w.version = next;
         if w.recent.len() + 1 >= shape.buffers {
-            w.recent.pop_front();
+            if let Some((_, Some(mut old))) = w.recent.pop_front() {
+                old.clear();
+                w.spare = old;
+            }
         }
-        let keep = spans.len() <= MAX_SPANS;
-        w.recent.push_back((next, keep.then_some(spans)));
+        if spans.len() <= MAX_SPANS {
+            w.recent.push_back((next, Some(spans)));
+        } else {
+            w.recent.push_back((next, None));
+        }
         self.done = true;
         next
     }
@@ -694,6 +710,9 @@ impl<M: RegionMemory> Drop for WriteScope<'_, M> {
         }
         // The buffer holds the latest version again (it was brought up to date).
         w.mem.control().buffer_version[self.target].store(w.version, Ordering::Release);
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        self.writer.spare = spans;
     }
 }
 
@@ -785,18 +804,22 @@ impl<M: RegionMemory> Reader<M> {
     /// version with `f`'s result. `f` may run more than once, and a run that is repeated may
     /// have seen torn bytes: it must only copy and check what it reads ([`Peek::copy_to`]
     /// never fails on torn bytes), and do nothing else that lasts.
-    pub fn read_with<R>(&self, mut f: impl FnMut(&Peek<'_>) -> R) -> (u64, R) {
-        let mut attempts = 0u32;
+    ///
+    /// # Errors
+    ///
+    /// [`RegionCorruption`] when the latest version's buffer keeps saying it holds another
+    /// version while `latest` stays put: the writer never leaves that state (it rewrites a
+    /// buffer only after publishing newer versions), so another process wrote it.
+    pub fn read_with<R>(
+        &self,
+        mut f: impl FnMut(&Peek<'_>) -> R,
+    ) -> Result<(u64, R), RegionCorruption> {
+        let mut stuck = Stuck::default();
         loop {
             if let Some(done) = self.attempt(&mut f) {
-                return done;
+                return Ok(done);
             }
-            attempts = attempts.wrapping_add(1);
-            if attempts % 64 == 0 {
-                crate::sync::yield_now();
-            } else {
-                crate::sync::spin_loop();
-            }
+            stuck.check(self.mem.control(), self.mem.shape())?;
         }
     }
 
@@ -828,17 +851,25 @@ impl<M: RegionMemory> Reader<M> {
 
     /// Copies the latest version into `dst` (its first `dst.len()` bytes, at most the whole
     /// region) and returns the version.
-    pub fn read_into(&self, dst: &mut [u8]) -> u64 {
+    ///
+    /// # Errors
+    ///
+    /// As [`read_with`](Self::read_with).
+    pub fn read_into(&self, dst: &mut [u8]) -> Result<u64, RegionCorruption> {
         let len = dst.len().min(self.mem.shape().size);
         let dst = &mut dst[..len];
-        self.read_with(|p| p.copy_to(0, dst)).0
+        Ok(self.read_with(|p| p.copy_to(0, dst))?.0)
     }
 
     /// A copy of the latest version.
-    pub fn snapshot(&self) -> (u64, Vec<u8>) {
+    ///
+    /// # Errors
+    ///
+    /// As [`read_with`](Self::read_with).
+    pub fn snapshot(&self) -> Result<(u64, Vec<u8>), RegionCorruption> {
         let mut bytes = vec![0u8; self.mem.shape().size];
-        let version = self.read_into(&mut bytes);
-        (version, bytes)
+        let version = self.read_into(&mut bytes)?;
+        Ok((version, bytes))
     }
 
     /// Waits until a version `>= version` is published and returns the latest version, or
@@ -962,6 +993,7 @@ impl<M: RegionMemory> Reader<M> {
         let shape = *self.mem.shape();
         let mut bitmap = vec![0u64; shape.entry_words - 1];
         let mut bytes = Vec::new();
+        let mut stuck = Stuck::default();
         loop {
             let ctl = self.mem.control();
             let latest = self.version();
@@ -971,6 +1003,7 @@ impl<M: RegionMemory> Reader<M> {
             let index = (latest % shape.buffers as u64) as usize;
             let word = &ctl.buffer_version[index];
             if word.load(Ordering::Acquire) != latest {
+                stuck.check(ctl, &shape)?;
                 continue;
             }
             bytes.clear();
@@ -985,7 +1018,48 @@ impl<M: RegionMemory> Reader<M> {
             if word.load(Ordering::Relaxed) == latest {
                 return Ok(Delta { changes, bytes });
             }
+            stuck.check(ctl, &shape)?;
         }
+    }
+}
+
+/// Failed read attempts in a row that saw the same `latest`, after which the region counts as
+/// corrupt. A lap by the writer moves `latest` before it touches that version's buffer, so
+/// legitimately this only lasts until the new `latest` is visible: nanoseconds.
+const STUCK_ATTEMPTS: u32 = 1 << 16;
+
+/// Tells a reader lapped by a fast writer (retry) from a buffer word another process wrote.
+#[derive(Default)]
+struct Stuck {
+    latest: u64,
+    attempts: u32,
+}
+
+impl Stuck {
+    /// After a failed attempt: backs off a little, and fails when `latest` has not moved for
+    /// [`STUCK_ATTEMPTS`] attempts.
+    fn check(&mut self, ctl: &RegionControl, shape: &RegionShape) -> Result<(), RegionCorruption> {
+        let latest = ctl.latest.load(Ordering::Acquire);
+        if latest != self.latest || self.attempts == 0 {
+            self.latest = latest;
+            self.attempts = 1;
+        } else {
+            self.attempts += 1;
+        }
+        if self.attempts >= STUCK_ATTEMPTS {
+            let index = (latest % shape.buffers as u64) as usize;
+            return Err(RegionCorruption {
+                what: "version word of the latest version's buffer",
+                found: ctl.buffer_version[index].load(Ordering::Relaxed),
+                expected: format!("{latest} (the latest version)"),
+            });
+        }
+        if self.attempts % 64 == 0 {
+            crate::sync::yield_now();
+        } else {
+            crate::sync::spin_loop();
+        }
+        Ok(())
     }
 }
 
@@ -1112,7 +1186,7 @@ mod tests {
     fn a_new_region_is_version_zero_and_all_zero() {
         let (w, r) = region(100, 3, 64);
         assert_eq!(w.version(), 0);
-        assert_eq!(r.snapshot(), (0, vec![0; 100]));
+        assert_eq!(r.snapshot().unwrap(), (0, vec![0; 100]));
         assert_eq!(r.changes_since(0).unwrap().chunks, Vec::<usize>::new());
     }
 
@@ -1126,7 +1200,7 @@ mod tests {
             s.write_at(at, &[v as u8; 10]);
             model[at..at + 10].fill(v as u8);
             assert_eq!(s.publish(), v);
-            assert_eq!(r.snapshot(), (v, model.clone()));
+            assert_eq!(r.snapshot().unwrap(), (v, model.clone()));
         }
     }
 
@@ -1147,7 +1221,7 @@ mod tests {
         assert_eq!(&four, b"kept");
         s.write_at(200, b"x");
         assert_eq!(s.publish(), 2);
-        let (v, bytes) = r.snapshot();
+        let (v, bytes) = r.snapshot().unwrap();
         assert_eq!(v, 2);
         assert_eq!(&bytes[0..4], b"kept");
         assert_eq!(&bytes[100..107], &[0; 7]);
@@ -1197,7 +1271,7 @@ mod tests {
         s.write_diff(0, &state);
         s.publish();
         assert_eq!(r.changes_since(1).unwrap().chunks, vec![2]);
-        assert_eq!(r.snapshot().1, state);
+        assert_eq!(r.snapshot().unwrap().1, state);
     }
 
     #[test]
@@ -1216,7 +1290,20 @@ mod tests {
             b[0]
         });
         assert_eq!(attempt, None);
-        assert_eq!(r.read_with(|p| p.version()).0, 2);
+        assert_eq!(r.read_with(|p| p.version()).unwrap().0, 2);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "65536 attempts are slow under miri")]
+    fn a_buffer_word_that_never_matches_is_corruption_not_a_hang() {
+        let (mut w, r) = region(64, 2, 64);
+        w.write().publish();
+        // Another process says the latest version's buffer holds something else, for good.
+        r.memory().control().buffer_version[1].store(7, Ordering::Relaxed);
+        let e = r.read_into(&mut [0u8; 64]).unwrap_err();
+        assert_eq!(e.found, 7);
+        assert!(matches!(r.read_changes(0), Err(ChangesError::Corrupt(_))));
+        assert!(r.try_read_with(|_| ()).is_none());
     }
 
     #[test]

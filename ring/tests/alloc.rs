@@ -108,3 +108,48 @@ fn shm_ring_fast_path_does_not_allocate() {
         .unwrap();
     no_allocations(tx, rx);
 }
+
+/// Writes (small spans and a whole-region diff), publishes and reads `n` versions.
+fn versions<M: shmesh_ring::region::RegionMemory>(
+    w: &mut shmesh_ring::region::Writer<M>,
+    r: &shmesh_ring::region::Reader<M>,
+    n: u64,
+) -> u64 {
+    let mut out = [0u8; 256];
+    let mut state = [0u8; 256];
+    let mut sum = 0;
+    for seq in 0..n {
+        let mut scope = w.write();
+        scope.write_at((seq % 200) as usize, &seq.to_le_bytes());
+        scope.write_at(250, &[seq as u8]);
+        scope.publish();
+        state[(seq % 256) as usize] = seq as u8;
+        let mut scope = w.write();
+        scope.write_diff(0, &state);
+        scope.publish();
+        drop(w.write()); // an aborted scope
+        sum += r.read_into(&mut out).unwrap();
+        sum += u64::from(out[250]);
+    }
+    sum
+}
+
+#[test]
+fn region_writes_and_reads_do_not_allocate() {
+    use shmesh_ring::region::{HeapRegion, Reader, Writer};
+    let mem = HeapRegion::new(256, 3, 64, 8).unwrap();
+    let mut w = Writer::new(mem.clone()).unwrap();
+    let r = Reader::new(mem);
+    let n = if cfg!(miri) { 50 } else { 10_000 };
+    versions(&mut w, &r, 10); // warm up: the writer's span lists grow once
+    let before = allocations();
+    let sum = versions(&mut w, &r, n);
+    let after = allocations();
+    assert!(sum > 0);
+    assert_eq!(
+        after - before,
+        0,
+        "{n} versions allocated {} times",
+        after - before
+    );
+}

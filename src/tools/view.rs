@@ -125,6 +125,7 @@ pub(crate) fn kind_name(kind: Option<SegmentKind>) -> &'static str {
         Some(SegmentKind::Probe) => "probe",
         Some(SegmentKind::MpscRing) => "mpsc",
         Some(SegmentKind::BroadcastRing) => "broadcast",
+        Some(SegmentKind::Region) => "region",
         None => "unknown",
     }
 }
