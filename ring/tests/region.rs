@@ -288,7 +288,10 @@ fn every_shape_parameter_survives_create_and_open() {
         assert_eq!(scope.publish(), 1);
         let r = exact.region_reader().expect("a reader");
         assert_eq!(r.shape(), &shape);
-        assert!(r.snapshot() == (1, bytes.clone()), "{shape:?}: version 1");
+        assert!(
+            r.snapshot() == Ok((1, bytes.clone())),
+            "{shape:?}: version 1"
+        );
         let chunks: Vec<usize> = (0..shape.chunks).collect();
         assert_eq!(r.changes_since(0).expect("changes").chunks, chunks);
 
@@ -307,7 +310,10 @@ fn every_shape_parameter_survives_create_and_open() {
             model[at..end].copy_from_slice(&data);
             model[size - 1] = v as u8;
             assert_eq!(scope.publish(), v);
-            assert!(r.snapshot() == (v, model.clone()), "{shape:?}: version {v}");
+            assert!(
+                r.snapshot() == Ok((v, model.clone())),
+                "{shape:?}: version {v}"
+            );
             let delta = r.read_changes(v - 1).expect("the changes of one version");
             let mut chunks: Vec<usize> = (at / chunk..=(end - 1) / chunk).collect();
             chunks.push((size - 1) / chunk);
@@ -518,7 +524,7 @@ fn a_second_writer_in_another_process_is_busy() {
     publish_up_to(&mut w, 6);
     assert_eq!(takeovers(&seg), 0);
     let r = seg.region_reader().unwrap();
-    assert_eq!(r.snapshot(), (6, model(&[0; 4096], 0, 6)));
+    assert_eq!(r.snapshot(), Ok((6, model(&[0; 4096], 0, 6))));
 }
 
 #[test]
@@ -549,7 +555,7 @@ fn a_writer_dropped_cleanly_is_continued_without_a_takeover() {
         drop(scope);
         publish_up_to(&mut w, n + count);
         n += count;
-        assert_eq!(r.snapshot(), (n, model(&zero, 0, n)));
+        assert_eq!(r.snapshot(), Ok((n, model(&zero, 0, n))));
         drop(w);
     }
     let ctl = r.memory().control();

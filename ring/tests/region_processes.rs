@@ -555,7 +555,13 @@ impl Mirror {
                 }
             }
             Err(ChangesError::TooOld { .. }) => {
-                let v = r.read_into(&mut self.bytes);
+                let v = match r.read_into(&mut self.bytes) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        stats.violation(format!("mirror resync: {e}"));
+                        return;
+                    }
+                };
                 if v < self.version {
                     stats.violation(format!("mirror resync: {} then {v}", self.version));
                 }
@@ -618,7 +624,13 @@ fn read_loop(seg: &Segment, layout: &str, mirror: bool) {
         // copies a whole version), the others one attempt at a time, counting laps. The large
         // region: attempts only, so that the loop sees the stop flag while the writer bursts.
         let attempt = if layout == "small" && (stats.reads + stats.laps) % 2 == 0 {
-            Some((r.read_into(&mut buf), true))
+            match r.read_into(&mut buf) {
+                Ok(v) => Some((v, true)),
+                Err(e) => {
+                    stats.violation(format!("read_into: {e}"));
+                    continue;
+                }
+            }
         } else {
             r.try_read_with(|p| p.copy_to(0, &mut buf))
         };
@@ -868,7 +880,7 @@ fn role_stuck_reader(name: &str) {
     let r = seg.region_reader().expect("a reader");
     let mut half = vec![0u8; r.shape().size / 2];
     let mut said = false;
-    r.read_with(|p| {
+    let _ = r.read_with(|p| {
         p.copy_to(0, &mut half);
         if !said {
             said = true;
@@ -929,7 +941,7 @@ fn stress(test: &'static str, layout: &str, seg: &Segment, name: &ShmName, write
         counts.push(finish_reader(r, last, *mirror));
     }
     // The region holds the last version, whole.
-    let (v, bytes) = seg.region_reader().unwrap().snapshot();
+    let (v, bytes) = seg.region_reader().unwrap().snapshot().expect("a snapshot");
     assert_eq!(v, last);
     let verify = if layout == "small" {
         small::verify
@@ -1019,7 +1031,7 @@ fn take_over(seg: &Segment, n: u64, takeovers_before: u64) -> Writer<ShmRegion> 
     scope.write_at(at, &data);
     assert_eq!(scope.publish(), n + 1);
     assert!(
-        r.snapshot() == (n + 1, model(size, n + 1)),
+        r.snapshot() == Ok((n + 1, model(size, n + 1))),
         "version {}",
         n + 1
     );
@@ -1034,7 +1046,7 @@ fn take_over(seg: &Segment, n: u64, takeovers_before: u64) -> Writer<ShmRegion> 
     let buffers = r.shape().buffers as u64;
     for _ in 0..2 * buffers {
         let v = publish_next(&mut w);
-        assert!(r.snapshot() == (v, model(size, v)), "version {v}");
+        assert!(r.snapshot() == Ok((v, model(size, v))), "version {v}");
     }
     w
 }
@@ -1056,12 +1068,12 @@ fn a_writer_killed_inside_a_write_scope_leaves_version_n_whole() {
         assert_eq!(child.expect("scribbling"), (n + 1).to_string());
         child.expect("scribbled");
         assert!(
-            r.snapshot() == (n, expected.clone()),
+            r.snapshot() == Ok((n, expected.clone())),
             "while the writer scribbles in its scope, readers see version {n}"
         );
         child.kill();
         assert!(
-            r.snapshot() == (n, expected.clone()),
+            r.snapshot() == Ok((n, expected.clone())),
             "after the writer was killed, readers see version {n}"
         );
         let e = r
@@ -1153,7 +1165,7 @@ fn a_reader_killed_inside_a_read_holds_the_writer_back_in_nothing() {
     let last = lw.version();
     assert!(last >= before + 300);
     let stats = finish_reader(&mut checker, last, false);
-    let (v, bytes) = seg.region_reader().unwrap().snapshot();
+    let (v, bytes) = seg.region_reader().unwrap().snapshot().expect("a snapshot");
     assert_eq!(v, last);
     large::verify(v, &bytes).unwrap_or_else(|e| panic!("the last version: {e}"));
     eprintln!("a_reader_killed_inside_a_read: {last} versions; the other reader: {stats:?}");
