@@ -18,7 +18,8 @@
 //! | `a_reader_in_another_process_*`, `a_writer_in_another_process_*` | `wait_for` sleeps on a *shared* futex: a waker in another process finds the sleeper, and a publish in another process wakes a sleeper here |
 //! | `wait_timeout_*` | `WaitTimeout::writer_alive` says whether a writer is attached: never attached, live in this or another process, dropped, killed |
 //!
-//! Run: `cargo test --release -p shmesh-ring --test region` (about 1 s).
+//! Run: `cargo test --release -p shmesh-ring --test region` (a fraction of a second; about
+//! 2 s in a debug build).
 #![cfg(not(miri))]
 
 mod common;
