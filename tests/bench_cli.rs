@@ -879,3 +879,73 @@ fn bad_fan_options_fail_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn region_pingpong_measures_versions_both_ways() {
+    let _serial = serial();
+    let lines = json_lines(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "region,shm",
+        "--size",
+        "64",
+        "--iters",
+        "500",
+        "--json",
+    ]);
+    check_pingpong(&lines, &["region", "shm"], 64, 500);
+    // Odd and large sizes, both touch modes, every wait strategy.
+    for (size, touch, wait) in [
+        ("3", "all", "yield"),
+        ("100000", "none", "futex"),
+        ("1MiB", "all", "spin"),
+    ] {
+        let lines = json_lines(&[
+            "bench",
+            "pingpong",
+            "--transport",
+            "region",
+            "--size",
+            size,
+            "--iters",
+            "50",
+            "--touch",
+            touch,
+            "--wait",
+            wait,
+            "--json",
+        ]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v = &lines[0];
+        assert_eq!(v["transport"], "region", "{v}");
+        assert_eq!(v["touch"], touch, "{v}");
+        assert_eq!(v["wait"], wait, "{v}");
+        assert_eq!(uint(v, "samples"), 50, "{v}");
+        assert_eq!(
+            uint(v, "size"),
+            shmesh::bench::parse_size(size).unwrap() as u64,
+            "{v}"
+        );
+        assert!(uint(v, "p50_ns") <= uint(v, "max_ns"), "{v}");
+    }
+}
+
+#[test]
+fn region_has_no_throughput_and_says_what_to_use() {
+    for transports in ["region", "shm,region"] {
+        let out = shmesh(&["bench", "throughput", "--transport", transports]);
+        assert!(!out.status.success(), "{transports}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no throughput")
+                && stderr.contains("latest version")
+                && stderr.contains("bench pingpong --transport region"),
+            "{stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing is measured before the error"
+        );
+    }
+}
