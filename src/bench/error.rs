@@ -102,6 +102,27 @@ pub enum BenchError {
         /// The region's latest version.
         latest: u64,
     },
+    /// `shmesh bench snapshot`: the busy writer rewrote the buffer of every copy the reader
+    /// began, for too long.
+    #[error(
+        "no snapshot of the {size}-byte region completed in {waited:?} ({retries} attempts \
+         lapped): the writer, publishing every {interval:?}, rewrote the buffer being copied \
+         each time (with {buffers} buffers a copy must finish before the writer publishes {} \
+         more versions); raise --interval, or leave region-busy out at this size",
+        .buffers - 1
+    )]
+    Starved {
+        /// Region size in bytes.
+        size: usize,
+        /// The busy writer's interval between versions.
+        interval: Duration,
+        /// How long the reader tried.
+        waited: Duration,
+        /// Attempts that the writer lapped meanwhile.
+        retries: u64,
+        /// The region's buffers.
+        buffers: usize,
+    },
     /// A message failed its sanity check: the transport lost, reordered or mangled data.
     #[error(
         "message {seq} failed its sanity check: {detail}; the transport lost, reordered or \

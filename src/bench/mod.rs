@@ -5,6 +5,9 @@
 //!   percentiles (p50, p99, p99.9, max) of one sample per round trip.
 //! - `shmesh bench throughput`: messages per second and bytes per second one way.
 //! - `shmesh bench memcpy`: single-core copy bandwidth, the reference for throughput.
+//! - `shmesh bench snapshot`: how fast a reader copies a whole version out of a region, with
+//!   the writer process idle or publishing, against memcpy at the same size measured in the
+//!   same run ([`snapshot`]).
 //! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
 //!   lines of `pingpong` runs ([`plot`]).
 //!
@@ -14,7 +17,7 @@
 //! message a published version that the other side waits for and copies out; module `region`,
 //! private) has a ping-pong only: a region keeps its latest version, so a reader slower than
 //! the writer skips versions and a throughput would count what nobody read. `shmesh bench
-//! throughput --transport region` says so and points to `pingpong`.
+//! throughput --transport region` says so and points to `pingpong` and `snapshot`.
 //!
 //! The throughput of the MPSC ring (`--writers N` writer processes into one reader) and of
 //! the broadcast ring (one writer to `--readers N` reader processes) runs several peer
@@ -84,6 +87,7 @@ mod process;
 mod region;
 pub mod report;
 mod rings;
+pub mod snapshot;
 mod transport;
 mod typed;
 
@@ -100,7 +104,8 @@ use shmesh_ring::probe::ProbeError;
 use shmesh_ring::{BroadcastPolicy, CacheLineProbe, WaitStrategy};
 
 pub use error::BenchError;
-pub use report::{Fan, MemcpyRow, PingPongRow, Row, Table, ThroughputRow};
+pub use report::{BusyWriter, Fan, MemcpyRow, PingPongRow, Row, SnapshotRow, Table, ThroughputRow};
+pub use snapshot::{run_peer as run_snapshot_peer, SnapshotArgs, SnapshotPeerArgs};
 pub use transport::Transport;
 
 use process::{Peer, TempDir, Watchdog};
@@ -296,6 +301,16 @@ pub enum BenchCommand {
     /// Copies SIZE bytes between two buffers of 2 x SIZE bytes, alternating halves; one warm
     /// run, then the median of 7 runs of about 256 MiB each.
     Memcpy(MemcpyArgs),
+    /// Snapshot bandwidth of a region against single-core memcpy, per region size.
+    ///
+    /// Another process, pinned to a CPU of its own, is the region's writer; it writes every
+    /// byte, answers the cache-line probe (cl_ns), then is idle. Then, in this process: memcpy
+    /// at SIZE (the reference), then region: copies of whole snapshots of the region into a
+    /// buffer of this process (Reader::read_into), and region-busy: the same while the writer
+    /// publishes a small change every --interval, with its rate and the copies it lapped
+    /// (retries). Each is one warm run, then the median of 7 runs of about 256 MiB; the region
+    /// rows give vs_memcpy, their bandwidth over memcpy's.
+    Snapshot(SnapshotArgs),
     /// Draws p50 round-trip latency against message size as an SVG chart.
     ///
     /// Reads the JSON lines of `shmesh bench pingpong --json` (several runs concatenated are
@@ -332,7 +347,8 @@ pub struct BenchArgs {
     /// message into a write scope and publishes a version, the receiver waits for it (with
     /// --wait) and copies the snapshot into its own buffer (with --touch none, the sequence
     /// number's bytes only). Pingpong only, and not in the default list: a region keeps its
-    /// latest version, so it has no throughput.
+    /// latest version, so it has no throughput (see `shmesh bench snapshot` for its read
+    /// bandwidth).
     ///
     /// Built with `--features peers` only: iceoryx2: iceoryx2 publish-subscribe, a [u8]
     /// sample of SIZE bytes per message, busy-polling subscribers. ipc-channel: servo's
@@ -560,6 +576,7 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Pingpong(args) => run_ipc(Bench::PingPong, &args),
         BenchCommand::Throughput(args) => run_ipc(Bench::Throughput, &args),
         BenchCommand::Memcpy(args) => run_memcpy(&args),
+        BenchCommand::Snapshot(args) => snapshot::run(&args),
         BenchCommand::Plot(args) => plot::run(&args),
     }
 }
@@ -1280,9 +1297,22 @@ mod tests {
         assert!(
             e.contains("no throughput")
                 && e.contains("latest version")
-                && e.contains("bench pingpong --transport region"),
+                && e.contains("bench pingpong --transport region")
+                && e.contains("bench snapshot"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn snapshot_is_a_bench_command() {
+        match parse(&["snapshot", "--size", "1MiB", "--json"]).unwrap() {
+            BenchCommand::Snapshot(s) => {
+                assert_eq!(s.size, [1 << 20]);
+                assert!(s.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["snapshot", "--transport", "uds"]).is_err());
     }
 
     #[test]

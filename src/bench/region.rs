@@ -21,7 +21,7 @@
 //! versions. In a ping-pong one message is in flight at a time, so none is skipped (a skipped
 //! or repeated version is an error, never a figure); a throughput over a region would count
 //! versions that nobody read, so `shmesh bench throughput` refuses the transport and names
-//! `pingpong` instead.
+//! `pingpong` and `snapshot` instead (see [`super::snapshot`]).
 //!
 //! A region's writer never waits, and a reader that waits for a version does not notice by
 //! itself that the writer died: both ends wait in slices of [`WAIT_SLICE`] and, between
@@ -223,7 +223,8 @@ pub(crate) fn connect_peer(
 pub(crate) const NO_THROUGHPUT: &str = "the region transport has no throughput: a region \
      keeps only its latest version, so a reader slower than the writer skips versions and a \
      rate of versions would count what nobody read; measure a region's latency with `shmesh \
-     bench pingpong --transport region`";
+     bench pingpong --transport region` and its snapshot bandwidth with `shmesh bench \
+     snapshot`";
 
 /// Fails for a throughput (see [`NO_THROUGHPUT`]).
 pub(crate) fn no_throughput(bench: Bench) -> Result<(), BenchError> {
