@@ -32,6 +32,13 @@
 //! `bytes_per_s` counts the bytes of the snapshots that completed, over the time of the run;
 //! `vs_memcpy` is that over the memcpy figure of the same size.
 //!
+//! The working sets differ: memcpy alternates between the halves of two buffers of
+//! `2 × size` bytes (`4 × size` bytes touched), an idle region's snapshots copy the same
+//! buffer into the same buffer (`2 × size`). Where `4 × size` outgrows a cache level and
+//! `2 × size` does not, `vs_memcpy` can exceed 1: that says where the bytes sit, not that the
+//! snapshot costs less than a copy. A busy writer moves the latest version from buffer to
+//! buffer, which brings the region's working set closer to memcpy's.
+//!
 //! A region reader copies while the writer may rewrite: a copy that the writer lapped (it
 //! published `buffers - 1` versions meanwhile) is retried. A writer that publishes faster than
 //! a reader can copy the region starves it; the parent gives up after [`STARVE`] without a
