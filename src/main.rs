@@ -5,7 +5,7 @@ use std::error::Error;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use shmesh::bench::{self, BenchCommand, PeerArgs};
+use shmesh::bench::{self, BenchCommand, PeerArgs, SnapshotPeerArgs};
 use shmesh::tools::{self, GcArgs, InspectArgs, LsArgs, RmArgs, StatArgs};
 
 /// shmesh: zero-copy IPC over lock-free shared-memory rings.
@@ -18,7 +18,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure IPC between two processes: latency, throughput, and the machine's references.
+    /// Measure IPC between two processes: latency, throughput, region snapshots, and the
+    /// machine's references.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// List every shmesh segment on this host: kind, message type, fill, endpoints, counters.
@@ -34,6 +35,9 @@ enum Command {
     /// The peer process of `shmesh bench` (started by it; not for direct use).
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(PeerArgs),
+    /// The writer process of `shmesh bench snapshot` (started by it; not for direct use).
+    #[command(name = "__bench-snapshot-peer", hide = true)]
+    BenchSnapshotPeer(SnapshotPeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +46,7 @@ fn main() -> ExitCode {
     let result: Result<(), Box<dyn Error>> = match cli.command {
         Command::Bench(command) => bench::run(command).map_err(Into::into),
         Command::BenchPeer(args) => bench::run_peer(&args).map_err(Into::into),
+        Command::BenchSnapshotPeer(args) => bench::run_snapshot_peer(&args).map_err(Into::into),
         Command::Ls(args) => tools::ls(&args, out).map_err(Into::into),
         Command::Inspect(args) => tools::inspect(&args, out).map_err(Into::into),
         Command::Stat(args) => tools::stat(&args, out).map_err(Into::into),

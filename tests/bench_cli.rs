@@ -879,3 +879,198 @@ fn bad_fan_options_fail_with_a_clear_message() {
         "{stderr}"
     );
 }
+
+#[test]
+fn region_pingpong_measures_versions_both_ways() {
+    let _serial = serial();
+    let lines = json_lines(&[
+        "bench",
+        "pingpong",
+        "--transport",
+        "region,shm",
+        "--size",
+        "64",
+        "--iters",
+        "500",
+        "--json",
+    ]);
+    check_pingpong(&lines, &["region", "shm"], 64, 500);
+    // Odd and large sizes, both touch modes, every wait strategy.
+    for (size, touch, wait) in [
+        ("3", "all", "yield"),
+        ("100000", "none", "futex"),
+        ("1MiB", "all", "spin"),
+    ] {
+        let lines = json_lines(&[
+            "bench",
+            "pingpong",
+            "--transport",
+            "region",
+            "--size",
+            size,
+            "--iters",
+            "50",
+            "--touch",
+            touch,
+            "--wait",
+            wait,
+            "--json",
+        ]);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        let v = &lines[0];
+        assert_eq!(v["transport"], "region", "{v}");
+        assert_eq!(v["touch"], touch, "{v}");
+        assert_eq!(v["wait"], wait, "{v}");
+        assert_eq!(uint(v, "samples"), 50, "{v}");
+        assert_eq!(
+            uint(v, "size"),
+            shmesh::bench::parse_size(size).unwrap() as u64,
+            "{v}"
+        );
+        assert!(uint(v, "p50_ns") <= uint(v, "max_ns"), "{v}");
+    }
+}
+
+#[test]
+fn region_has_no_throughput_and_says_what_to_use() {
+    for transports in ["region", "shm,region"] {
+        let out = shmesh(&["bench", "throughput", "--transport", transports]);
+        assert!(!out.status.success(), "{transports}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("no throughput")
+                && stderr.contains("latest version")
+                && stderr.contains("bench pingpong --transport region")
+                && stderr.contains("bench snapshot"),
+            "{stderr}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "nothing is measured before the error"
+        );
+    }
+}
+
+/// Checks the lines of one size of `shmesh bench snapshot --json`: memcpy first, then the
+/// region rows asked for, with their keys and consistent figures.
+fn check_snapshot(lines: &[Value], size: u64, transports: &[&str]) {
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|v| v["transport"].as_str().unwrap_or("?"))
+        .collect();
+    let expected: Vec<&str> = ["memcpy"].iter().chain(transports).copied().collect();
+    assert_eq!(seen, expected, "memcpy first, then idle before busy");
+    let common = ["bench", "transport", "size", "cl_ns", "bytes_per_s"];
+    let memcpy = positive(&lines[0], "bytes_per_s");
+    let cl_ns = positive(&lines[0], "cl_ns");
+    for v in lines {
+        assert_eq!(v["bench"], "snapshot", "{v}");
+        assert_eq!(uint(v, "size"), size, "{v}");
+        assert_eq!(uint(v, "cl_ns"), cl_ns, "one probe per size: {v}");
+        let bytes_per_s = positive(v, "bytes_per_s");
+        let mut keys_expected: BTreeSet<&str> = common.into();
+        match v["transport"].as_str() {
+            Some("memcpy") => {}
+            Some(transport) => {
+                keys_expected.insert("vs_memcpy");
+                let vs = v["vs_memcpy"]
+                    .as_f64()
+                    .unwrap_or_else(|| panic!("vs_memcpy is not a number in {v}"));
+                let ratio = bytes_per_s as f64 / memcpy as f64;
+                assert!(
+                    (vs - ratio).abs() <= 0.001 + ratio * 0.001,
+                    "vs_memcpy {vs} is not bytes_per_s / memcpy's ({ratio}): {v}"
+                );
+                if transport == "region-busy" {
+                    keys_expected.extend([
+                        "interval_ns",
+                        "publishes_per_s",
+                        "snapshots",
+                        "retries",
+                    ]);
+                    positive(v, "snapshots");
+                    uint(v, "retries");
+                    uint(v, "publishes_per_s");
+                }
+            }
+            None => panic!("no transport in {v}"),
+        }
+        assert_eq!(keys(v), keys_expected, "{v}");
+    }
+}
+
+#[test]
+fn snapshot_compares_region_reads_with_memcpy() {
+    let _serial = serial();
+    let lines = json_lines(&["bench", "snapshot", "--size", "4096", "--json"]);
+    check_snapshot(&lines, 4096, &["region", "region-busy"]);
+    assert_eq!(
+        uint(&lines[2], "interval_ns"),
+        100_000,
+        "the default interval"
+    );
+    // 7 timed runs of --iters snapshots.
+    let lines = json_lines(&[
+        "bench",
+        "snapshot",
+        "--size",
+        "100,64k",
+        "--transport",
+        "region-busy,region",
+        "--interval",
+        "20us",
+        "--iters",
+        "200",
+        "--json",
+    ]);
+    assert_eq!(lines.len(), 6, "{lines:?}");
+    // Whatever the order asked: the writer is idle first.
+    check_snapshot(&lines[..3], 100, &["region", "region-busy"]);
+    check_snapshot(&lines[3..], 65536, &["region", "region-busy"]);
+    for busy in [&lines[2], &lines[5]] {
+        assert_eq!(uint(busy, "interval_ns"), 20_000, "{busy}");
+        assert_eq!(uint(busy, "snapshots"), 7 * 200, "{busy}");
+    }
+
+    // The table: a header, then one row per figure, the busy writer noted after it.
+    let out = shmesh(&["bench", "snapshot", "--size", "4k", "--iters", "100"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<&str> = stdout.lines().collect();
+    assert_eq!(rows.len(), 4, "{stdout}");
+    assert!(
+        rows[0].starts_with("transport") && rows[0].contains("vs memcpy"),
+        "{stdout}"
+    );
+    assert!(rows[1].starts_with("memcpy"), "{stdout}");
+    assert!(
+        rows[2].starts_with("region ") && rows[2].ends_with('x'),
+        "{stdout}"
+    );
+    assert!(
+        rows[3].starts_with("region-busy") && rows[3].contains("writer every 100µs"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn bad_snapshot_options_fail_with_a_message() {
+    for (args, says) in [
+        (&["--transport", "shm"][..], "shm"),
+        (&["--transport", "memcpy"], "memcpy"),
+        (&["--interval", "100"], "needs a unit"),
+        (&["--interval", "5s"], "out of range"),
+        (&["--size", "0"], "out of range"),
+        (&["--iters", "0"], "--iters"),
+    ] {
+        let out = shmesh(&[&["bench", "snapshot"][..], args].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: nothing is measured");
+    }
+}

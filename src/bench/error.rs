@@ -40,8 +40,8 @@ pub enum BenchError {
         #[source]
         source: SegmentError,
     },
-    /// An end of a ring could not be attached.
-    #[error("could not attach to the ring '{name}'")]
+    /// An end of a ring, or a region's writer or reader, could not be attached.
+    #[error("could not attach to the ring or region '{name}'")]
     Attach {
         /// Segment name.
         name: String,
@@ -87,6 +87,41 @@ pub enum BenchError {
     Closed {
         /// Messages received before the end of file.
         seq: u64,
+    },
+    /// The writer of a region the benchmark waits on is gone: it detached or died before
+    /// publishing the version awaited.
+    #[error(
+        "the writer of the region '{name}' is gone before it published message {seq} (the \
+         region is at version {latest}): the peer probably failed, see its error"
+    )]
+    RegionWriterGone {
+        /// The region.
+        name: String,
+        /// The message awaited (version `seq + 1`).
+        seq: u64,
+        /// The region's latest version.
+        latest: u64,
+    },
+    /// `shmesh bench snapshot`: the busy writer rewrote the buffer of every copy the reader
+    /// began, for too long.
+    #[error(
+        "no snapshot of the {size}-byte region completed in {waited:?} ({retries} attempts \
+         lapped): the writer, publishing every {interval:?}, rewrote the buffer being copied \
+         each time (with {buffers} buffers a copy must finish before the writer publishes {} \
+         more versions); raise --interval, or leave region-busy out at this size",
+        .buffers - 1
+    )]
+    Starved {
+        /// Region size in bytes.
+        size: usize,
+        /// The busy writer's interval between versions.
+        interval: Duration,
+        /// How long the reader tried.
+        waited: Duration,
+        /// Attempts that the writer lapped meanwhile.
+        retries: u64,
+        /// The region's buffers.
+        buffers: usize,
     },
     /// A message failed its sanity check: the transport lost, reordered or mangled data.
     #[error(

@@ -5,12 +5,19 @@
 //!   percentiles (p50, p99, p99.9, max) of one sample per round trip.
 //! - `shmesh bench throughput`: messages per second and bytes per second one way.
 //! - `shmesh bench memcpy`: single-core copy bandwidth, the reference for throughput.
+//! - `shmesh bench snapshot`: how fast a reader copies a whole version out of a region, with
+//!   the writer process idle or publishing, against memcpy at the same size measured in the
+//!   same run ([`snapshot`]).
 //! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
 //!   lines of `pingpong` runs ([`plot`]).
 //!
 //! The transports: the cache-line floor, the shmesh rings (SPSC, MPSC, broadcast), Unix
 //! sockets, FIFOs and TCP loopback always; iceoryx2 and ipc-channel with the cargo feature
-//! `peers` ([`Transport`]).
+//! `peers` ([`Transport`]). The `region` transport (a versioned region per direction, each
+//! message a published version that the other side waits for and copies out; module `region`,
+//! private) has a ping-pong only: a region keeps its latest version, so a reader slower than
+//! the writer skips versions and a throughput would count what nobody read. `shmesh bench
+//! throughput --transport region` says so and points to `pingpong` and `snapshot`.
 //!
 //! The throughput of the MPSC ring (`--writers N` writer processes into one reader) and of
 //! the broadcast ring (one writer to `--readers N` reader processes) runs several peer
@@ -44,7 +51,9 @@
 //! writes the sequence number only and the receiver reads it only, as iceoryx2's own
 //! benchmark measures (a loan sent untouched). A mismatch is an error, not a figure. The shm
 //! ring is written and read in place (claim, fill, commit; read, touch, release); sockets and
-//! pipes use one `write_all` and one `read_exact` of exactly `size` bytes per message.
+//! pipes use one `write_all` and one `read_exact` of exactly `size` bytes per message; a
+//! region is written in a write scope and published, and read by copying the snapshot out
+//! (with `--touch none`, only the sequence number's bytes are written and copied).
 //!
 //! The transports of the `peers` feature:
 //!
@@ -60,9 +69,10 @@
 //!
 //! Every wait has an end: the probe and the connection set-up have deadlines and check that the
 //! peer still runs; sockets have 10 s send and receive timeouts; a ring call ends with
-//! `PeerGone` when the peer dies; and a watchdog kills the peer when the measured loop makes no
-//! progress for [`STALL`], which ends any wait of the parent. The peer dies with its parent
-//! (`PR_SET_PDEATHSIG`).
+//! `PeerGone` when the peer dies; a region wait ends when the region's writer token is no
+//! longer held (checked every 100 ms); and a watchdog kills the peer when the measured loop
+//! makes no progress for [`STALL`], which ends any wait of the parent. The peer dies with its
+//! parent (`PR_SET_PDEATHSIG`).
 
 mod error;
 mod fanout;
@@ -74,8 +84,10 @@ pub mod memcpy;
 pub mod message;
 pub mod plot;
 mod process;
+mod region;
 pub mod report;
 mod rings;
+pub mod snapshot;
 mod transport;
 mod typed;
 
@@ -92,7 +104,8 @@ use shmesh_ring::probe::ProbeError;
 use shmesh_ring::{BroadcastPolicy, CacheLineProbe, WaitStrategy};
 
 pub use error::BenchError;
-pub use report::{Fan, MemcpyRow, PingPongRow, Row, Table, ThroughputRow};
+pub use report::{BusyWriter, Fan, MemcpyRow, PingPongRow, Row, SnapshotRow, Table, ThroughputRow};
+pub use snapshot::{run_peer as run_snapshot_peer, SnapshotArgs, SnapshotPeerArgs};
 pub use transport::Transport;
 
 use process::{Peer, TempDir, Watchdog};
@@ -288,6 +301,16 @@ pub enum BenchCommand {
     /// Copies SIZE bytes between two buffers of 2 x SIZE bytes, alternating halves; one warm
     /// run, then the median of 7 runs of about 256 MiB each.
     Memcpy(MemcpyArgs),
+    /// Snapshot bandwidth of a region against single-core memcpy, per region size.
+    ///
+    /// Another process, pinned to a CPU of its own, is the region's writer; it writes every
+    /// byte, answers the cache-line probe (cl_ns), then is idle. Then, in this process: memcpy
+    /// at SIZE (the reference), then region: copies of whole snapshots of the region into a
+    /// buffer of this process (Reader::read_into), and region-busy: the same while the writer
+    /// publishes a small change every --interval, with its rate and the copies it lapped
+    /// (retries). Each is one warm run, then the median of 7 runs of about 256 MiB; the region
+    /// rows give vs_memcpy, their bandwidth over memcpy's.
+    Snapshot(SnapshotArgs),
     /// Draws p50 round-trip latency against message size as an SVG chart.
     ///
     /// Reads the JSON lines of `shmesh bench pingpong --json` (several runs concatenated are
@@ -319,6 +342,13 @@ pub struct BenchArgs {
     /// (the rate every reader kept up with); pingpong: one ring per direction with one reader
     /// each. Their throughput needs messages of 8 bytes or more (each carries its writer and
     /// sequence number, which every reader checks).
+    ///
+    /// region: a shmesh versioned region per direction, each SIZE bytes: the sender writes its
+    /// message into a write scope and publishes a version, the receiver waits for it (with
+    /// --wait) and copies the snapshot into its own buffer (with --touch none, the sequence
+    /// number's bytes only). Pingpong only, and not in the default list: a region keeps its
+    /// latest version, so it has no throughput (see `shmesh bench snapshot` for its read
+    /// bandwidth).
     ///
     /// Built with `--features peers` only: iceoryx2: iceoryx2 publish-subscribe, a [u8]
     /// sample of SIZE bytes per message, busy-polling subscribers. ipc-channel: servo's
@@ -546,6 +576,7 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Pingpong(args) => run_ipc(Bench::PingPong, &args),
         BenchCommand::Throughput(args) => run_ipc(Bench::Throughput, &args),
         BenchCommand::Memcpy(args) => run_memcpy(&args),
+        BenchCommand::Snapshot(args) => snapshot::run(&args),
         BenchCommand::Plot(args) => plot::run(&args),
     }
 }
@@ -699,6 +730,9 @@ impl Ctx {
 fn run_ipc(bench: Bench, args: &BenchArgs) -> Result<(), BenchError> {
     for transport in dedup(&args.transport) {
         transport.check_available()?;
+        if transport == Transport::Region {
+            region::no_throughput(bench)?;
+        }
     }
     let measurements = plan(bench, &args.transport, &args.size);
     if measurements.is_empty() {
@@ -1242,6 +1276,43 @@ mod tests {
             &["pingpong", "--transport=mpsc,broadcast", "--size=3"],
         )
         .unwrap();
+    }
+
+    #[test]
+    fn region_has_a_pingpong_and_no_throughput() {
+        let a = ipc_args(&["pingpong", "--transport", "region,shm", "--size", "64"]);
+        assert_eq!(a.transport, [Transport::Region, Transport::Shm]);
+        assert_eq!(
+            plan(Bench::PingPong, &a.transport, &a.size),
+            [(64, Transport::Region), (64, Transport::Shm)]
+        );
+        assert!(!Transport::DEFAULT.contains(&Transport::Region));
+        assert!(
+            Transport::Region.is_shared_memory() && !Transport::Region.fans_out(Bench::PingPong)
+        );
+        region::no_throughput(Bench::PingPong).unwrap();
+        let e = region::no_throughput(Bench::Throughput)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no throughput")
+                && e.contains("latest version")
+                && e.contains("bench pingpong --transport region")
+                && e.contains("bench snapshot"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn snapshot_is_a_bench_command() {
+        match parse(&["snapshot", "--size", "1MiB", "--json"]).unwrap() {
+            BenchCommand::Snapshot(s) => {
+                assert_eq!(s.size, [1 << 20]);
+                assert!(s.json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["snapshot", "--transport", "uds"]).is_err());
     }
 
     #[test]

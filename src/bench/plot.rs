@@ -290,7 +290,8 @@ pub struct Point {
 }
 
 /// Reads the ping-pong results among the JSON lines `text` (from the file `path`, named in
-/// errors). Blank lines and the lines of other benches (`throughput`, `memcpy`) are skipped.
+/// errors). Blank lines and the lines of other benches (`throughput`, `memcpy`, `snapshot`)
+/// are skipped.
 ///
 /// # Errors
 ///
@@ -639,6 +640,8 @@ mod tests {
             r#"{"bench":"throughput","transport":"shm","size":64,"wait":"spin","touch":"all","cl_ns":45,"msgs_per_s":1,"bytes_per_s":64}"#.into(),
             r#"{"bench":"throughput","transport":"broadcast","size":64,"wait":"spin","touch":"all","cl_ns":45,"msgs_per_s":1,"bytes_per_s":64,"readers":2,"policy":"block","per_reader_msgs_per_s":[1,2],"min_reader_msgs_per_s":1,"lost":[0,0]}"#.into(),
             r#"{"bench":"memcpy","size":64,"bytes_per_s":1}"#.into(),
+            r#"{"bench":"snapshot","transport":"memcpy","size":1048576,"cl_ns":46,"bytes_per_s":10000000000}"#.into(),
+            r#"{"bench":"snapshot","transport":"region-busy","size":1048576,"cl_ns":46,"bytes_per_s":9300000000,"vs_memcpy":0.930,"interval_ns":100000,"publishes_per_s":10000,"snapshots":1792,"retries":12}"#.into(),
             // A line from before --touch: touch is "all".
             r#"{"bench":"pingpong","transport":"uds","size":8,"wait":"spin","samples":9,"cl_ns":50,"p50_ns":8000,"p99_ns":9000,"p999_ns":9000,"max_ns":9000}"#.into(),
         ]

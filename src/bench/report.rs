@@ -10,6 +10,9 @@
 //! {"bench":"throughput","transport":"shm","size":64,"wait":"spin","touch":"all","cl_ns":46,
 //!  "msgs_per_s":20000000,"bytes_per_s":1280000000}
 //! {"bench":"memcpy","size":1048576,"bytes_per_s":12000000000}
+//! {"bench":"snapshot","transport":"memcpy","size":1048576,"cl_ns":46,"bytes_per_s":12000000000}
+//! {"bench":"snapshot","transport":"region","size":1048576,"cl_ns":46,"bytes_per_s":11000000000,
+//!  "vs_memcpy":0.917}
 //! ```
 //!
 //! - mpsc throughput: `"writers":N`; `msgs_per_s` is the aggregate of the writers.
@@ -17,11 +20,15 @@
 //!   "min_reader_msgs_per_s":M,"lost":[..]`; `msgs_per_s` is the minimum reader rate (`M`),
 //!   `lost` the messages each reader lost to being lapped (always 0 under `block`).
 //! - broadcast pingpong: `"policy":"block"` (or `"lap"`) after the common keys.
+//! - snapshot `region-busy`: the `region` keys, then `"interval_ns":I,"publishes_per_s":P,
+//!   "snapshots":N,"retries":R` (the busy writer's interval and rate; the snapshots timed and
+//!   the copies among them that the writer lapped and the reader retried).
 
 use std::fmt::Write as _;
 
 use hdrhistogram::Histogram;
 
+use super::snapshot::SnapshotTransport;
 use super::transport::Transport;
 use super::{Policy, Touch, Wait};
 
@@ -184,6 +191,46 @@ pub struct MemcpyRow {
     pub bytes_per_s: f64,
 }
 
+/// Snapshot (or memcpy reference) bandwidth at one region size.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapshotRow {
+    /// memcpy (the reference), region (writer idle) or region-busy.
+    pub transport: SnapshotTransport,
+    /// Region size (bytes per copy).
+    pub size: usize,
+    /// The cache-line round trip between the reader and the writer process, measured before,
+    /// in ns (median).
+    pub cl_ns: u64,
+    /// Bytes of completed copies per second (median of several runs).
+    pub bytes_per_s: f64,
+    /// `bytes_per_s` over memcpy's at the same size (`None` for memcpy itself).
+    pub vs_memcpy: Option<f64>,
+    /// The busy writer (region-busy only).
+    pub busy: Option<BusyWriter>,
+}
+
+/// The writer of a `region-busy` snapshot row, and what it cost the reader.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BusyWriter {
+    /// The interval between two versions the writer aimed at.
+    pub interval: std::time::Duration,
+    /// Versions it published per second while the reader was timed.
+    pub publishes_per_s: f64,
+    /// Snapshots timed (all runs but the warm-up).
+    pub snapshots: u64,
+    /// Copies among them the writer lapped, thrown away and retried.
+    pub retries: u64,
+}
+
+/// A ratio with three decimals (non-finite: 0).
+fn ratio(value: f64) -> String {
+    if value.is_finite() && value > 0.0 {
+        format!("{value:.3}")
+    } else {
+        "0".to_owned()
+    }
+}
+
 /// One measurement.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Row {
@@ -193,6 +240,8 @@ pub enum Row {
     Throughput(ThroughputRow),
     /// `shmesh bench memcpy`.
     Memcpy(MemcpyRow),
+    /// `shmesh bench snapshot`.
+    Snapshot(SnapshotRow),
 }
 
 /// A JSON number for a rate: rounded to an integer (a rate is never NaN or infinite here, but
@@ -244,6 +293,31 @@ impl Row {
                 r.size,
                 rate(r.bytes_per_s)
             ),
+            Row::Snapshot(r) => {
+                let mut json = format!(
+                    "{{\"bench\":\"snapshot\",\"transport\":\"{}\",\"size\":{},\"cl_ns\":{},\
+                     \"bytes_per_s\":{}",
+                    r.transport,
+                    r.size,
+                    r.cl_ns,
+                    rate(r.bytes_per_s)
+                );
+                if let Some(vs) = r.vs_memcpy {
+                    let _ = write!(json, ",\"vs_memcpy\":{}", ratio(vs));
+                }
+                if let Some(b) = &r.busy {
+                    let _ = write!(
+                        json,
+                        ",\"interval_ns\":{},\"publishes_per_s\":{},\"snapshots\":{},\
+                         \"retries\":{}",
+                        b.interval.as_nanos(),
+                        rate(b.publishes_per_s),
+                        b.snapshots,
+                        b.retries
+                    );
+                }
+                json + "}"
+            }
         }
     }
 
@@ -293,6 +367,28 @@ impl Row {
                 r.bytes_per_s / 1e9,
                 rate(r.bytes_per_s)
             ),
+            Row::Snapshot(r) => {
+                let vs = r.vs_memcpy.map(|v| format!("{v:.2}x")).unwrap_or_default();
+                let mut row = format!(
+                    "{:<11} {:>8} {:>6} {:>10.2} {:>9}",
+                    r.transport.name(),
+                    format_size(r.size),
+                    r.cl_ns,
+                    r.bytes_per_s / 1e9,
+                    vs
+                );
+                if let Some(b) = &r.busy {
+                    let _ = write!(
+                        row,
+                        "  writer every {:?} ({} versions/s): {} snapshots, {} retries",
+                        b.interval,
+                        rate(b.publishes_per_s),
+                        b.snapshots,
+                        b.retries
+                    );
+                }
+                row
+            }
         }
     }
 }
@@ -306,6 +402,8 @@ pub enum Table {
     Throughput,
     /// memcpy bandwidth.
     Memcpy,
+    /// Snapshot bandwidth against memcpy.
+    Snapshot,
 }
 
 impl Table {
@@ -330,6 +428,10 @@ impl Table {
                 "transport", "size", "wait", "touch", "messages", "cl_ns", "msgs/s", "MB/s"
             ),
             Table::Memcpy => format!("{:>7} {:>10} {:>14}", "size", "GB/s", "bytes/s"),
+            Table::Snapshot => format!(
+                "{:<11} {:>8} {:>6} {:>10} {:>9}",
+                "transport", "size", "cl_ns", "GB/s", "vs memcpy"
+            ),
         }
     }
 }
@@ -542,6 +644,69 @@ mod tests {
         assert!(nan.ends_with(r#""bytes_per_s":0}"#), "{nan}");
     }
 
+    fn snapshot_row(transport: SnapshotTransport) -> SnapshotRow {
+        SnapshotRow {
+            transport,
+            size: 1 << 20,
+            cl_ns: 46,
+            bytes_per_s: 9.3e9,
+            vs_memcpy: (transport != SnapshotTransport::Memcpy).then_some(0.93),
+            busy: (transport == SnapshotTransport::RegionBusy).then(|| BusyWriter {
+                interval: std::time::Duration::from_micros(100),
+                publishes_per_s: 9_999.6,
+                snapshots: 1792,
+                retries: 12,
+            }),
+        }
+    }
+
+    #[test]
+    fn snapshot_json_has_exactly_the_required_keys() {
+        let json = Row::Snapshot(SnapshotRow {
+            bytes_per_s: 1e10,
+            ..snapshot_row(SnapshotTransport::Memcpy)
+        })
+        .to_json();
+        assert_eq!(
+            json,
+            r#"{"bench":"snapshot","transport":"memcpy","size":1048576,"cl_ns":46,"bytes_per_s":10000000000}"#
+        );
+        let json = Row::Snapshot(snapshot_row(SnapshotTransport::Region)).to_json();
+        assert_eq!(
+            json,
+            r#"{"bench":"snapshot","transport":"region","size":1048576,"cl_ns":46,"bytes_per_s":9300000000,"vs_memcpy":0.930}"#
+        );
+        let json = Row::Snapshot(snapshot_row(SnapshotTransport::RegionBusy)).to_json();
+        assert_eq!(
+            keys(&json),
+            [
+                "bench",
+                "transport",
+                "size",
+                "cl_ns",
+                "bytes_per_s",
+                "vs_memcpy",
+                "interval_ns",
+                "publishes_per_s",
+                "snapshots",
+                "retries"
+            ]
+        );
+        assert!(
+            json.starts_with(r#"{"bench":"snapshot","transport":"region-busy","#),
+            "{json}"
+        );
+        assert!(
+            json.ends_with(
+                r#""interval_ns":100000,"publishes_per_s":10000,"snapshots":1792,"retries":12}"#
+            ),
+            "{json}"
+        );
+        let mut odd = snapshot_row(SnapshotTransport::Region);
+        odd.vs_memcpy = Some(f64::NAN);
+        assert!(Row::Snapshot(odd).to_json().ends_with(r#""vs_memcpy":0}"#));
+    }
+
     #[test]
     fn percentiles_come_from_the_histogram_in_order() {
         let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
@@ -603,5 +768,20 @@ mod tests {
         .to_table();
         assert_eq!(row.len(), Table::Memcpy.header().len(), "{row}");
         assert!(row.contains("12.50"), "{row}");
+        let header = Table::Snapshot.header();
+        for t in [SnapshotTransport::Memcpy, SnapshotTransport::Region] {
+            let row = Row::Snapshot(snapshot_row(t)).to_table();
+            assert_eq!(row.len(), header.len(), "\n{header}\n{row}");
+            assert!(row.starts_with(t.name()) && row.contains("9.30"), "{row}");
+        }
+        let row = Row::Snapshot(snapshot_row(SnapshotTransport::Region)).to_table();
+        assert!(row.ends_with("0.93x"), "{row}");
+        let row = Row::Snapshot(snapshot_row(SnapshotTransport::RegionBusy)).to_table();
+        assert!(
+            row.ends_with(
+                "0.93x  writer every 100µs (10000 versions/s): 1792 snapshots, 12 retries"
+            ),
+            "{row}"
+        );
     }
 }

@@ -17,7 +17,8 @@
 //! A socket message is exactly `size` bytes, sent with one `write_all` and received with one
 //! `read_exact`, as an application would (with `--touch none` too: the kernel copies every
 //! byte). A ring message is claimed, written in place and committed; read in place and
-//! released.
+//! released. A region message (`super::region`) is written into a write scope and published
+//! as a version; the receiver waits for that version and copies it out.
 //!
 //! The transports of the `peers` feature live in their own modules: `iceoryx2`
 //! (`super::iceoryx`, a loaned `[u8]` sample per message) and `ipc-channel` (`super::ipc`,
@@ -73,11 +74,15 @@ pub enum Transport {
     /// The shmesh one-writer, many-reader broadcast ring: one writer to `--readers` reader
     /// processes (throughput); one reader per direction (pingpong).
     Broadcast,
+    /// A shmesh versioned region per direction: each message is a published version, waited
+    /// for and copied out as a snapshot (pingpong only: a region keeps its latest version, so
+    /// it has no throughput).
+    Region,
 }
 
 impl Transport {
     /// Every transport.
-    pub const ALL: [Transport; 10] = [
+    pub const ALL: [Transport; 11] = [
         Transport::Cacheline,
         Transport::Shm,
         Transport::Uds,
@@ -88,9 +93,11 @@ impl Transport {
         Transport::Typed,
         Transport::Mpsc,
         Transport::Broadcast,
+        Transport::Region,
     ];
 
-    /// The default `--transport` list: those that need no optional feature.
+    /// The default `--transport` list: those that need no optional feature and have both a
+    /// ping-pong and a throughput (not `region`).
     pub const DEFAULT: [Transport; 7] = [
         Transport::Cacheline,
         Transport::Shm,
@@ -114,6 +121,7 @@ impl Transport {
             Transport::Typed => "typed",
             Transport::Mpsc => "mpsc",
             Transport::Broadcast => "broadcast",
+            Transport::Region => "region",
         }
     }
 
@@ -140,6 +148,7 @@ impl Transport {
                 | Transport::Typed
                 | Transport::Mpsc
                 | Transport::Broadcast
+                | Transport::Region
         )
     }
 
@@ -448,6 +457,8 @@ pub(crate) enum ParentSetup {
     Typed(Box<super::typed::TypedEndpoint>),
     /// The parent's ends of the MPSC or broadcast ping-pong rings.
     Rings(Box<super::rings::ParentRings>),
+    /// The parent's ends of the ping-pong regions.
+    Region(Box<super::region::RegionEndpoint>),
 }
 
 /// Where the transport named `tag` lives, and how its ends are set.
@@ -600,6 +611,10 @@ impl ParentSetup {
                 let rings = super::rings::ParentRings::new(plan)?;
                 Ok((ParentSetup::Rings(Box::new(rings)), tag.to_owned()))
             }
+            Transport::Region => {
+                let ep = super::region::parent(plan)?;
+                Ok((ParentSetup::Region(Box::new(ep)), tag.to_owned()))
+            }
             #[cfg(not(feature = "peers"))]
             transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
                 Err(BenchError::NeedsPeers { transport })
@@ -676,6 +691,7 @@ impl ParentSetup {
             ParentSetup::IpcChannel(setup) => setup.connect(plan, alive),
             ParentSetup::Typed(ep) => super::typed::connect(*ep, alive),
             ParentSetup::Rings(rings) => rings.connect(alive),
+            ParentSetup::Region(ep) => super::region::connect(*ep, alive),
         }
     }
 }
@@ -948,6 +964,7 @@ pub(crate) fn connect_peer(
         Transport::IpcChannel => super::ipc::connect_peer(plan, endpoint),
         Transport::Typed => super::typed::connect_peer(plan, endpoint),
         Transport::Mpsc | Transport::Broadcast => super::rings::connect_peer(plan, endpoint),
+        Transport::Region => super::region::connect_peer(plan, endpoint),
         #[cfg(not(feature = "peers"))]
         transport @ (Transport::Iceoryx2 | Transport::IpcChannel) => {
             Err(BenchError::NeedsPeers { transport })
