@@ -2618,6 +2618,51 @@ mod tests {
         assert_eq!(r.changes[0].state, EntryState::NotCopied);
     }
 
+    /// Writes whole segment files as seeds for the `inspect_decode` fuzz target: `cargo test
+    /// --release -p shmesh-ring --lib -- --ignored write_fuzz_seeds`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/inspect_decode; run it when the layout changes"]
+    fn write_fuzz_seeds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/inspect_decode");
+        std::fs::create_dir_all(dir).unwrap();
+        let seed = |file: &str, name: &str| {
+            let bytes = std::fs::read(object_path(name)).unwrap();
+            std::fs::write(format!("{dir}/{file}"), bytes).unwrap();
+        };
+        let ring = |file: &str, make: &dyn Fn(&str) -> SegmentBuilder| {
+            let name = name(file);
+            let _clean = Cleanup(name.clone());
+            let _seg = make(&name).create().unwrap();
+            seed(file, &name);
+        };
+        ring("spsc", &|n| SegmentBuilder::new(n).capacity(4096));
+        ring("mpsc", &|n| {
+            SegmentBuilder::new(n)
+                .kind(SegmentKind::MpscRing)
+                .capacity(4096)
+                .endpoints(3)
+        });
+        ring("broadcast", &|n| {
+            SegmentBuilder::new(n)
+                .kind(SegmentKind::BroadcastRing)
+                .capacity(4096)
+                .endpoints(3)
+                .history(4)
+        });
+        let name = name("seed-region");
+        let _clean = Cleanup(name.clone());
+        let seg = region(&name);
+        seed("region-fresh", &name);
+        let mut writer = seg.region_writer().unwrap();
+        publish(&mut writer, 10);
+        seed("region-written", &name);
+        let scope = writer.write();
+        seed("region-writing", &name);
+        drop(scope);
+        publish(&mut writer, 100);
+        seed("region-wrapped", &name);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
