@@ -15,6 +15,9 @@
 //! | `inspect_calls_out_each_scribbled_field` | bad magic, wrong version, capacity, data offset, unknown kind, truncated files: each problem, in `inspect` and `ls`, and `gc` removes only the unheld ones |
 //! | `rm_refuses_what_is_in_use_and_removes_what_is_not` | a handle without endpoint, a missing name, an invalid name |
 //! | `stat_reports_rates_of_a_running_writer_and_ends_when_it_vanishes` | non-zero rates in JSON and plain lines; a vanished segment ends `stat` with a clear error |
+//! | `regions_are_listed_with_their_version_and_removed_only_once_their_writer_died` | a region written by a live process: `ls` (JSON and table) shows kind, size, version and the writer; `inspect` its shape, buffers, writer and history; `rm` refuses naming the writer's pid, `gc` keeps it; after SIGKILL: dead writer, `gc` removes it |
+//! | `inspect_calls_out_a_scribbled_region` | a region's stored stride and latest buffer word scribbled: each a problem in `inspect` and `ls`; a region nobody holds is removed by `rm` |
+//! | `stat_reports_versions_per_second_of_a_region` | versions per second and chunks per version, JSON and plain |
 
 use std::fmt::Display;
 use std::fs;
@@ -181,6 +184,8 @@ fn child_entry() {
         ["consumer", name, n] => consumer(name, n.parse().unwrap()),
         ["stream", name] => stream(name),
         ["creator-loop", name] => creator_loop(name),
+        ["region-writer", name, n] => region_writer(name, n.parse().unwrap()),
+        ["region-stream", name] => region_stream(name),
         other => panic!("unknown child role {other:?}"),
     }
 }
@@ -197,6 +202,59 @@ fn producer(name: &str, n: usize) {
     }
     say("written", n);
     wait_for_parent();
+}
+
+/// The regions of these tests: [`REGION_SIZE`] bytes in 64 chunks of 64 bytes, 3 buffers,
+/// history 8.
+fn create_region(name: &str) -> shmesh_ring::Segment {
+    SegmentBuilder::new(name)
+        .kind(SegmentKind::Region)
+        .capacity(REGION_SIZE)
+        .buffers(3)
+        .chunk_size(64)
+        .history(8)
+        .create()
+        .unwrap()
+}
+
+/// Bytes of the test regions.
+const REGION_SIZE: u64 = 4096;
+
+/// Publishes the next version of a test region: version `v` changes chunks `v % 64` and
+/// `(v + 3) % 64`, two chunks each.
+fn publish_next(writer: &mut shmesh_ring::region::Writer<shmesh_ring::ShmRegion>) -> u64 {
+    let v = writer.version() + 1;
+    let mut scope = writer.write();
+    scope.write_at((v % 64) as usize * 64, &v.to_le_bytes());
+    scope.write_at(((v + 3) % 64) as usize * 64, &v.to_le_bytes());
+    scope.publish()
+}
+
+/// Creates a region, publishes `n` versions as its writer, then begins version `n + 1` and
+/// waits for the parent inside that write scope.
+fn region_writer(name: &str, n: u64) {
+    let seg = create_region(name);
+    let mut writer = seg.region_writer().unwrap();
+    for _ in 0..n {
+        publish_next(&mut writer);
+    }
+    let mut scope = writer.write();
+    scope.write_at(0, b"never published");
+    say("published", n);
+    wait_for_parent();
+    drop(scope);
+}
+
+/// Creates a region and publishes versions until the parent says stop.
+fn region_stream(name: &str) {
+    let seg = create_region(name);
+    let mut writer = seg.region_writer().unwrap();
+    let stop = stop_flag();
+    say("ready", "");
+    while !stop.load(Ordering::Acquire) {
+        publish_next(&mut writer);
+        thread::sleep(Duration::from_micros(500));
+    }
 }
 
 /// Reads `n` messages of the ring `name`, waits for the parent.
@@ -357,6 +415,10 @@ fn ls_shows_live_then_dead_endpoints_and_gc_removes_only_the_dead() {
 
     let table = shmesh_ok(&["ls", "--prefix", &name.0]);
     assert!(table.starts_with("NAME"), "{table}");
+    assert!(
+        !table.contains("VERSION"),
+        "no region listed, no VERSION column: {table}"
+    );
     let row = table.lines().find(|l| l.starts_with(&name.0)).expect("row");
     assert!(
         row.contains(&format!("producer {} alive", producer.pid()))
@@ -786,4 +848,233 @@ fn stat_reports_rates_of_a_running_writer_and_ends_when_it_vanishes() {
 
     let err = shmesh_err(&["stat", &name.0, "--count", "1"]);
     assert!(err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn regions_are_listed_with_their_version_and_removed_only_once_their_writer_died() {
+    let _w = Watchdog::new("regions_are_listed", TEST_LIMIT);
+    const N: u64 = 20;
+    let name = Name::new("region");
+    let mut writer = Proc::spawn("region-writer", &[&name, &N]);
+    assert_eq!(writer.expect("published"), N.to_string());
+    let pid = writer.pid();
+
+    let v = ls_record(&name).expect("the region is listed");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["kind"], "region");
+    assert_eq!(v["kind_code"], 5);
+    assert_eq!(v["version"], N);
+    assert_eq!(v["region_size"], REGION_SIZE);
+    assert_eq!(v["history"], 8);
+    assert!(v["capacity"].is_null() && v["fill_bytes"].is_null(), "{v}");
+    assert_eq!(v["in_use"], true);
+    assert_eq!(v["creator_pid"], pid);
+    assert_eq!(v["endpoints_alive"], 1);
+    let w = endpoint(&v, "writer");
+    assert_eq!(
+        (&w["pid"], &w["status"], &w["slot"]),
+        (&pid.into(), &"alive".into(), &0.into())
+    );
+
+    let table = shmesh_ok(&["ls", "--prefix", &name.0]);
+    let head = table.lines().next().unwrap();
+    assert!(head.contains("FILL") && head.contains("VERSION"), "{table}");
+    let row = table.lines().find(|l| l.starts_with(&name.0)).expect("row");
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    // NAME KIND TYPE CAPACITY(2 words) FILL VERSION MESSAGES BYTES AGE ENDPOINTS...
+    assert_eq!(
+        &cells[1..7],
+        &["region", "bytes", "4", "KiB", "-", "20"],
+        "{row}"
+    );
+    assert!(row.contains(&format!("writer {pid} alive")), "{row}");
+
+    let v = inspect_json(&name);
+    assert_eq!(v["valid"], true, "{v}");
+    let r = &v["region"];
+    assert_eq!(r["latest"], N);
+    assert_eq!(r["latest_buffer"], N % 3);
+    assert_eq!(r["oldest_changes"], N - 7);
+    assert_eq!(
+        (&r["size"], &r["buffers"], &r["chunk_size"]),
+        (&REGION_SIZE.into(), &3.into(), &64.into())
+    );
+    assert_eq!(r["shape"]["chunks"], 64);
+    assert_eq!(r["shape"]["buffer_offset"], v["header"]["data_offset"]);
+    let buffers = r["buffer_versions"].as_array().unwrap();
+    assert_eq!(buffers.len(), 3);
+    assert_eq!(buffers[(N % 3) as usize]["version"], N);
+    // The writer waits inside the scope of version N + 1: its buffer says so.
+    let next = ((N + 1) % 3) as usize;
+    assert_eq!(buffers[next]["writing"], true, "{r}");
+    assert!(buffers[next]["version"].is_null());
+    assert_eq!(r["writer"]["pid"], pid);
+    assert_eq!(r["writer"]["alive"], true);
+    assert_eq!(r["writer"]["attach_count"], 1);
+    assert_eq!(r["publishes"], N);
+    assert_eq!(r["takeovers"], 0);
+    let changes = r["changes"].as_array().unwrap();
+    let versions: Vec<u64> = changes
+        .iter()
+        .map(|c| c["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, (N - 6..=N).rev().collect::<Vec<_>>());
+    for c in changes {
+        let version = c["version"].as_u64().unwrap();
+        assert_eq!(c["state"], "present", "{c}");
+        assert_eq!(c["changed_chunks"], 2, "{c}");
+        let mut chunks = vec![version % 64, (version + 3) % 64];
+        chunks.sort();
+        assert_eq!(c["first_chunks"], serde_json::json!(chunks));
+    }
+    let report = shmesh_ok(&["inspect", &name.0]);
+    for line in [
+        "kind               5 (region)",
+        "capacity           4096 (4 KiB, the region's size)",
+        "history            8 versions of change history",
+        "latest version     20",
+        "buffer 2           20 <- holds the latest version",
+        "buffer 0           writing (the writer is rewriting it, or died doing so)",
+        &format!("writer             pid {pid}: alive, attached 1 time(s)"),
+        "oldest changes     changes_since answers from version 13 on",
+        "version 20         entry 4: 2 chunk(s) changed: 20, 23",
+        "valid: no problems found",
+    ] {
+        assert!(report.contains(line), "{line:?} missing from\n{report}");
+    }
+
+    // A live writer: rm refuses, naming it; gc keeps the region.
+    let err = shmesh_err(&["rm", &name.0]);
+    assert!(
+        err.contains("live endpoints") && err.contains(&format!("writer (slot 0, pid {pid})")),
+        "{err}"
+    );
+    let gc = shmesh_ok(&["gc", "--prefix", &name.0]);
+    assert!(gc.contains("kept 1 in use"), "{gc}");
+    assert!(name.path().exists());
+
+    // Killed inside its write scope: the buffer it was rewriting stays marked, which is no
+    // problem (readers read the latest version, in another buffer).
+    writer.kill();
+    let v = ls_record(&name).expect("still listed");
+    assert_eq!(v["valid"], true, "{v}");
+    assert_eq!(v["in_use"], false);
+    assert_eq!(v["version"], N, "the version survives its writer");
+    assert_eq!(endpoint(&v, "writer")["status"], "dead");
+    assert_eq!(
+        inspect_json(&name)["region"]["buffer_versions"][next]["writing"],
+        true
+    );
+
+    // A new writer takes over and continues the versions.
+    let seg = SegmentBuilder::new(&name.0)
+        .kind(SegmentKind::Region)
+        .open()
+        .unwrap();
+    let mut takeover = seg.region_writer().unwrap();
+    assert_eq!(publish_next(&mut takeover), N + 1);
+    let v = inspect_json(&name);
+    assert_eq!(v["valid"], true, "{v}");
+    let r = &v["region"];
+    assert_eq!(
+        (&r["latest"], &r["takeovers"]),
+        (&(N + 1).into(), &1.into())
+    );
+    assert_eq!(r["writer"]["pid"], std::process::id());
+    assert_eq!(r["writer"]["attach_count"], 2);
+    assert_eq!(r["changes"][0]["changed_chunks"], 2);
+    drop(takeover);
+    drop(seg);
+    assert_eq!(ls_record(&name).unwrap()["in_use"], false);
+
+    let dry = shmesh_ok(&["gc", "--dry-run", "--prefix", &name.0]);
+    assert!(
+        dry.contains(&format!("would remove {}", name.0))
+            && dry.contains(&format!("writer pid {} closed", std::process::id())),
+        "{dry}"
+    );
+    let gc = shmesh_ok(&["gc", "--prefix", &name.0]);
+    assert!(gc.contains(&format!("removed {}", name.0)), "{gc}");
+    assert!(!name.path().exists());
+}
+
+#[test]
+fn inspect_calls_out_a_scribbled_region() {
+    let _w = Watchdog::new("inspect_calls_out_a_scribbled_region", TEST_LIMIT);
+    let name = Name::new("region-scribble");
+    let seg = create_region(&name.0);
+    let mut writer = seg.region_writer().unwrap();
+    for _ in 0..4 {
+        publish_next(&mut writer);
+    }
+    assert_eq!(inspect_json(&name)["valid"], true);
+    let ctl = layout::REGION_OFFSET as u64;
+    // The stored stride (at 288 in the block), and buffer 1's version word (the latest, 4).
+    scribble(&name, ctl + 288, &7u64.to_le_bytes());
+    scribble(&name, ctl + 8 + 8, &3u64.to_le_bytes());
+    let v = inspect_json(&name);
+    assert_eq!(v["valid"], false);
+    let fields = problem_fields(&v);
+    for field in ["region stride", "buffer 1"] {
+        assert!(fields.contains(&field.to_owned()), "{field} missing: {v}");
+    }
+    let report = shmesh_ok(&["inspect", &name.0]);
+    assert!(
+        report.contains("region stride      7 (expected 4096)")
+            && report.contains("^ PROBLEM: 3, expected 4: the latest version lives in buffer 1"),
+        "{report}"
+    );
+    let listed = ls_record(&name).unwrap();
+    assert_eq!(listed["valid"], false);
+    assert_eq!(listed["version"], 4);
+
+    // A region nobody holds: a copy of the file. rm removes it.
+    let copy = Name::new("region-scribble-copy");
+    fs::write(copy.path(), fs::read(name.path()).unwrap()).unwrap();
+    assert_eq!(
+        shmesh_ok(&["rm", &copy.0]).trim(),
+        format!("removed {copy}")
+    );
+    assert!(!copy.path().exists());
+    drop(writer);
+    drop(seg);
+    assert!(!name.path().exists(), "the creator unlinks on drop");
+}
+
+#[test]
+fn stat_reports_versions_per_second_of_a_region() {
+    let _w = Watchdog::new("stat_reports_versions_per_second", TEST_LIMIT);
+    let name = Name::new("region-stat");
+    let mut stream = Proc::spawn("region-stream", &[&name]);
+    stream.expect("ready");
+    let out = shmesh_ok(&[
+        "stat",
+        &name.0,
+        "--interval",
+        "500",
+        "--count",
+        "2",
+        "--json",
+    ]);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("stat --json line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    for line in &lines {
+        assert!(line["versions_per_s"].as_f64().unwrap() > 0.0, "{line}");
+        assert_eq!(line["chunks_per_version"], 2.0, "{line}");
+        assert_eq!(line["endpoints_alive"], 1);
+    }
+    assert!(lines[1]["version"].as_u64() > lines[0]["version"].as_u64());
+
+    let out = shmesh_ok(&["stat", &name.0, "--interval", "500", "--count", "1"]);
+    let line = out.lines().next().expect("a line");
+    assert!(
+        line.contains(" versions/s | 2.0 chunks/version | alive 1/1"),
+        "{line}"
+    );
+    stream.close_stdin();
+    stream.wait_success();
+    assert!(!name.path().exists());
 }

@@ -14,6 +14,14 @@
 //!   `Relaxed` atomic loads of each field's own size, and unmaps. Positions are copied so that
 //!   they can be compared: the tail is read after every head and cursor, and the copy is taken
 //!   again while a head or cursor moved meanwhile ([`Snapshot::settled`]).
+//! - Regions (kind 5) have no positions: the snapshot copies their control block (latest
+//!   version, the version word of each buffer, the shape) and the change-history entries of
+//!   the latest [`HISTORY_SHOWN`] versions after loading `latest` (then an `Acquire` fence),
+//!   checks each entry's version tag again after copying it (the entries are seqlocks, see
+//!   [`crate::region`]), and loads `latest` again at the end: the copy is settled when neither
+//!   moved, and taken again otherwise. A settled copy shows the region as it was when `latest`
+//!   was read, so the checks that compare versions (the latest version's buffer holds it, each
+//!   shown entry describes its version) report junk, never a race.
 //! - [`Snapshot::decode`] is plain safe code over those bytes: every field as found, and a
 //!   [`Problem`] for everything `SegmentBuilder::open` would refuse and a few more impossible
 //!   values. It never panics, whatever the bytes (a property test feeds it random ones).
@@ -25,7 +33,8 @@
 //!
 //! Like every process that maps a segment, a tool gets `SIGBUS` if a process of the same user
 //! truncates the object while the tool copies it. shmesh never truncates a segment; a tool maps
-//! at most [`MAX_METADATA`] bytes, for the duration of one copy.
+//! at most [`MAX_METADATA`] bytes (for a region, up to the end of its change history, at most
+//! [`REGION_MAP_LIMIT`] bytes), for the duration of one copy.
 //!
 //! # Examples
 //!
@@ -53,8 +62,9 @@ use rustix::io::Errno;
 use thiserror::Error;
 
 use crate::layout::{
-    self, slot_offset, unpack_text, CONTROL_OFFSET, DATA_OFFSET, EXTRA_SLOTS_OFFSET, EXT_OFFSET,
-    LAYOUT_VERSION, LINE, MAGIC, MAX_HISTORY, MAX_SLOTS, POLICY_BLOCK, POLICY_LAP, RECORD_ALIGN,
+    self, slot_offset, unpack_text, RegionShape, CONTROL_OFFSET, DATA_OFFSET, EXTRA_SLOTS_OFFSET,
+    EXT_OFFSET, LAYOUT_VERSION, LINE, MAGIC, MAX_HISTORY, MAX_REGION_BUFFERS, MAX_SLOTS,
+    POLICY_BLOCK, POLICY_LAP, RECORD_ALIGN, REGION_HISTORY_OFFSET, REGION_OFFSET, REGION_WRITING,
     SCHEMA_OFFSET, SCHEMA_TEXT_LEN, SLOTS_OFFSET, SLOT_ATTACHED, SLOT_CLOSED, SLOT_NEVER,
 };
 use crate::memory::BroadcastPolicy;
@@ -72,6 +82,18 @@ pub const MAX_METADATA: usize = slot_offset(MAX_SLOTS);
 
 /// How many times a snapshot is taken again while heads or cursors move under it.
 const SETTLE_ATTEMPTS: usize = 16;
+
+/// Regions: how many of the latest versions' change-history entries a snapshot copies.
+pub const HISTORY_SHOWN: usize = 8;
+
+/// Regions: the longest history entry a snapshot copies whole, in words (the version tag and
+/// a bitmap of 1 Mi chunks). Of a longer entry only the tag is copied: the decoding says the
+/// version is there but not how many chunks it changed.
+pub const MAX_ENTRY_WORDS: usize = 1 + (1 << 14);
+
+/// Regions: the most bytes of the object a snapshot maps to reach the change history (from
+/// the start of the object). Entries past it are not copied.
+pub const REGION_MAP_LIMIT: usize = 64 << 20;
 
 /// Offsets of the fields inside the segment header (see [`layout::SegmentHeader`]).
 mod at {
@@ -146,6 +168,60 @@ const _: () = {
     assert!(offset_of!(SchemaBlock, rejected_text) == at::REJECTED_TEXT);
     assert!(at::SCHEMA_END <= size_of::<SchemaBlock>());
     assert!(SCHEMA_OFFSET + size_of::<SchemaBlock>() == EXT_OFFSET);
+};
+
+/// Offsets of the fields of a region's control block, from [`REGION_OFFSET`] (see
+/// [`layout::RegionControl`]).
+mod rat {
+    pub const LATEST: usize = 0;
+    pub const BUFFER_VERSION: usize = 8;
+    pub const NOTIFY: usize = 72;
+    pub const RESERVED0: usize = 76;
+    pub const RESERVED1: usize = 80;
+    pub const PARKED: usize = 128;
+    pub const RESERVED2: usize = 132;
+    pub const SIZE: usize = 256;
+    pub const BUFFERS: usize = 264;
+    pub const CHUNK_SIZE: usize = 268;
+    pub const HISTORY: usize = 272;
+    pub const ENTRY_WORDS: usize = 276;
+    pub const BUFFER_OFFSET: usize = 280;
+    pub const STRIDE: usize = 288;
+    pub const PUBLISHES: usize = 296;
+    pub const TAKEOVERS: usize = 304;
+    pub const RESERVED3: usize = 312;
+    pub const END: usize = 384;
+
+    /// Whether the 8-byte word at `off` (from the block's start) holds two `u32` fields.
+    pub fn holds_u32_pair(off: usize) -> bool {
+        off == NOTIFY || (PARKED..SIZE).contains(&off) || off == BUFFERS || off == HISTORY
+    }
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    use crate::layout::RegionControl;
+    use std::mem::{offset_of, size_of};
+    assert!(offset_of!(RegionControl, latest) == rat::LATEST);
+    assert!(offset_of!(RegionControl, buffer_version) == rat::BUFFER_VERSION);
+    assert!(offset_of!(RegionControl, notify) == rat::NOTIFY);
+    assert!(offset_of!(RegionControl, reserved0) == rat::RESERVED0);
+    assert!(offset_of!(RegionControl, reserved1) == rat::RESERVED1);
+    assert!(offset_of!(RegionControl, parked) == rat::PARKED);
+    assert!(offset_of!(RegionControl, reserved2) == rat::RESERVED2);
+    assert!(offset_of!(RegionControl, size) == rat::SIZE);
+    assert!(offset_of!(RegionControl, buffers) == rat::BUFFERS);
+    assert!(offset_of!(RegionControl, chunk_size) == rat::CHUNK_SIZE);
+    assert!(offset_of!(RegionControl, history) == rat::HISTORY);
+    assert!(offset_of!(RegionControl, entry_words) == rat::ENTRY_WORDS);
+    assert!(offset_of!(RegionControl, buffer_offset) == rat::BUFFER_OFFSET);
+    assert!(offset_of!(RegionControl, stride) == rat::STRIDE);
+    assert!(offset_of!(RegionControl, publishes) == rat::PUBLISHES);
+    assert!(offset_of!(RegionControl, takeovers) == rat::TAKEOVERS);
+    assert!(offset_of!(RegionControl, reserved3) == rat::RESERVED3);
+    assert!(size_of::<RegionControl>() == rat::END);
+    assert!(REGION_OFFSET + rat::END == REGION_HISTORY_OFFSET);
+    assert!(rat::BUFFER_VERSION + 8 * MAX_REGION_BUFFERS == rat::NOTIFY);
 };
 
 /// Offsets of the ring control words (see [`layout::RingControl`]).
@@ -346,21 +422,44 @@ impl SegmentFile {
             in_use: None,
             tokens: Vec::new(),
             settled: true,
+            region_history: Vec::new(),
         };
-        if map_len > 0 {
-            let map = MmapOptions::new()
-                .len(map_len)
+        let map = |len: usize| {
+            MmapOptions::new()
+                .len(len)
                 .map_raw_read_only(&self.fd)
                 .map_err(|e| {
                     let errno = Errno::from_raw_os_error(e.raw_os_error().unwrap_or(libc::EIO));
                     os_err("mmap", &self.name)(errno)
-                })?;
+                })
+        };
+        if map_len > 0 {
+            let first = map(map_len)?;
             let words = Words {
-                base: map.as_ptr(),
+                base: first.as_ptr(),
                 len: map_len,
             };
             copy_settled(&words, &mut snapshot);
-            // `map` is unmapped here: nothing else reads it.
+            if is_region(&snapshot.bytes) {
+                // The change history may reach past the metadata: map up to its end.
+                let len = (region_extent(&words).min(REGION_MAP_LIMIT) as u64).min(file_size)
+                    as usize
+                    & !7;
+                let copy = if len > map_len {
+                    let whole = map(len)?;
+                    copy_region(&Words {
+                        base: whole.as_ptr(),
+                        len,
+                    })
+                    // `whole` is unmapped here.
+                } else {
+                    copy_region(&words)
+                };
+                if let Some(copy) = copy {
+                    snapshot.apply_region(copy);
+                }
+            }
+            // `first` is unmapped here: nothing else reads it.
         }
         let fd = self.fd.as_fd();
         snapshot.in_use = os::is_locked(fd, 0).ok();
@@ -563,6 +662,189 @@ fn copy_settled(words: &Words, snapshot: &mut Snapshot) {
     }
 }
 
+/// What a snapshot copies from: a read-only mapping of the object ([`Words`]), or bytes that
+/// stand for the object ([`Snapshot::from_bytes`]).
+trait Source {
+    /// How many bytes can be read.
+    fn len(&self) -> usize;
+    /// The `u64` field at `off` (8-aligned, `off + 8 <= len`).
+    fn u64(&self, off: usize) -> u64;
+    /// The `u32` field at `off` (4-aligned, `off + 4 <= len`).
+    fn u32(&self, off: usize) -> u32;
+}
+
+impl Source for Words {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn u64(&self, off: usize) -> u64 {
+        Words::u64(self, off)
+    }
+
+    fn u32(&self, off: usize) -> u32 {
+        Words::u32(self, off)
+    }
+}
+
+impl Source for [u8] {
+    fn len(&self) -> usize {
+        <[u8]>::len(self)
+    }
+
+    fn u64(&self, off: usize) -> u64 {
+        u64_at(self, off).unwrap_or(0)
+    }
+
+    fn u32(&self, off: usize) -> u32 {
+        u32_at(self, off).unwrap_or(0)
+    }
+}
+
+/// Whether the header in `bytes` says region.
+fn is_region(bytes: &[u8]) -> bool {
+    u32_at(bytes, at::KIND).and_then(SegmentKind::from_code) == Some(SegmentKind::Region)
+}
+
+/// The 8 bytes at `off` of a region's control block, loaded as the layout defines them.
+fn region_word<S: Source + ?Sized>(src: &S, off: usize) -> [u8; 8] {
+    if rat::holds_u32_pair(off - REGION_OFFSET) {
+        let (lo, hi) = (src.u32(off), src.u32(off + 4));
+        (u64::from(lo) | u64::from(hi) << 32).to_le_bytes()
+    } else {
+        src.u64(off).to_le_bytes()
+    }
+}
+
+/// The shape a region's control block (its bytes, [`rat::END`] of them) stores, re-derived
+/// from its four parameters; `None` when they are out of range or the stored entry length
+/// differs (then the history cannot be located).
+fn stored_shape(control: &[u8]) -> Option<RegionShape> {
+    let shape = RegionShape::new(
+        u64_at(control, rat::SIZE)?,
+        u32_at(control, rat::BUFFERS)? as usize,
+        u32_at(control, rat::CHUNK_SIZE)? as usize,
+        u32_at(control, rat::HISTORY)? as usize,
+    )
+    .ok()?;
+    (u32_at(control, rat::ENTRY_WORDS)? as usize == shape.entry_words).then_some(shape)
+}
+
+/// The versions whose change-history entries a snapshot copies, newest first: the latest
+/// [`HISTORY_SHOWN`] of those a reader's `changes_since` may use (from `latest - history + 2`
+/// on: the entry of `latest - history + 1` is the one the writer rewrites for `latest + 1`),
+/// never version 0 (which has no entry).
+pub fn shown_versions(latest: u64, history: usize) -> impl Iterator<Item = u64> {
+    let first = latest
+        .saturating_add(2)
+        .saturating_sub(history as u64)
+        .max(1);
+    (first..=latest).rev().take(HISTORY_SHOWN)
+}
+
+/// Where the change-history entry of `version` starts, in bytes from the object's start.
+fn entry_offset(shape: &RegionShape, version: u64) -> usize {
+    REGION_HISTORY_OFFSET + (version % shape.history as u64) as usize * shape.entry_words * 8
+}
+
+/// How far into the object a region's change history reaches, by the shape its control block
+/// stores (just its control block when the shape is unusable or the object too short).
+fn region_extent<S: Source + ?Sized>(src: &S) -> usize {
+    if src.len() < REGION_HISTORY_OFFSET {
+        return REGION_HISTORY_OFFSET;
+    }
+    let control: Vec<u8> = (REGION_OFFSET..REGION_HISTORY_OFFSET)
+        .step_by(8)
+        .flat_map(|off| region_word(src, off))
+        .collect();
+    stored_shape(&control).map_or(REGION_HISTORY_OFFSET, |shape| {
+        REGION_HISTORY_OFFSET + shape.history * shape.entry_words * 8
+    })
+}
+
+/// The change-history entry of one version, as copied (see [`Snapshot::region_history`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryCopy {
+    /// The version whose entry this is (by its place in the table).
+    pub version: u64,
+    /// The entry's words as found: the version tag (it describes that version if it equals
+    /// `version`; [`REGION_WRITING`] also when the entry changed while it was copied), then the
+    /// chunk bitmap. Only the tag when the entry is longer than [`MAX_ENTRY_WORDS`]; empty
+    /// when the entry lies past the end of the object or of what the tool maps.
+    pub words: Vec<u64>,
+}
+
+/// A region's control block and latest history entries, copied together.
+struct RegionCopy {
+    control: Vec<u8>,
+    history: Vec<HistoryCopy>,
+    settled: bool,
+}
+
+/// Copies a region's control block and the history entries of its latest versions, again
+/// while `latest` moves under the copy; `None` when the object is too short for the block.
+fn copy_region<S: Source + ?Sized>(src: &S) -> Option<RegionCopy> {
+    if src.len() < REGION_HISTORY_OFFSET {
+        return None;
+    }
+    let mut copy = None;
+    for _ in 0..SETTLE_ATTEMPTS {
+        let latest = src.u64(REGION_OFFSET + rat::LATEST);
+        // Pairs with the writer's Release store of `latest`: the buffer words and the history
+        // entries of that version, loaded below, are at least as new.
+        fence(Ordering::Acquire);
+        let mut control = Vec::with_capacity(rat::END);
+        control.extend_from_slice(&latest.to_le_bytes());
+        for off in (REGION_OFFSET + 8..REGION_HISTORY_OFFSET).step_by(8) {
+            control.extend_from_slice(&region_word(src, off));
+        }
+        let mut history = Vec::new();
+        let mut torn = false;
+        if let Some(shape) = stored_shape(&control) {
+            for version in shown_versions(latest, shape.history) {
+                let start = entry_offset(&shape, version);
+                // Of an entry too long to copy, the tag only.
+                let len = if shape.entry_words <= MAX_ENTRY_WORDS {
+                    shape.entry_words
+                } else {
+                    1
+                };
+                if start + len * 8 > src.len() {
+                    history.push(HistoryCopy {
+                        version,
+                        words: Vec::new(),
+                    });
+                    continue;
+                }
+                let tag = src.u64(start);
+                fence(Ordering::Acquire);
+                let mut words: Vec<u64> = std::iter::once(tag)
+                    .chain((1..len).map(|i| src.u64(start + 8 * i)))
+                    .collect();
+                // The entry is a seqlock (SYNC POINT B of `crate::region`): bits of a rewrite
+                // copied above show in the tag loaded after this fence.
+                fence(Ordering::Acquire);
+                if src.u64(start) != tag {
+                    torn = true;
+                    words[0] = REGION_WRITING;
+                }
+                history.push(HistoryCopy { version, words });
+            }
+        }
+        fence(Ordering::Acquire);
+        let settled = !torn && src.u64(REGION_OFFSET + rat::LATEST) == latest;
+        copy = Some(RegionCopy {
+            control,
+            history,
+            settled,
+        });
+        if settled {
+            break;
+        }
+    }
+    copy
+}
+
 /// How many endpoint slots the bytes hold: 2 for SPSC rings, probes and unknown kinds, the
 /// header's slot count (within `3..=MAX_SLOTS`) for the many-endpoint kinds; only whole slots
 /// inside the bytes.
@@ -616,21 +898,44 @@ pub struct Snapshot {
     /// when unknown.
     pub tokens: Vec<Option<bool>>,
     /// Whether no head or cursor moved while the copy was taken, so that positions can be
-    /// compared with each other. When `false`, position checks are skipped.
+    /// compared with each other (regions: the latest version did not change and no history
+    /// entry copied was rewritten). When `false`, position and version checks are skipped.
     pub settled: bool,
+    /// Regions: the change-history entries of the latest versions ([`shown_versions`]),
+    /// newest first, copied after the control block (which is in `bytes`).
+    pub region_history: Vec<HistoryCopy>,
 }
 
 impl Snapshot {
     /// A snapshot of arbitrary bytes (an object of `bytes.len()` bytes), with liveness
     /// unknown: for tests and fuzzing.
+    ///
+    /// A region's history entries are copied out of `bytes` as a tool copies them out of an
+    /// object (see [`region_history`](Self::region_history)).
     pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        let region_history = if is_region(&bytes) {
+            copy_region(&bytes[..]).map_or_else(Vec::new, |copy| copy.history)
+        } else {
+            Vec::new()
+        };
         Snapshot {
             file_size: bytes.len() as u64,
             bytes,
             in_use: None,
             tokens: Vec::new(),
             settled: true,
+            region_history,
         }
+    }
+
+    /// Takes a region's copy: its control block replaces what the linear copy read there.
+    fn apply_region(&mut self, copy: RegionCopy) {
+        self.bytes.truncate(REGION_OFFSET);
+        if self.bytes.len() == REGION_OFFSET {
+            self.bytes.extend_from_slice(&copy.control);
+        }
+        self.region_history = copy.history;
+        self.settled &= copy.settled;
     }
 
     /// Decodes every field and lists what is wrong. Never panics.
@@ -646,13 +951,13 @@ pub struct Header {
     pub magic: u64,
     /// The creator's layout version.
     pub layout_version: u32,
-    /// The kind code (1 SPSC ring, 2 probe, 3 MPSC ring, 4 broadcast ring).
+    /// The kind code (1 SPSC ring, 2 probe, 3 MPSC ring, 4 broadcast ring, 5 region).
     pub kind: u32,
     /// The object size the creator made.
     pub total_size: u64,
-    /// Size of the data area.
+    /// Size of the data area (regions: the region's size).
     pub capacity: u64,
-    /// Offset of the data area.
+    /// Offset of the data area (regions: of buffer 0).
     pub data_offset: u64,
     /// Pid of the creator (in its pid namespace).
     pub creator_pid: u32,
@@ -666,7 +971,7 @@ pub struct Header {
     pub schema: [u64; 4],
     /// Broadcast policy code.
     pub policy: u32,
-    /// Broadcast history length.
+    /// Broadcast history length (regions: versions of change history).
     pub history: u32,
     /// Reserved words (zero).
     pub reserved: [u64; 3],
@@ -747,6 +1052,204 @@ pub struct Broadcast {
     pub start: u64,
 }
 
+/// A region's control block, field by field as found (see [`layout::RegionControl`]), and
+/// the change history of its latest versions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Region {
+    /// The latest published version.
+    pub latest: u64,
+    /// The version word of every buffer slot of the block ([`REGION_WRITING`]: being
+    /// rewritten); only the first `buffers` are used.
+    pub buffer_versions: [u64; MAX_REGION_BUFFERS],
+    /// The futex word readers sleep on (the low 32 bits of `latest` once published).
+    pub notify: u32,
+    /// 1 while a reader may sleep in `wait_for`.
+    pub parked: u32,
+    /// Bytes of the region.
+    pub size: u64,
+    /// Number of buffers.
+    pub buffers: u32,
+    /// Bytes per change-tracking chunk.
+    pub chunk_size: u32,
+    /// Versions of change history.
+    pub history: u32,
+    /// Words per history entry.
+    pub entry_words: u32,
+    /// Offset of buffer 0.
+    pub buffer_offset: u64,
+    /// Distance between buffers.
+    pub stride: u64,
+    /// Versions published by all writers (display only).
+    pub publishes: u64,
+    /// Writers that took over from a dead one (display only).
+    pub takeovers: u64,
+    /// Whether every reserved word is zero.
+    pub reserved_zero: bool,
+    /// The shape re-derived from `size`, `buffers`, `chunk_size` and `history` (what an opener
+    /// computes); `None` when one of them is out of range.
+    pub shape: Option<RegionShape>,
+    /// The change history of the latest versions ([`shown_versions`]), newest first.
+    pub changes: Vec<VersionChanges>,
+}
+
+/// What the change history says about one version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VersionChanges {
+    /// The version.
+    pub version: u64,
+    /// Its entry's index in the history table.
+    pub entry: usize,
+    /// What the entry holds.
+    pub state: EntryState,
+}
+
+/// The state of a version's change-history entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EntryState {
+    /// The entry describes the version.
+    Present {
+        /// How many chunks the version changed; `None` when the entry was too long to copy
+        /// ([`MAX_ENTRY_WORDS`]).
+        changed: Option<u64>,
+        /// The first changed chunks, ascending (at most [`CHUNKS_LISTED`]).
+        first: Vec<usize>,
+        /// Bits set for chunks past the region's last chunk (junk: readers ignore them).
+        beyond: bool,
+    },
+    /// The entry is being written (or its writer died writing it, or it changed while it was
+    /// copied).
+    Writing,
+    /// The entry describes another version.
+    Other(u64),
+    /// The entry was not copied: it lies past the end of the object or of what a tool maps.
+    NotCopied,
+}
+
+/// How many changed chunks of a version [`EntryState::Present`] lists.
+pub const CHUNKS_LISTED: usize = 16;
+
+impl Region {
+    /// The control block in `bytes` (at [`REGION_OFFSET`]) and the history entries copied,
+    /// or `None` when `bytes` end before the block does.
+    fn read(bytes: &[u8], history: &[HistoryCopy]) -> Option<Region> {
+        let control = bytes.get(REGION_OFFSET..REGION_HISTORY_OFFSET)?;
+        let u64f = |off| u64_at(control, off).unwrap_or(0);
+        let u32f = |off| u32_at(control, off).unwrap_or(0);
+        let zero = |range: std::ops::Range<usize>| control[range].iter().all(|&b| b == 0);
+        let mut region = Region {
+            latest: u64f(rat::LATEST),
+            buffer_versions: words_at(control, rat::BUFFER_VERSION)?,
+            notify: u32f(rat::NOTIFY),
+            parked: u32f(rat::PARKED),
+            size: u64f(rat::SIZE),
+            buffers: u32f(rat::BUFFERS),
+            chunk_size: u32f(rat::CHUNK_SIZE),
+            history: u32f(rat::HISTORY),
+            entry_words: u32f(rat::ENTRY_WORDS),
+            buffer_offset: u64f(rat::BUFFER_OFFSET),
+            stride: u64f(rat::STRIDE),
+            publishes: u64f(rat::PUBLISHES),
+            takeovers: u64f(rat::TAKEOVERS),
+            reserved_zero: zero(rat::RESERVED0..rat::PARKED)
+                && zero(rat::RESERVED2..rat::SIZE)
+                && zero(rat::RESERVED3..rat::END),
+            shape: None,
+            changes: Vec::new(),
+        };
+        region.shape = region.derived_shape().ok();
+        if let Some(shape) = stored_shape(control) {
+            region.changes = shown_versions(region.latest, shape.history)
+                .map(|version| VersionChanges {
+                    version,
+                    entry: (version % shape.history as u64) as usize,
+                    state: history
+                        .iter()
+                        .find(|c| c.version == version)
+                        .map_or(EntryState::NotCopied, |c| entry_state(&shape, c)),
+                })
+                .collect();
+        }
+        Some(region)
+    }
+
+    /// The shape re-derived from the four parameters, or which one is out of range (its name,
+    /// the value, and what is allowed).
+    pub fn derived_shape(&self) -> Result<RegionShape, (&'static str, u64, String)> {
+        RegionShape::new(
+            self.size,
+            self.buffers as usize,
+            self.chunk_size as usize,
+            self.history as usize,
+        )
+    }
+
+    /// The buffer that holds the latest version (`latest % buffers`), when the shape is valid.
+    pub fn latest_buffer(&self) -> Option<usize> {
+        let shape = self.shape?;
+        Some((self.latest % shape.buffers as u64) as usize)
+    }
+
+    /// The oldest version `changes_since` can list the changes from (`latest - (history -
+    /// 1)`), when the shape is valid.
+    pub fn oldest_changes(&self) -> Option<u64> {
+        let shape = self.shape?;
+        Some(self.latest.saturating_sub(shape.history as u64 - 1))
+    }
+
+    /// The version word of buffer `index` as a person reads it: the version, or `writing`.
+    pub fn buffer_label(word: u64) -> String {
+        if word == REGION_WRITING {
+            "writing".to_owned()
+        } else {
+            word.to_string()
+        }
+    }
+}
+
+/// What a copied entry says about its version.
+fn entry_state(shape: &RegionShape, copy: &HistoryCopy) -> EntryState {
+    let Some(&tag) = copy.words.first() else {
+        return EntryState::NotCopied;
+    };
+    if tag == REGION_WRITING {
+        return EntryState::Writing;
+    }
+    if tag != copy.version {
+        return EntryState::Other(tag);
+    }
+    let bitmap = &copy.words[1..];
+    if bitmap.len() + 1 < shape.entry_words {
+        return EntryState::Present {
+            changed: None,
+            first: Vec::new(),
+            beyond: false,
+        };
+    }
+    let mut changed = 0u64;
+    let mut first = Vec::new();
+    let mut beyond = false;
+    for (i, &word) in bitmap.iter().enumerate() {
+        let mut w = word;
+        while w != 0 {
+            let chunk = i * 64 + w.trailing_zeros() as usize;
+            w &= w - 1;
+            if chunk >= shape.chunks {
+                beyond = true;
+                continue;
+            }
+            changed += 1;
+            if first.len() < CHUNKS_LISTED {
+                first.push(chunk);
+            }
+        }
+    }
+    EntryState::Present {
+        changed: Some(changed),
+        first,
+        beyond,
+    }
+}
+
 /// What an endpoint slot is for, by kind and index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -754,12 +1257,12 @@ pub enum Role {
     Producer,
     /// Slot 1 of an SPSC or MPSC ring.
     Consumer,
-    /// Slot 0 of a broadcast ring, slots 2.. of an MPSC ring.
+    /// Slot 0 of a broadcast ring and of a region, slots 2.. of an MPSC ring.
     Writer,
     /// Slots 2.. of a broadcast ring.
     Reader,
-    /// A slot the kind does not use (probes, slot 0 of MPSC, slot 1 of broadcast rings) or of
-    /// an unknown kind.
+    /// A slot the kind does not use (probes, slot 0 of MPSC, slot 1 of broadcast rings and
+    /// regions) or of an unknown kind.
     Unused,
 }
 
@@ -769,9 +1272,8 @@ impl Role {
         match (kind, index) {
             (Some(SegmentKind::SpscRing), 0) => Role::Producer,
             (Some(SegmentKind::SpscRing | SegmentKind::MpscRing), 1) => Role::Consumer,
-            (Some(SegmentKind::MpscRing), 2..) | (Some(SegmentKind::BroadcastRing), 0) => {
-                Role::Writer
-            }
+            (Some(SegmentKind::MpscRing), 2..)
+            | (Some(SegmentKind::BroadcastRing | SegmentKind::Region), 0) => Role::Writer,
             (Some(SegmentKind::BroadcastRing), 2..) => Role::Reader,
             _ => Role::Unused,
         }
@@ -934,6 +1436,9 @@ pub struct Decoded {
     pub control: Option<Control>,
     /// The broadcast block (many-endpoint kinds), when the object holds one.
     pub broadcast: Option<Broadcast>,
+    /// A region's control block and latest history, when the kind is a region and the object
+    /// holds the block.
+    pub region: Option<Region>,
     /// The endpoint slots the object holds (2 for SPSC rings).
     pub endpoints: Vec<Endpoint>,
     /// Whether some process holds the "in use" lock; `None` when unknown.
@@ -1045,6 +1550,7 @@ impl Decoded {
             {
                 layout::data_offset(slots, h.history as usize)
             }
+            SegmentKind::Region => self.region.as_ref()?.shape?.buffer_offset,
             _ => return None,
         };
         Some(offset as u64)
@@ -1069,6 +1575,7 @@ impl<'a> Decoder<'a> {
                 schema: None,
                 control: None,
                 broadcast: None,
+                region: None,
                 endpoints: Vec::new(),
                 in_use: snap.in_use,
                 settled: snap.settled,
@@ -1104,7 +1611,11 @@ impl<'a> Decoder<'a> {
             self.out.policy = BroadcastPolicy::from_code(header.policy);
         }
         self.out.schema = Schema::read(bytes);
-        if let (Some(tail), Some(head)) = (u64_at(bytes, TAIL), u64_at(bytes, HEAD)) {
+        let region = kind == Some(SegmentKind::Region);
+        if region {
+            // A region leaves the ring control block unused.
+            self.out.region = Region::read(bytes, &self.snap.region_history);
+        } else if let (Some(tail), Some(head)) = (u64_at(bytes, TAIL), u64_at(bytes, HEAD)) {
             self.out.control = Some(Control {
                 tail,
                 head,
@@ -1149,6 +1660,9 @@ impl<'a> Decoder<'a> {
         self.check_header(&header, kind);
         self.check_positions(kind);
         self.check_slots();
+        if region {
+            self.check_region(&header);
+        }
         self.out
     }
 
@@ -1193,8 +1707,8 @@ impl<'a> Decoder<'a> {
             self.problem(
                 "kind",
                 format!(
-                    "{} is unknown (1 spsc ring, 2 probe, 3 mpsc ring, 4 broadcast ring): the \
-                     kind-specific fields are not checked",
+                    "{} is unknown (1 spsc ring, 2 probe, 3 mpsc ring, 4 broadcast ring, 5 \
+                     region): the kind-specific fields are not checked",
                     h.kind
                 ),
             );
@@ -1202,7 +1716,7 @@ impl<'a> Decoder<'a> {
         };
         let slots = h.slot_count as usize;
         match kind {
-            SegmentKind::SpscRing | SegmentKind::Probe if slots != 2 => {
+            SegmentKind::SpscRing | SegmentKind::Probe | SegmentKind::Region if slots != 2 => {
                 self.problem("slot count", format!("{slots}, expected 2 for a {kind}"));
             }
             SegmentKind::MpscRing | SegmentKind::BroadcastRing
@@ -1235,7 +1749,8 @@ impl<'a> Decoder<'a> {
             if h.policy != 0 {
                 self.problem("policy", format!("{}, expected 0 for a {kind}", h.policy));
             }
-            if h.history != 0 {
+            // A region's history is checked against its control block (`check_region`).
+            if h.history != 0 && kind != SegmentKind::Region {
                 self.problem("history", format!("{}, expected 0 for a {kind}", h.history));
             }
         }
@@ -1249,8 +1764,13 @@ impl<'a> Decoder<'a> {
             None => self.problem(
                 "data offset",
                 format!(
-                    "{}: not checked, the slot count or history is invalid",
-                    h.data_offset
+                    "{}: not checked, {}",
+                    h.data_offset,
+                    if kind == SegmentKind::Region {
+                        "the region's shape is invalid"
+                    } else {
+                        "the slot count or history is invalid"
+                    }
                 ),
             ),
         }
@@ -1278,7 +1798,8 @@ impl<'a> Decoder<'a> {
                     ),
                 );
             }
-        } else if h.capacity != 0 {
+        } else if h.capacity != 0 && kind != SegmentKind::Region {
+            // A region's capacity is its size: checked in `check_region`.
             self.problem(
                 "capacity",
                 format!("{}, expected 0 for a {kind}", h.capacity),
@@ -1361,6 +1882,138 @@ impl<'a> Decoder<'a> {
                 }
             }
             SegmentKind::Probe | SegmentKind::Region => {}
+        }
+    }
+
+    /// A region's control block against its header, its own shape and its latest version.
+    fn check_region(&mut self, h: &Header) {
+        let size = self.snap.file_size;
+        let Some(region) = self.out.region.clone() else {
+            self.problem(
+                "file",
+                format!(
+                    "{size} bytes, too small for a region's control block (at least \
+                     {REGION_HISTORY_OFFSET})"
+                ),
+            );
+            return;
+        };
+        if !region.reserved_zero {
+            self.problem(
+                "region reserved",
+                "not zero: written by a newer or a buggy creator, or overwritten",
+            );
+        }
+        if region.parked > 1 {
+            self.problem("parked", format!("{}, expected 0 or 1", region.parked));
+        }
+        let shape = match region.derived_shape() {
+            Ok(shape) => shape,
+            Err((what, found, allowed)) => {
+                self.problem(
+                    format!("region {what}"),
+                    format!("{found}, expected {allowed}"),
+                );
+                return;
+            }
+        };
+        for (field, found, expected) in [
+            (
+                "region entry words",
+                u64::from(region.entry_words),
+                shape.entry_words as u64,
+            ),
+            (
+                "region buffer offset",
+                region.buffer_offset,
+                shape.buffer_offset as u64,
+            ),
+            ("region stride", region.stride, shape.stride as u64),
+            ("capacity", h.capacity, shape.size as u64),
+            ("history", u64::from(h.history), shape.history as u64),
+        ] {
+            if found != expected {
+                self.problem(
+                    field,
+                    format!("{found}, expected {expected} for the region's shape"),
+                );
+            }
+        }
+        let page = rustix::param::page_size() as u64;
+        let total = (shape.end as u64).div_ceil(page) * page;
+        if h.total_size != total {
+            self.problem(
+                "total size",
+                format!(
+                    "{}, expected {total} for the region's shape (its buffers end at {})",
+                    h.total_size, shape.end
+                ),
+            );
+        }
+        for (i, &word) in region.buffer_versions.iter().enumerate() {
+            if i >= shape.buffers && word != 0 {
+                self.problem(
+                    format!("buffer {i}"),
+                    format!(
+                        "{word}, expected 0: the region has {} buffers",
+                        shape.buffers
+                    ),
+                );
+            }
+        }
+        if !self.snap.settled {
+            // The latest version moved while it was copied: comparing versions could report a
+            // race as junk.
+            return;
+        }
+        let latest = region.latest;
+        for (i, &word) in region.buffer_versions[..shape.buffers].iter().enumerate() {
+            // The writer marks a buffer with the next version just before `latest` says it.
+            if word != REGION_WRITING && word > latest.saturating_add(1) {
+                self.problem(
+                    format!("buffer {i}"),
+                    format!("version {word}, ahead of the latest version {latest}"),
+                );
+            }
+        }
+        let index = (latest % shape.buffers as u64) as usize;
+        let word = region.buffer_versions[index];
+        if word != latest {
+            self.problem(
+                format!("buffer {index}"),
+                format!(
+                    "{}, expected {latest}: the latest version lives in buffer {index} (latest % \
+                     buffers), and readers look for it there (they retry for ever)",
+                    Region::buffer_label(word)
+                ),
+            );
+        }
+        for c in &region.changes {
+            let found = match c.state {
+                EntryState::Present { beyond: true, .. } => {
+                    self.problem(
+                        format!("version {}", c.version),
+                        format!(
+                            "history entry {} has bits set past the last chunk ({}): readers \
+                             ignore them",
+                            c.entry,
+                            shape.chunks - 1
+                        ),
+                    );
+                    continue;
+                }
+                EntryState::Present { .. } | EntryState::NotCopied => continue,
+                EntryState::Writing => "being written".to_owned(),
+                EntryState::Other(tag) => format!("version {tag}"),
+            };
+            self.problem(
+                format!("version {}", c.version),
+                format!(
+                    "history entry {} says {found}, expected version {}: changes_since over it \
+                     fails (readers take full snapshots)",
+                    c.entry, c.version
+                ),
+            );
         }
     }
 
@@ -1663,6 +2316,353 @@ mod tests {
             .any(|p| p.field == "consumer parked"));
     }
 
+    /// A region of 1000 bytes in 64-byte chunks (16 chunks), 3 buffers, history 8.
+    fn region(name: &str) -> crate::Segment {
+        SegmentBuilder::new(name)
+            .kind(SegmentKind::Region)
+            .capacity(1000)
+            .buffers(3)
+            .chunk_size(64)
+            .history(8)
+            .create()
+            .unwrap()
+    }
+
+    /// Version `v` of the regions of these tests changes chunks `v % 16` and `(v + 3) % 16`.
+    fn publish(writer: &mut crate::region::Writer<crate::segment::ShmRegion>, times: u64) {
+        for _ in 0..times {
+            let v = writer.version() + 1;
+            let mut scope = writer.write();
+            scope.write_at((v % 16) as usize * 64, &[v as u8]);
+            scope.write_at(((v + 3) % 16) as usize * 64, &[v as u8]);
+            assert_eq!(scope.publish(), v);
+        }
+    }
+
+    #[test]
+    fn a_fresh_region_decodes_without_problems() {
+        let name = name("region-fresh");
+        let _clean = Cleanup(name.clone());
+        let seg = region(&name);
+        let d = decode(&name);
+        assert!(d.is_valid(), "{:?}", d.problems);
+        assert_eq!(d.kind, Some(SegmentKind::Region));
+        assert!(d.control.is_none() && d.broadcast.is_none());
+        let h = d.header.as_ref().unwrap();
+        assert_eq!(h.capacity, 1000);
+        assert_eq!(h.history, 8);
+        let r = d.region.as_ref().expect("the region block");
+        let shape = seg.region_shape().unwrap();
+        assert_eq!(r.shape, Some(shape));
+        assert_eq!(d.expected_data_offset(), Some(shape.buffer_offset as u64));
+        assert_eq!(h.data_offset, shape.buffer_offset as u64);
+        assert_eq!(
+            (r.size, r.buffers, r.chunk_size, r.history),
+            (1000, 3, 64, 8)
+        );
+        assert_eq!(r.entry_words as usize, shape.entry_words);
+        assert_eq!(r.stride as usize, shape.stride);
+        assert_eq!(r.latest, 0);
+        assert_eq!(r.buffer_versions, [0; 8]);
+        assert_eq!((r.publishes, r.takeovers, r.parked), (0, 0, 0));
+        assert!(r.changes.is_empty(), "version 0 has no history entry");
+        assert_eq!(r.oldest_changes(), Some(0));
+        assert_eq!(r.latest_buffer(), Some(0));
+        assert_eq!(d.endpoints.len(), 2);
+        assert_eq!(d.endpoints[0].role, Role::Writer);
+        assert_eq!(d.endpoints[1].role, Role::Unused);
+        assert_eq!(d.endpoints[0].status(), EndpointStatus::Free);
+        assert_eq!(d.in_use, Some(true));
+        assert_eq!(d.fill(), None);
+    }
+
+    #[test]
+    fn a_written_region_shows_its_version_buffers_writer_and_history() {
+        let name = name("region-written");
+        let _clean = Cleanup(name.clone());
+        let seg = region(&name);
+        let mut writer = seg.region_writer().unwrap();
+        publish(&mut writer, 10);
+        let d = decode(&name);
+        assert!(d.is_valid(), "{:?}", d.problems);
+        let r = d.region.as_ref().unwrap();
+        assert_eq!(r.latest, 10);
+        assert_eq!(r.publishes, 10);
+        assert_eq!(r.notify, 10);
+        assert_eq!(r.latest_buffer(), Some(1));
+        assert_eq!(&r.buffer_versions[..3], &[9, 10, 8]);
+        // History 8: `changes_since` answers from version 3, with the entries of 4 ..= 10.
+        assert_eq!(r.oldest_changes(), Some(3));
+        let reader = seg.region_reader().unwrap();
+        assert!(reader.changes_since(3).is_ok());
+        assert!(reader.changes_since(2).is_err());
+        let versions: Vec<u64> = r.changes.iter().map(|c| c.version).collect();
+        assert_eq!(versions, (4..=10).rev().collect::<Vec<_>>());
+        for c in &r.changes {
+            let mut chunks = vec![(c.version % 16) as usize, ((c.version + 3) % 16) as usize];
+            chunks.sort();
+            assert_eq!(c.entry, (c.version % 8) as usize);
+            assert_eq!(
+                c.state,
+                EntryState::Present {
+                    changed: Some(2),
+                    first: chunks,
+                    beyond: false
+                },
+                "version {}",
+                c.version
+            );
+        }
+        let w = &d.endpoints[0];
+        assert_eq!(w.role, Role::Writer);
+        assert_eq!(w.status(), EndpointStatus::Alive);
+        assert_eq!((w.pid, w.attach_count), (std::process::id(), 1));
+
+        // Many more versions than the history: only the latest few are copied.
+        publish(&mut writer, 30);
+        let d = decode(&name);
+        assert!(d.is_valid(), "{:?}", d.problems);
+        let r = d.region.as_ref().unwrap();
+        assert_eq!(r.latest, 40);
+        assert_eq!(r.changes.first().map(|c| c.version), Some(40));
+        assert_eq!(r.changes.last().map(|c| c.version), Some(34));
+
+        // A clean detach, then a second writer: no takeover.
+        drop(writer);
+        assert_eq!(decode(&name).endpoints[0].status(), EndpointStatus::Closed);
+        let mut writer = seg.region_writer().unwrap();
+        publish(&mut writer, 1);
+        let d = decode(&name);
+        let r = d.region.as_ref().unwrap();
+        assert_eq!((r.latest, r.takeovers), (41, 0));
+        assert_eq!(d.endpoints[0].attach_count, 2);
+        // A scope being written: its buffer says so, and nothing is wrong.
+        let scope = writer.write();
+        let d = decode(&name);
+        assert!(d.is_valid(), "{:?}", d.problems);
+        let r = d.region.as_ref().unwrap();
+        assert_eq!(r.buffer_versions[42 % 3], REGION_WRITING);
+        assert_eq!(Region::buffer_label(r.buffer_versions[42 % 3]), "writing");
+        drop(scope);
+    }
+
+    #[test]
+    fn the_history_is_read_past_the_metadata_mapping() {
+        // 16 Ki chunks: 257-word entries, a table of 128 of them ends far past MAX_METADATA.
+        let name = name("region-long");
+        let _clean = Cleanup(name.clone());
+        let seg = SegmentBuilder::new(&name)
+            .kind(SegmentKind::Region)
+            .capacity(1 << 20)
+            .buffers(2)
+            .chunk_size(64)
+            .history(128)
+            .create()
+            .unwrap();
+        let shape = seg.region_shape().unwrap();
+        assert!(entry_offset(&shape, 127) > MAX_METADATA);
+        let mut writer = seg.region_writer().unwrap();
+        for v in 1..=127u64 {
+            let mut scope = writer.write();
+            scope.write_at(v as usize * 8192, &[1]);
+            scope.write_at(v as usize * 8192 + 64, &[1]);
+            scope.write_at(v as usize * 8192 + 640, &[1]);
+            scope.publish();
+        }
+        let d = decode(&name);
+        assert!(d.is_valid(), "{:?}", d.problems);
+        let r = d.region.as_ref().unwrap();
+        assert_eq!(r.changes.len(), HISTORY_SHOWN);
+        for c in &r.changes {
+            let first = c.version as usize * 128;
+            assert_eq!(
+                c.state,
+                EntryState::Present {
+                    changed: Some(3),
+                    first: vec![first, first + 1, first + 10],
+                    beyond: false
+                }
+            );
+        }
+    }
+
+    /// The whole file of a region with a live writer after 10 versions, read once.
+    fn region_file() -> Vec<u8> {
+        static BYTES: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+        BYTES
+            .get_or_init(|| {
+                let name = name("region-file");
+                let _clean = Cleanup(name.clone());
+                let seg = region(&name);
+                let mut writer = seg.region_writer().unwrap();
+                publish(&mut writer, 10);
+                std::fs::read(object_path(&name)).unwrap()
+            })
+            .clone()
+    }
+
+    fn fields(d: &Decoded) -> Vec<&str> {
+        d.problems.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn scribbled_region_fields_are_each_a_problem() {
+        let valid = region_file();
+        let d = Snapshot::from_bytes(valid.clone()).decode();
+        assert!(d.is_valid(), "{:?}", d.problems);
+        assert_eq!(d.region.as_ref().unwrap().changes.len(), 7);
+        let ctl = |off: usize| REGION_OFFSET + off;
+        let entry = |v: usize| REGION_HISTORY_OFFSET + (v % 8) * 2 * 8;
+        // (what is scribbled, where, the value, the problem's field)
+        let cases: [(&str, usize, u64, &str); 11] = [
+            ("stride", ctl(rat::STRIDE), 4096, "region stride"),
+            (
+                "buffer offset",
+                ctl(rat::BUFFER_OFFSET),
+                64,
+                "region buffer offset",
+            ),
+            (
+                "entry words",
+                ctl(rat::HISTORY),
+                8 | 5 << 32,
+                "region entry words",
+            ),
+            (
+                "chunk size",
+                ctl(rat::BUFFERS),
+                3 | 100 << 32,
+                "region chunk size",
+            ),
+            ("buffers", ctl(rat::BUFFERS), 9 | 64 << 32, "region buffers"),
+            ("size", ctl(rat::SIZE), 2000, "capacity"),
+            (
+                "latest's buffer",
+                ctl(rat::BUFFER_VERSION + 8),
+                7,
+                "buffer 1",
+            ),
+            (
+                "unused buffer",
+                ctl(rat::BUFFER_VERSION + 5 * 8),
+                3,
+                "buffer 5",
+            ),
+            ("history tag", entry(9), 1, "version 9"),
+            ("history bits", entry(8) + 8, 1 << 20, "version 8"),
+            ("reserved", ctl(rat::RESERVED3), 1, "region reserved"),
+        ];
+        for (what, off, value, field) in cases {
+            let mut bytes = valid.clone();
+            put(&mut bytes, off, value);
+            let d = Snapshot::from_bytes(bytes).decode();
+            assert!(
+                fields(&d).contains(&field),
+                "{what}: {field} missing from {:?}",
+                d.problems
+            );
+        }
+        // The header against the region's block.
+        let mut bytes = valid.clone();
+        put(&mut bytes, at::POLICY, 64 << 32); // policy 0, history 64
+        put(&mut bytes, at::DATA_OFFSET, 8192);
+        let d = Snapshot::from_bytes(bytes).decode();
+        for field in ["history", "data offset"] {
+            assert!(fields(&d).contains(&field), "{field}: {:?}", d.problems);
+        }
+        // Versions are compared only in a settled copy; the shape always.
+        let mut snap = Snapshot::from_bytes(valid.clone());
+        put(&mut snap.bytes, ctl(rat::BUFFER_VERSION + 8), 7);
+        put(&mut snap.bytes, ctl(rat::STRIDE), 4096);
+        snap.settled = false;
+        assert_eq!(fields(&snap.decode()), vec!["region stride"]);
+        // A file too short for the block.
+        let d = Snapshot::from_bytes(valid[..1800].to_vec()).decode();
+        assert!(d.region.is_none());
+        assert!(fields(&d).contains(&"file"), "{:?}", d.problems);
+    }
+
+    #[test]
+    fn history_entries_past_the_copy_limits_are_said_so() {
+        // The block of a region whose entries are too long to copy: the tag only.
+        let mut bytes = region_file()[..REGION_HISTORY_OFFSET].to_vec();
+        let size = (MAX_ENTRY_WORDS as u64) * 64 * 64;
+        let shape = RegionShape::new(size, 2, 64, 2).unwrap();
+        assert!(shape.entry_words > MAX_ENTRY_WORDS);
+        let ctl = |off: usize| REGION_OFFSET + off;
+        put(&mut bytes, ctl(rat::LATEST), 1);
+        put(&mut bytes, ctl(rat::SIZE), size);
+        put(&mut bytes, ctl(rat::BUFFERS), 2 | 64 << 32);
+        put(
+            &mut bytes,
+            ctl(rat::HISTORY),
+            2 | (shape.entry_words as u64) << 32,
+        );
+        bytes.resize(entry_offset(&shape, 1) + 8, 0);
+        put(&mut bytes, entry_offset(&shape, 1), 1);
+        let d = Snapshot::from_bytes(bytes.clone()).decode();
+        let r = d.region.unwrap();
+        assert_eq!(r.shape, Some(shape));
+        assert_eq!(r.changes.len(), 1);
+        assert_eq!(
+            r.changes[0].state,
+            EntryState::Present {
+                changed: None,
+                first: vec![],
+                beyond: false
+            }
+        );
+        // Shorter than the entry's tag: not copied.
+        bytes.truncate(entry_offset(&shape, 1));
+        let r = Snapshot::from_bytes(bytes).decode().region.unwrap();
+        assert_eq!(r.changes[0].state, EntryState::NotCopied);
+    }
+
+    /// Writes whole segment files as seeds for the `inspect_decode` fuzz target: `cargo test
+    /// --release -p shmesh-ring --lib -- --ignored write_fuzz_seeds`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/inspect_decode; run it when the layout changes"]
+    fn write_fuzz_seeds() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/inspect_decode");
+        std::fs::create_dir_all(dir).unwrap();
+        let seed = |file: &str, name: &str| {
+            let bytes = std::fs::read(object_path(name)).unwrap();
+            std::fs::write(format!("{dir}/{file}"), bytes).unwrap();
+        };
+        let ring = |file: &str, make: &dyn Fn(&str) -> SegmentBuilder| {
+            let name = name(file);
+            let _clean = Cleanup(name.clone());
+            let _seg = make(&name).create().unwrap();
+            seed(file, &name);
+        };
+        ring("spsc", &|n| SegmentBuilder::new(n).capacity(4096));
+        ring("mpsc", &|n| {
+            SegmentBuilder::new(n)
+                .kind(SegmentKind::MpscRing)
+                .capacity(4096)
+                .endpoints(3)
+        });
+        ring("broadcast", &|n| {
+            SegmentBuilder::new(n)
+                .kind(SegmentKind::BroadcastRing)
+                .capacity(4096)
+                .endpoints(3)
+                .history(4)
+        });
+        let name = name("seed-region");
+        let _clean = Cleanup(name.clone());
+        let seg = region(&name);
+        seed("region-fresh", &name);
+        let mut writer = seg.region_writer().unwrap();
+        publish(&mut writer, 10);
+        seed("region-written", &name);
+        let scope = writer.write();
+        seed("region-writing", &name);
+        drop(scope);
+        publish(&mut writer, 100);
+        seed("region-wrapped", &name);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1690,6 +2690,40 @@ mod tests {
             for e in &d.endpoints {
                 let _ = (e.status(), e.role.to_string());
             }
+        }
+
+        #[test]
+        fn decoding_scribbled_regions_never_panics(
+            writes in proptest::collection::vec((0usize..4600, any::<u64>()), 1..16),
+            copies in proptest::collection::vec(
+                (any::<u64>(), proptest::collection::vec(any::<u64>(), 0..4)),
+                0..4,
+            ),
+            cut in 0usize..5000,
+            settled in any::<bool>(),
+        ) {
+            let mut bytes = region_file();
+            for (off, value) in writes {
+                // Mostly the header and the region's block and history.
+                let off = if off < 2400 { off } else { off * 2 };
+                let off = off.min(bytes.len().saturating_sub(8)) & !7;
+                bytes[off..off + 8].copy_from_slice(&value.to_le_bytes());
+            }
+            bytes.truncate(cut * 2);
+            let mut snap = Snapshot::from_bytes(bytes);
+            snap.settled = settled;
+            snap.tokens = vec![Some(true); 2];
+            let d = snap.decode();
+            let _ = (d.fill(), d.totals(), d.expected_data_offset());
+            if let Some(r) = &d.region {
+                let _ = (r.latest_buffer(), r.oldest_changes(), r.derived_shape());
+            }
+            // Copies that do not match the table (a foreign snapshot): decoded all the same.
+            snap.region_history = copies
+                .into_iter()
+                .map(|(version, words)| HistoryCopy { version, words })
+                .collect();
+            let _ = snap.decode();
         }
     }
 }

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 
 use serde::Serialize;
-use shmesh_ring::inspect::{Decoded, Endpoint, Problem, SegmentFile};
-use shmesh_ring::layout::MAGIC;
+use shmesh_ring::inspect::{Decoded, Endpoint, EntryState, Problem, Region, SegmentFile};
+use shmesh_ring::layout::{MAGIC, MAX_REGION_BUFFERS, REGION_WRITING};
 use shmesh_ring::SegmentKind;
 
 use super::view::{age, clean, hex, human_age, human_bytes, kind_name, message_type};
@@ -38,6 +38,8 @@ pub struct InspectView {
     pub control: Option<ControlView>,
     /// The broadcast block of the many-endpoint kinds.
     pub broadcast: Option<BroadcastView>,
+    /// A region's control block and latest history.
+    pub region: Option<RegionView>,
     /// Every endpoint slot decoded.
     pub endpoints: Vec<SlotView>,
 }
@@ -127,6 +129,175 @@ pub struct BroadcastView {
     pub published: u64,
     /// First position.
     pub start: u64,
+}
+
+/// A region (`shmesh inspect --json`): its control block as found, the shape re-derived from
+/// its parameters, its writer and the change history of its latest versions.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionView {
+    /// The latest published version.
+    pub latest: u64,
+    /// The buffer that holds it (`latest % buffers`), when the shape is valid.
+    pub latest_buffer: Option<usize>,
+    /// The oldest version `changes_since` lists changes from, when the shape is valid.
+    pub oldest_changes: Option<u64>,
+    /// Bytes of the region.
+    pub size: u64,
+    /// Number of buffers.
+    pub buffers: u32,
+    /// Bytes per change-tracking chunk.
+    pub chunk_size: u32,
+    /// Versions of change history.
+    pub history: u32,
+    /// Words per history entry.
+    pub entry_words: u32,
+    /// Offset of buffer 0.
+    pub buffer_offset: u64,
+    /// Distance between buffers.
+    pub stride: u64,
+    /// The shape re-derived from size, buffers, chunk size and history (`null`: one of them
+    /// is out of range).
+    pub shape: Option<ShapeView>,
+    /// The version word of each buffer (of all the block's words, when the shape is invalid).
+    pub buffer_versions: Vec<BufferView>,
+    /// The writer's slot (slot 0).
+    pub writer: Option<WriterView>,
+    /// Versions published by all writers.
+    pub publishes: u64,
+    /// Writers that took over from a dead one.
+    pub takeovers: u64,
+    /// 1 while a reader may sleep in `wait_for`.
+    pub parked: u32,
+    /// The futex word readers sleep on.
+    pub notify: u32,
+    /// Whether the reserved words are zero.
+    pub reserved_zero: bool,
+    /// The change history of the latest versions, newest first.
+    pub changes: Vec<ChangeView>,
+}
+
+/// A region's shape as an opener computes it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShapeView {
+    /// Chunks of the region.
+    pub chunks: usize,
+    /// Words per history entry.
+    pub entry_words: usize,
+    /// Offset of buffer 0.
+    pub buffer_offset: usize,
+    /// Distance between buffers.
+    pub stride: usize,
+    /// End of the last buffer.
+    pub end: usize,
+}
+
+/// One buffer's version word.
+#[derive(Debug, Clone, Serialize)]
+pub struct BufferView {
+    /// Buffer index.
+    pub buffer: usize,
+    /// The word as found.
+    pub word: u64,
+    /// The version it holds (`null` while the writer rewrites it).
+    pub version: Option<u64>,
+    /// Whether the writer is rewriting it (or died doing so).
+    pub writing: bool,
+}
+
+/// A region's writer.
+#[derive(Debug, Clone, Serialize)]
+pub struct WriterView {
+    /// Pid of the writer's process (display only).
+    pub pid: u32,
+    /// Alive, dead, closed, free or unknown.
+    pub status: String,
+    /// Whether a live process holds the writer's liveness token.
+    pub alive: bool,
+    /// Writers attached so far.
+    pub attach_count: u64,
+}
+
+/// What the change history says about one version.
+#[derive(Debug, Clone, Serialize)]
+pub struct ChangeView {
+    /// The version.
+    pub version: u64,
+    /// Its entry's index in the history table.
+    pub entry: usize,
+    /// `present`, `writing`, `other` (the entry describes another version) or `not copied`.
+    pub state: String,
+    /// The version an `other` entry describes.
+    pub found: Option<u64>,
+    /// Chunks the version changed (`null` unless present and copied whole).
+    pub changed_chunks: Option<u64>,
+    /// The first of them, ascending.
+    pub first_chunks: Vec<usize>,
+}
+
+fn region_view(r: &Region, writer: Option<&Endpoint>) -> RegionView {
+    let shown = r.shape.map_or(MAX_REGION_BUFFERS, |s| s.buffers);
+    RegionView {
+        latest: r.latest,
+        latest_buffer: r.latest_buffer(),
+        oldest_changes: r.oldest_changes(),
+        size: r.size,
+        buffers: r.buffers,
+        chunk_size: r.chunk_size,
+        history: r.history,
+        entry_words: r.entry_words,
+        buffer_offset: r.buffer_offset,
+        stride: r.stride,
+        shape: r.shape.map(|s| ShapeView {
+            chunks: s.chunks,
+            entry_words: s.entry_words,
+            buffer_offset: s.buffer_offset,
+            stride: s.stride,
+            end: s.end,
+        }),
+        buffer_versions: r.buffer_versions[..shown]
+            .iter()
+            .enumerate()
+            .map(|(buffer, &word)| BufferView {
+                buffer,
+                word,
+                version: (word != REGION_WRITING).then_some(word),
+                writing: word == REGION_WRITING,
+            })
+            .collect(),
+        writer: writer.map(|e| WriterView {
+            pid: e.pid,
+            status: e.status().to_string(),
+            alive: e.is_alive(),
+            attach_count: e.attach_count,
+        }),
+        publishes: r.publishes,
+        takeovers: r.takeovers,
+        parked: r.parked,
+        notify: r.notify,
+        reserved_zero: r.reserved_zero,
+        changes: r
+            .changes
+            .iter()
+            .map(|c| {
+                let (state, found, changed, first) = match &c.state {
+                    EntryState::Present { changed, first, .. } => {
+                        ("present", None, *changed, first.clone())
+                    }
+                    EntryState::Writing => ("writing", None, None, Vec::new()),
+                    EntryState::Other(tag) => ("other", Some(*tag), None, Vec::new()),
+                    EntryState::NotCopied => ("not copied", None, None, Vec::new()),
+                };
+                ChangeView {
+                    version: c.version,
+                    entry: c.entry,
+                    state: state.to_owned(),
+                    found,
+                    changed_chunks: changed,
+                    first_chunks: first,
+                }
+            })
+            .collect(),
+    }
 }
 
 /// One endpoint slot, every field.
@@ -238,6 +409,10 @@ impl InspectView {
                 published: b.published,
                 start: b.start,
             }),
+            region: d
+                .region
+                .as_ref()
+                .map(|r| region_view(r, d.endpoints.first())),
             endpoints: d.endpoints.iter().map(slot_view).collect(),
         }
     }
@@ -268,6 +443,136 @@ impl<'a> Report<'a> {
                 *shown = true;
             }
         }
+    }
+}
+
+/// A stored value of a region's shape, with the re-derived one when they differ.
+fn against(found: u64, derived: Option<usize>) -> String {
+    match derived {
+        Some(expected) if expected as u64 != found => format!("{found} (expected {expected})"),
+        _ => found.to_string(),
+    }
+}
+
+/// The region section of `shmesh inspect`.
+fn region_report(r: &mut Report<'_>, region: &Region, writer: Option<&Endpoint>) {
+    let shape = region.shape;
+    r.section("region");
+    r.field(
+        "region size",
+        format!("{} ({})", region.size, human_bytes(region.size)),
+    );
+    r.field("region buffers", region.buffers.to_string());
+    r.field(
+        "region chunk size",
+        match shape {
+            Some(s) => format!("{} ({} chunks)", region.chunk_size, s.chunks),
+            None => region.chunk_size.to_string(),
+        },
+    );
+    r.field("region history", format!("{} versions", region.history));
+    r.field(
+        "region entry words",
+        against(region.entry_words.into(), shape.map(|s| s.entry_words)),
+    );
+    r.field(
+        "region buffer offset",
+        against(region.buffer_offset, shape.map(|s| s.buffer_offset)),
+    );
+    r.field(
+        "region stride",
+        against(region.stride, shape.map(|s| s.stride)),
+    );
+    if shape.is_none() {
+        let _ = writeln!(
+            r.out,
+            "  (the shape cannot be derived: the fields above are not checked)"
+        );
+    }
+    r.field("latest version", region.latest.to_string());
+    let latest_buffer = region.latest_buffer();
+    let shown = shape.map_or(MAX_REGION_BUFFERS, |s| s.buffers);
+    for (i, &word) in region.buffer_versions.iter().enumerate() {
+        if i >= shown && word == 0 {
+            continue;
+        }
+        let mut value = Region::buffer_label(word);
+        if word == REGION_WRITING {
+            value.push_str(" (the writer is rewriting it, or died doing so)");
+        }
+        if latest_buffer == Some(i) {
+            value.push_str(" <- holds the latest version");
+        }
+        if i >= shown {
+            value.push_str(" (unused)");
+        }
+        r.field(&format!("buffer {i}"), value);
+    }
+    r.field(
+        "writer",
+        match writer {
+            Some(e) if e.is_used() => format!(
+                "pid {}: {}, attached {} time(s)",
+                e.pid,
+                e.status(),
+                e.attach_count
+            ),
+            _ => "none ever attached".to_owned(),
+        },
+    );
+    r.field("publishes", region.publishes.to_string());
+    r.field("takeovers", region.takeovers.to_string());
+    r.field("parked", region.parked.to_string());
+    r.field("notify", region.notify.to_string());
+    r.field(
+        "region reserved",
+        if region.reserved_zero {
+            "zero"
+        } else {
+            "not zero"
+        },
+    );
+    if let Some(oldest) = region.oldest_changes() {
+        r.field(
+            "oldest changes",
+            format!("changes_since answers from version {oldest} on (older: a full snapshot)"),
+        );
+    }
+    if region.changes.is_empty() {
+        r.field("history", "no version published yet");
+    }
+    for c in &region.changes {
+        let state = match &c.state {
+            EntryState::Present {
+                changed: Some(n),
+                first,
+                ..
+            } => {
+                let list: Vec<String> = first.iter().map(ToString::to_string).collect();
+                let more = if (*n as usize) > first.len() {
+                    ", ..."
+                } else {
+                    ""
+                };
+                if *n == 0 {
+                    "no chunk changed".to_owned()
+                } else {
+                    format!("{n} chunk(s) changed: {}{more}", list.join(", "))
+                }
+            }
+            EntryState::Present { changed: None, .. } => {
+                "present (too long to copy: chunks not counted)".to_owned()
+            }
+            EntryState::Writing => "being written".to_owned(),
+            EntryState::Other(tag) => format!("describes version {tag}"),
+            EntryState::NotCopied => {
+                "not copied (past the end of the object or of what the tool maps)".to_owned()
+            }
+        };
+        r.field(
+            &format!("version {}", c.version),
+            format!("entry {}: {state}", c.entry),
+        );
     }
 }
 
@@ -311,9 +616,14 @@ pub(crate) fn report(file: &SegmentFile, d: &Decoded) -> String {
             },
         );
         r.field("total size", h.total_size.to_string());
+        let region_note = if d.kind == Some(SegmentKind::Region) {
+            ", the region's size"
+        } else {
+            ""
+        };
         r.field(
             "capacity",
-            format!("{} ({})", h.capacity, human_bytes(h.capacity)),
+            format!("{} ({}{region_note})", h.capacity, human_bytes(h.capacity)),
         );
         let expected = d
             .expected_data_offset()
@@ -351,6 +661,7 @@ pub(crate) fn report(file: &SegmentFile, d: &Decoded) -> String {
                     h.history,
                     shmesh_ring::broadcast::history_records(h.history as usize)
                 ),
+                Some(SegmentKind::Region) => format!("{} versions of change history", h.history),
                 _ => h.history.to_string(),
             },
         );
@@ -398,6 +709,9 @@ pub(crate) fn report(file: &SegmentFile, d: &Decoded) -> String {
         r.field("limit", b.limit.to_string());
         r.field("published", b.published.to_string());
         r.field("start", b.start.to_string());
+    }
+    if let Some(region) = &d.region {
+        region_report(&mut r, region, d.endpoints.first());
     }
     if !d.endpoints.is_empty() {
         r.section("endpoints");

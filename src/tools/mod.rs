@@ -7,13 +7,19 @@
 //!
 //! - `shmesh ls [--json] [--prefix P]`: every `shmesh.*` object in `/dev/shm` (a table, or one
 //!   JSON object per line). Invalid ones (too small, bad magic, unknown version...) are listed
-//!   as `INVALID` with their first problem; objects that cannot be read say why.
+//!   as `INVALID` with their first problem; objects that cannot be read say why. Regions show
+//!   their size under CAPACITY and their latest version in a VERSION column (there when a
+//!   region is listed).
 //! - `shmesh inspect NAME [--json]`: the header, schema block, ring control, broadcast control
-//!   and every used endpoint slot decoded field by field, each problem under its field.
+//!   and every used endpoint slot decoded field by field, each problem under its field. For a
+//!   region: its shape (each stored field against the one re-derived from size, buffers, chunk
+//!   size and history), the latest version, each buffer's version, the writer, and the change
+//!   history of the latest versions (how many chunks each changed).
 //! - `shmesh stat NAME [--interval MS] [--count N] [--json]`: rates from the deltas of the
 //!   endpoints' counters, one refresh per interval: rewritten in place on a terminal, one line
-//!   per refresh otherwise (and always with `--json`). Ends after `N` refreshes, or with an
-//!   error when the segment vanishes (removed, or replaced by a new one of the same name).
+//!   per refresh otherwise (and always with `--json`). For a region: versions per second and
+//!   chunks changed per version. Ends after `N` refreshes, or with an error when the segment
+//!   vanishes (removed, or replaced by a new one of the same name).
 //! - `shmesh rm NAME...`: removes segments no live process uses. A segment with a live endpoint
 //!   is refused, listing the endpoints (role, slot, pid), with a non-zero exit status; so is
 //!   one a live process holds open without an endpoint.
@@ -33,13 +39,14 @@
 //! | `name`, `file` | the segment name and its file in `/dev/shm` |
 //! | `valid`, `problems` | whether it decodes cleanly; each problem as `field: message` |
 //! | `error` | why it could not be read at all (then most fields are `null`) |
-//! | `kind`, `kind_code` | `spsc`, `probe`, `mpsc`, `broadcast` or `unknown`; the header code |
+//! | `kind`, `kind_code` | `spsc`, `probe`, `mpsc`, `broadcast`, `region` or `unknown`; the header code |
 //! | `message_type`, `fingerprint` | the schema text (`bytes` for byte rings); 64 hex digits |
-//! | `capacity`, `fill_bytes`, `fill_ratio` | data bytes; bytes written and not yet read (broadcast: behind the oldest live reader) |
+//! | `capacity`, `fill_bytes`, `fill_ratio` | rings: data bytes; bytes written and not yet read (broadcast: behind the oldest live reader); `null` for regions |
 //! | `size`, `owner_uid`, `mode` | the object's size, owner and permission bits (octal string) |
 //! | `in_use` | whether a live process holds the segment at all |
 //! | `creator_pid`, `created_unix_ns`, `age_s` | the creator (display only) and creation time |
-//! | `policy`, `history` | broadcast rings: `block`/`lap` and history length; `null` otherwise |
+//! | `policy`, `history` | broadcast rings: `block`/`lap` and history length; regions: `null` and the versions of change history; `null` otherwise |
+//! | `version`, `region_size` | regions: the latest published version and the bytes of the region; `null` otherwise |
 //! | `messages`, `bytes` | written so far (producer and writers) |
 //! | `read_messages`, `read_bytes`, `dropped` | read so far (every reader counts), records lost by lapped readers |
 //! | `endpoints_alive`, `endpoints` | live endpoints; every slot ever used: `slot`, `role`, `pid`, `status` (`alive`, `dead`, `closed`, `unknown`), `alive`, `messages`, `bytes`, `waits`, `dropped`, `cursor` (readers), `attach_count` |
@@ -47,12 +54,19 @@
 //! `shmesh stat --json`, one object per refresh ([`StatLine`]): `name`, `t_s` (since start),
 //! `interval_s`, `written_msgs_per_s`, `written_bytes_per_s`, `read_msgs_per_s`,
 //! `read_bytes_per_s`, `dropped_per_s`, `waits_per_s`, the totals `messages`, `bytes`,
-//! `dropped`, `fill_bytes`, `fill_ratio`, `endpoints_alive`, `endpoints`.
+//! `dropped`, `fill_bytes`, `fill_ratio`, `endpoints_alive`, `endpoints`, and for regions
+//! (`null` otherwise) `version`, `versions_per_s` and `chunks_per_version` (the mean over the
+//! versions of the interval whose history entries were copied: the latest
+//! [`HISTORY_SHOWN`](shmesh_ring::inspect::HISTORY_SHOWN) at most).
 //!
 //! `shmesh inspect --json` ([`InspectView`]): `name`, `file`, `size`, `owner_uid`, `mode`,
 //! `in_use`, `settled`, `valid`, `problems` (`field`, `message`), and `header`, `schema`,
-//! `control`, `broadcast`, `endpoints` with every field of the layout
-//! ([`shmesh_ring::layout`]).
+//! `control`, `broadcast`, `region`, `endpoints` with every field of the layout
+//! ([`shmesh_ring::layout`]). `region` ([`RegionView`]) adds the re-derived `shape`, the
+//! `latest_buffer`, the `oldest_changes` version `changes_since` answers from, the `writer`
+//! (`pid`, `status`, `alive`, `attach_count`), and `changes`: per version, newest first, its
+//! history `entry` and `state` (`present`, `writing`, `other`, `not copied`), `found` (the
+//! version an `other` entry describes), `changed_chunks` and `first_chunks`.
 
 mod detail;
 mod remove;
@@ -65,7 +79,7 @@ use shmesh_ring::inspect::{self, InspectError, SegmentFile};
 use shmesh_ring::SegmentError;
 use thiserror::Error;
 
-pub use detail::InspectView;
+pub use detail::{InspectView, RegionView};
 pub use stat::StatLine;
 pub use view::{EndpointView, SegmentView};
 

@@ -24,7 +24,7 @@ pub struct SegmentView {
     pub error: Option<String>,
     /// Every problem found, `field: message`.
     pub problems: Vec<String>,
-    /// `spsc`, `probe`, `mpsc`, `broadcast`, or `unknown`.
+    /// `spsc`, `probe`, `mpsc`, `broadcast`, `region`, or `unknown`.
     pub kind: Option<String>,
     /// The kind code of the header.
     pub kind_code: Option<u32>,
@@ -32,7 +32,7 @@ pub struct SegmentView {
     pub message_type: Option<String>,
     /// The schema fingerprint, 64 hex digits.
     pub fingerprint: Option<String>,
-    /// Data capacity in bytes (when usable).
+    /// Data capacity in bytes (when usable; rings only).
     pub capacity: Option<u64>,
     /// Bytes written and not yet read.
     pub fill_bytes: Option<u64>,
@@ -55,8 +55,12 @@ pub struct SegmentView {
     /// Broadcast rings: `block` or `lap`.
     pub policy: Option<String>,
     /// Broadcast rings: how many of the last records a late joiner may ask for (the history
-    /// table less its slack).
+    /// table less its slack). Regions: how many versions the change history covers.
     pub history: Option<u32>,
+    /// Regions: the latest published version.
+    pub version: Option<u64>,
+    /// Regions: bytes of the region (of one version).
+    pub region_size: Option<u64>,
     /// Messages written so far (producer and writers).
     pub messages: u64,
     /// Payload bytes written so far.
@@ -190,12 +194,14 @@ impl SegmentView {
                 .filter(|h| h.magic != 0)
                 .map(|h| age(h.created_unix_ns).as_secs_f64()),
             policy: d.policy.map(|p: BroadcastPolicy| p.to_string()),
-            history: (d.kind == Some(SegmentKind::BroadcastRing))
-                .then(|| {
-                    header
-                        .map(|h| shmesh_ring::broadcast::history_records(h.history as usize) as u32)
-                })
-                .flatten(),
+            history: match d.kind {
+                Some(SegmentKind::BroadcastRing) => header
+                    .map(|h| shmesh_ring::broadcast::history_records(h.history as usize) as u32),
+                Some(SegmentKind::Region) => d.region.as_ref().map(|r| r.history),
+                _ => None,
+            },
+            version: d.region.as_ref().map(|r| r.latest),
+            region_size: d.region.as_ref().map(|r| r.size),
             messages: totals.written_messages,
             bytes: totals.written_bytes,
             read_messages: totals.read_messages,
@@ -246,6 +252,8 @@ impl SegmentView {
             age_s: None,
             policy: None,
             history: None,
+            version: None,
+            region_size: None,
             messages: 0,
             bytes: 0,
             read_messages: 0,
@@ -346,9 +354,11 @@ fn endpoints_cell(v: &SegmentView) -> String {
     parts.join(", ")
 }
 
-/// The human table of `shmesh ls`.
+/// The human table of `shmesh ls`. A VERSION column (after FILL) appears when a region is
+/// listed; a region's CAPACITY is its size, its FILL, MESSAGES and BYTES are `-`.
 pub(crate) fn table(views: &[SegmentView]) -> String {
-    let header = [
+    let regions = views.iter().any(|v| v.version.is_some());
+    let mut header = vec![
         "NAME",
         "KIND",
         "TYPE",
@@ -359,10 +369,14 @@ pub(crate) fn table(views: &[SegmentView]) -> String {
         "AGE",
         "ENDPOINTS",
     ];
+    if regions {
+        header.insert(5, "VERSION");
+    }
     let dash = || "-".to_owned();
-    let rows: Vec<[String; 9]> = views
+    let rows: Vec<Vec<String>> = views
         .iter()
         .map(|v| {
+            let region = v.kind.as_deref() == Some("region");
             let status = if let Some(error) = &v.error {
                 format!("unreadable: {error}")
             } else if !v.valid {
@@ -374,23 +388,26 @@ pub(crate) fn table(views: &[SegmentView]) -> String {
             } else {
                 endpoints_cell(v)
             };
-            [
+            let mut row = vec![
                 clean(&v.name),
                 v.kind.clone().unwrap_or_else(dash),
                 v.message_type
                     .as_deref()
                     .map(|t| shorten(&clean(t), TYPE_WIDTH))
                     .unwrap_or_else(dash),
-                v.capacity.map(human_bytes).unwrap_or_else(dash),
+                v.capacity
+                    .or(v.region_size)
+                    .map(human_bytes)
+                    .unwrap_or_else(dash),
                 v.fill_ratio
                     .map(|r| format!("{:.1}%", r * 100.0))
                     .unwrap_or_else(dash),
-                if v.kind.is_some() {
+                if v.kind.is_some() && !region {
                     v.messages.to_string()
                 } else {
                     dash()
                 },
-                if v.kind.is_some() {
+                if v.kind.is_some() && !region {
                     human_bytes(v.bytes)
                 } else {
                     dash()
@@ -399,10 +416,14 @@ pub(crate) fn table(views: &[SegmentView]) -> String {
                     .map(|s| human_age(Duration::try_from_secs_f64(s).unwrap_or_default()))
                     .unwrap_or_else(dash),
                 clean(&status),
-            ]
+            ];
+            if regions {
+                row.insert(5, v.version.map(|n| n.to_string()).unwrap_or_else(dash));
+            }
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
