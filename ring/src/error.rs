@@ -128,16 +128,22 @@ pub enum AttachError {
     /// The start position is not a multiple of 16.
     #[error("ring start position {0} is not a multiple of 16")]
     StartPosition(u64),
-    /// Another live process already holds this endpoint of the SPSC ring.
+    /// Another live process already holds this single endpoint (an SPSC ring's producer or
+    /// consumer, an MPSC ring's consumer, a broadcast ring's or a region's writer).
     #[error(
-        "the {side} of ring '{name}' is already attached by a live process (pid {pid} in its \
-         pid namespace); an SPSC ring has one {side}: stop that process or use another ring"
+        "the {endpoint} of {kind} '{name}' is already attached by a live process (pid {pid} in \
+         its pid namespace); {kind} has one {endpoint}: stop that process, or wait for it to \
+         detach or die and attach again"
     )]
     Busy {
         /// Segment name.
         name: String,
         /// Which endpoint.
         side: crate::memory::Side,
+        /// What the endpoint is called ("producer", "consumer", "writer").
+        endpoint: &'static str,
+        /// What the segment is ("an SPSC ring", "a region", ...).
+        kind: &'static str,
         /// The pid recorded by the holder (display only).
         pid: u32,
     },

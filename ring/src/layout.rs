@@ -115,11 +115,13 @@ pub struct SegmentHeader {
     pub magic: AtomicU64,
     /// [`LAYOUT_VERSION`] of the creator.
     pub layout_version: AtomicU32,
-    /// What the segment holds: a `SegmentKind` code (1 = SPSC ring, 2 = probe).
+    /// What the segment holds: a `SegmentKind` code (1 = SPSC ring, 2 = probe, 3 = MPSC ring,
+    /// 4 = broadcast ring, 5 = region).
     pub kind: AtomicU32,
     /// Size of the whole shared-memory object in bytes (equals `fstat` size).
     pub total_size: AtomicU64,
-    /// Size of the data area in bytes: a power of two (0 for kinds without one).
+    /// Size of the data area in bytes: a power of two (0 for kinds without one). Regions: the
+    /// region's size in bytes (any size).
     pub capacity: AtomicU64,
     /// Offset of the data area from the start of the mapping ([`DATA_OFFSET`]).
     pub data_offset: AtomicU64,
@@ -137,7 +139,7 @@ pub struct SegmentHeader {
     pub policy: AtomicU32,
     /// Broadcast rings: the length of the history table (the records a late joiner may ask
     /// for, plus 8 of slack; at least 256 under `Lap`, where a lapped reader resumes from it;
-    /// see `crate::broadcast`); 0 otherwise.
+    /// see `crate::broadcast`). Regions: the change history, in versions. 0 otherwise.
     pub history: AtomicU32,
     /// Reserved, zero.
     pub reserved: [AtomicU64; 3],
@@ -261,13 +263,14 @@ pub struct RegionControl {
     /// The version each buffer holds, or [`REGION_WRITING`] while the writer rewrites it.
     /// Buffer `v % buffers` holds version `v` once its word says `v`.
     pub buffer_version: [AtomicU64; MAX_REGION_BUFFERS],
-    /// The futex word readers sleep on in `wait_for`: the low 32 bits of `latest`.
+    /// The low 32 bits of `latest` (for tools: a cheap "something changed" word).
     pub notify: AtomicU32,
     /// Reserved, zero.
     pub reserved0: AtomicU32,
     /// Reserved, zero.
     pub reserved1: [AtomicU64; 6],
-    /// 1 while some reader may sleep on `notify`; the writer swaps it to 0 and wakes them.
+    /// The futex word readers sleep on in `wait_for`: 1 while some reader may sleep (it
+    /// sleeps while the word is 1); the writer swaps it to 0 and wakes them.
     pub parked: AtomicU32,
     /// Reserved, zero.
     pub reserved2: [AtomicU32; 31],

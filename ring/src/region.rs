@@ -81,6 +81,21 @@ use crate::layout::{RegionControl, RegionShape, REGION_WRITING};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{Step, WaitStrategy, Waiter};
 
+/// The highest version a region can hold: `2^63 - 1`, far beyond any real publishing (a
+/// version a nanosecond for 292 years). A larger `latest` (such as [`REGION_WRITING`]) can only
+/// be another process's write: readers and a new writer refuse it, so no version arithmetic
+/// can overflow.
+pub const MAX_VERSION: u64 = (1 << 63) - 1;
+
+/// The corruption of a `latest` above [`MAX_VERSION`].
+fn too_high(latest: u64) -> RegionCorruption {
+    RegionCorruption {
+        what: "latest version",
+        found: latest,
+        expected: format!("at most {MAX_VERSION}"),
+    }
+}
+
 /// Byte spans a writer remembers per version before it falls back to the chunk bitmap.
 const MAX_SPANS: usize = 32;
 
@@ -348,6 +363,9 @@ impl<M: RegionMemory> Writer<M> {
         let shape = *mem.shape();
         let ctl = mem.control();
         let version = ctl.latest.load(Ordering::Acquire);
+        if version > MAX_VERSION {
+            return Err(too_high(version));
+        }
         let current = (version % shape.buffers as u64) as usize;
         let holds = ctl.buffer_version[current].load(Ordering::Acquire);
         if holds != version {
@@ -674,7 +692,7 @@ impl<M: RegionMemory> WriteScope<'_, M> {
         // SYNC POINT D: the parked-flag handshake (see `crate::wait`).
         crate::wait::waker_fence(self.writer.light);
         if ctl.parked.load(Ordering::Relaxed) != 0 && ctl.parked.swap(0, Ordering::Relaxed) != 0 {
-            mem.futex_wake(&ctl.notify);
+            mem.futex_wake(&ctl.parked);
         }
         let w = &mut *self.writer;
         w.version = next;
@@ -834,7 +852,7 @@ impl<M: RegionMemory> Reader<M> {
         let version = ctl.latest.load(Ordering::Acquire);
         let index = (version % shape.buffers as u64) as usize;
         let word = &ctl.buffer_version[index];
-        if word.load(Ordering::Acquire) != version {
+        if version > MAX_VERSION || word.load(Ordering::Acquire) != version {
             return None;
         }
         let peek = Peek {
@@ -903,7 +921,8 @@ impl<M: RegionMemory> Reader<M> {
                     })
                 }
                 Step::Park(slice) => {
-                    let seen = ctl.notify.load(Ordering::Relaxed);
+                    // Sleep on the flag itself (as the rings do): a publish that took an earlier
+                    // sleeper's flag cannot leave this one asleep on a stale value.
                     ctl.parked.store(1, Ordering::Relaxed);
                     // SYNC POINT D: the sleeper's half of the handshake.
                     let heavy = crate::wait::sleeper_fence();
@@ -916,7 +935,7 @@ impl<M: RegionMemory> Reader<M> {
                     } else {
                         slice.min(crate::wait::DEGRADED_PARK_SLICE)
                     };
-                    self.mem.futex_wait(&ctl.notify, seen, Some(slice));
+                    self.mem.futex_wait(&ctl.parked, 1, Some(slice));
                 }
             }
         }
@@ -948,6 +967,9 @@ impl<M: RegionMemory> Reader<M> {
         bitmap: &mut [u64],
     ) -> Result<Option<Changes>, ChangesError> {
         let shape = self.mem.shape();
+        if to > MAX_VERSION {
+            return Err(too_high(to).into());
+        }
         if from > to {
             return Err(ChangesError::Ahead {
                 asked: from,
@@ -1040,6 +1062,9 @@ impl Stuck {
     /// [`STUCK_ATTEMPTS`] attempts.
     fn check(&mut self, ctl: &RegionControl, shape: &RegionShape) -> Result<(), RegionCorruption> {
         let latest = ctl.latest.load(Ordering::Acquire);
+        if latest > MAX_VERSION {
+            return Err(too_high(latest));
+        }
         if latest != self.latest || self.attempts == 0 {
             self.latest = latest;
             self.attempts = 1;

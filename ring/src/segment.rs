@@ -1541,6 +1541,11 @@ impl Segment {
             false => Err(AttachError::Busy {
                 name: inner.name.clone(),
                 side,
+                endpoint: match side {
+                    Side::Producer => "producer",
+                    Side::Consumer => "consumer",
+                },
+                kind: "an SPSC ring",
                 pid: inner.slot(side.index()).pid.load(Ordering::Relaxed),
             }),
         }
@@ -1612,6 +1617,11 @@ impl Segment {
             Err(AttachError::Busy {
                 name: self.inner.name.clone(),
                 side,
+                endpoint: match side {
+                    Side::Producer => "writer",
+                    Side::Consumer => "consumer",
+                },
+                kind: expected,
                 pid: self.inner.slot(index).pid.load(Ordering::Relaxed),
             })
         }
@@ -1715,6 +1725,8 @@ impl Segment {
             return Err(AttachError::Busy {
                 name: self.inner.name.clone(),
                 side: Side::Producer,
+                endpoint: "writer",
+                kind: "a region",
                 pid: slot.pid.load(Ordering::Relaxed),
             });
         }

@@ -73,18 +73,11 @@ fn wait_for_never_misses_a_publish() {
 /// A reader waits for version 2 while the writer publishes twice: the first publish may wake
 /// it early (it must sleep again, not return), the second must wake it.
 ///
-/// KNOWN BUG in `region.rs` (reported), which this model finds as a deadlock: the reader
-/// sleeps on `notify` (expecting the value it loaded before raising `parked`), while the
-/// writer wakes only when it swaps `parked` from 1 to 0. (1) Publish 1 stores `notify = 1`;
-/// (2) the reader's first futex wait returns at once (`notify` moved), it loads `seen = 1`
-/// and stores `parked = 1`; (3) publish 1 goes on: it swaps that flag to 0 and wakes nobody;
-/// (4) the reader sleeps, `notify` is still 1; (5) publish 2 finds `parked == 0` and makes no
-/// wake call. On a real futex the sleep ends after the park slice (20 ms): a wake-up that
-/// is late, not lost for ever, but the handshake's promise is broken. Sleeping on `parked`
-/// itself (expecting 1, as the rings do, see `crate::wait`) and waking on that word makes
-/// this model pass. Remove the `#[ignore]` once fixed.
+/// Regression: the sleeper used to sleep on `notify` while the writer woke only when it swapped
+/// `parked` from 1 to 0, so the first publish could take the flag of a sleeper that then slept
+/// on a value that no longer changed (a wake-up late by the 20 ms park slice). It now sleeps on
+/// `parked` itself, as the rings do.
 #[test]
-#[ignore = "finds a late wake-up in region.rs (reported): the sleeper's parked flag can be consumed by the previous publish"]
 fn wait_for_sleeps_again_until_its_version() {
     loom::model(|| {
         let (mut w, r) = region(16, 2);

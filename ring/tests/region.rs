@@ -630,7 +630,7 @@ fn kind_mismatches_are_not_a_ring() {
 // ---- waiting across processes ----
 
 /// A reader in another process parks in `wait_for` with no timeout; a futex wake issued from
-/// this process on the region's notify word must find it (it would not if the reader slept on a
+/// this process on the region's parked word must find it (it would not if the reader slept on a
 /// private futex: its slices would end it, but no wake from here would ever count it); then a
 /// publish here must end its wait.
 #[test]
@@ -657,7 +657,7 @@ fn a_reader_in_another_process_sleeps_on_a_shared_futex() {
     let mut found = 0;
     while found == 0 && Instant::now() < deadline {
         found =
-            futex::wake(&ctl.notify, futex::Flags::empty(), i32::MAX as u32).expect("futex wake");
+            futex::wake(&ctl.parked, futex::Flags::empty(), i32::MAX as u32).expect("futex wake");
         if found == 0 {
             thread::sleep(Duration::from_millis(1));
         }
@@ -679,7 +679,7 @@ fn a_reader_in_another_process_sleeps_on_a_shared_futex() {
     child.wait_success();
 }
 
-/// A thread of this process sleeps on the region's notify word with a shared futex and no
+/// A thread of this process sleeps on the region's parked word with a shared futex and no
 /// timeout short of the deadline; a writer in another process publishes. The sleeper must be
 /// woken by that publish (a writer waking a private futex would never reach it).
 #[test]
@@ -704,7 +704,6 @@ fn a_writer_in_another_process_wakes_a_shared_futex_sleeper() {
                 .send(rustix::thread::gettid().as_raw_nonzero().get())
                 .unwrap();
             // What `Reader::wait_for` does before it sleeps, with one long sleep.
-            let seen = ctl.notify.load(Ordering::Relaxed);
             ctl.parked.store(1, Ordering::Relaxed);
             std::sync::atomic::fence(Ordering::SeqCst);
             assert_eq!(ctl.latest.load(Ordering::Acquire), 0);
@@ -712,7 +711,7 @@ fn a_writer_in_another_process_wakes_a_shared_futex_sleeper() {
                 tv_sec: DEADLINE.as_secs() as i64,
                 tv_nsec: 0,
             };
-            futex::wait(&ctl.notify, futex::Flags::empty(), seen, Some(&timeout))
+            futex::wait(&ctl.parked, futex::Flags::empty(), 1, Some(&timeout))
         })
     };
     let tid = tid_rx.recv_timeout(DEADLINE).expect("the sleeper's tid");

@@ -152,14 +152,6 @@ pub fn session(data: &[u8]) {
             4 => {
                 let latest = ctl.latest.load(Ordering::Relaxed);
                 let v = b.version(latest);
-                // KNOWN BUG (reported; see `a_takeover_refuses_latest_max` below): a writer
-                // that takes over at a version near u64::MAX overflows `version + 1` a few
-                // publishes later (a panic where overflow checks are on, as in the fuzz
-                // build), and a `latest` of u64::MAX, which is also REGION_WRITING, passes the
-                // version checks. Such values are skipped until that is fixed.
-                if v >= 1 << 62 {
-                    continue;
-                }
                 ctl.latest.store(v, Ordering::Release);
             }
             5 => {
@@ -335,14 +327,12 @@ mod tests {
         assert_eq!(r.changes_since(1).unwrap().chunks, vec![0]);
     }
 
-    /// KNOWN BUG in `region.rs` (reported): `latest = u64::MAX` is also REGION_WRITING, the
-    /// mark a dead writer leaves on its buffer, so a takeover's check "the latest version's
-    /// buffer says that version" passes on a buffer nobody completed, and its first scope
-    /// computes `u64::MAX + 1` (a panic with overflow checks, a wrap to version 0 without).
-    /// Readers likewise copy that buffer as version u64::MAX, and `changes_since(u64::MAX)`
-    /// overflows `from + 1`. Remove the `#[ignore]` once the writer and readers refuse it.
+    /// Regression: `latest = u64::MAX` is also REGION_WRITING, the mark a dead writer leaves on
+    /// its buffer, so a takeover's check "the latest version's buffer says that version" used
+    /// to pass on a buffer nobody completed and its first scope computed `u64::MAX + 1`;
+    /// readers copied that buffer as version u64::MAX. Versions above `MAX_VERSION` are now
+    /// refused as corruption.
     #[test]
-    #[ignore = "known bug in region.rs: latest = u64::MAX (= REGION_WRITING) is accepted"]
     fn a_takeover_refuses_latest_max() {
         let mem = HeapRegion::new(64, 2, 64, 2).unwrap();
         let ctl = mem.control();

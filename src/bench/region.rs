@@ -162,7 +162,13 @@ impl Endpoint for RegionEndpoint {
         let want = seq + 1;
         wait_version(&self.rx, &self.rx_name, want, seq)?;
         let n = self.touched();
-        let version = self.rx.read_into(&mut self.buf[..n]);
+        let version = self
+            .rx
+            .read_into(&mut self.buf[..n])
+            .map_err(|e| BenchError::Corrupt {
+                seq,
+                detail: e.to_string(),
+            })?;
         if version != want {
             return Err(BenchError::Corrupt {
                 seq,

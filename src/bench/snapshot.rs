@@ -389,7 +389,10 @@ fn check_first_version(
     reader: &region::Reader<ShmRegion>,
     dst: &mut [u8],
 ) -> Result<(), BenchError> {
-    let version = reader.read_into(dst);
+    let version = reader.read_into(dst).map_err(|e| BenchError::Corrupt {
+        seq: FIRST_VERSION,
+        detail: e.to_string(),
+    })?;
     let mut expected = vec![0u8; dst.len()];
     fill(&mut expected, FIRST_VERSION);
     if version != FIRST_VERSION || dst != expected.as_slice() {
@@ -416,7 +419,10 @@ fn idle_bandwidth(
     memcpy::median_of_runs(|| {
         let start = Instant::now();
         for _ in 0..copies {
-            let version = reader.read_into(dst);
+            let version = reader.read_into(dst).map_err(|e| BenchError::Corrupt {
+                seq: FIRST_VERSION,
+                detail: e.to_string(),
+            })?;
             if version != FIRST_VERSION {
                 return Err(BenchError::Corrupt {
                     seq: FIRST_VERSION,
