@@ -63,6 +63,25 @@ fn settings(n: u64) -> Settings {
     }
 }
 
+/// Attaches as the writer, retrying while the token looks held by this very process: a child
+/// that another test thread is spawning shares this process's open files (and the liveness
+/// locks with them) between its fork and its exec, so a writer dropped a moment ago can look
+/// alive for that long. Any other error, or a holder that is another process, fails at once.
+fn attach<W>(what: &str, mut attach: impl FnMut() -> Result<W, RegionError>) -> W {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        match attach() {
+            Ok(w) => return w,
+            Err(RegionError::Attach(AttachError::Busy { pid, .. }))
+                if pid == std::process::id() && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
 // ---- the child side ----
 
 /// Plays a child role when `SHMESH_TEST_CHILD` says so; passes at once otherwise.
@@ -81,7 +100,7 @@ fn child_entry() {
 /// for the parent before it ends.
 fn role_write_rich(name: &str, count: u64) {
     let region = TypedRegion::<Rich>::open(name).unwrap_or_else(|e| panic!("open {name}: {e}"));
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     say("writer", writer.version());
     for seq in 1..=count {
         writer.publish(&rich(seq)).expect("publish");
@@ -100,7 +119,7 @@ fn typed_region_round_trips_rich_values_version_after_version() {
         .capacity(RICH_CAP)
         .create(&rich(0))
         .expect("create");
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     let mut reader = TypedRegion::<Rich>::open(&name).expect("open").reader();
     {
         let first = reader.read().expect("read");
@@ -124,7 +143,7 @@ fn typed_region_holds_enums_maps_and_vectors() {
     let prefix = Prefix::new("region-settings");
     let name = prefix.name("s");
     let region = TypedRegion::create(&name, &settings(1)).expect("create");
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     let mut reader = region.reader();
     for n in 2..20 {
         writer.publish(&settings(n)).expect("publish");
@@ -148,7 +167,7 @@ fn typed_publish_rewrites_only_changed_chunks() {
         .chunk_size(256)
         .create(&value)
         .expect("create");
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     let before = writer.version();
     value.weights[700] = -1.0; // one f64 inside an 8000-byte vector
     writer.publish(&value).expect("publish");
@@ -210,7 +229,7 @@ fn too_large_values_are_refused_and_nothing_is_published() {
         .capacity(1024)
         .create(&vec![1; 100])
         .expect("create");
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     match writer.publish(&vec![7; 5000]) {
         Err(RegionWriteError::TooLarge { size, max, .. }) => assert_eq!((size, max), (1024, 1008)),
         other => panic!("expected TooLarge, got {other:?}"),
@@ -254,7 +273,7 @@ fn invalid_bytes_are_an_error_never_a_panic() {
         }),
     ];
     for (what, bytes) in cases {
-        let mut writer = raw.writer().expect("raw writer");
+        let mut writer = attach("raw writer", || raw.writer());
         let mut scope = writer.write();
         scope.write_at(0, &bytes);
         let version = scope.publish();
@@ -278,7 +297,7 @@ fn second_writer_is_refused_naming_the_first() {
     let prefix = Prefix::new("region-busy");
     let name = prefix.name("b");
     let region = Region::create(&name, 4096).expect("create");
-    let writer = region.writer().expect("writer");
+    let writer = attach("writer", || region.writer());
     let e = Region::open(&name)
         .expect("open")
         .writer()
@@ -300,7 +319,7 @@ fn writer_takeover_continues_the_version_sequence() {
     let prefix = Prefix::new("region-takeover");
     let name = prefix.name("t");
     let region = Region::create(&name, 10_000).expect("create");
-    let mut writer = region.writer().expect("writer");
+    let mut writer = attach("writer", || region.writer());
     for i in 0..5u8 {
         let mut scope = writer.write();
         scope
@@ -309,7 +328,8 @@ fn writer_takeover_continues_the_version_sequence() {
         scope.publish();
     }
     drop(writer);
-    let mut writer = Region::open(&name).expect("open").writer().expect("writer");
+    let reopened = Region::open(&name).expect("open");
+    let mut writer = attach("writer", || reopened.writer());
     assert_eq!(writer.version(), 5);
     let mut scope = writer.write();
     scope.write_at(9990, b"tail");
