@@ -286,6 +286,18 @@ pub enum ChangesError {
     },
 }
 
+/// A region parameter is out of range.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("region {what} {found} is out of range: use {allowed}")]
+pub struct ShapeError {
+    /// Which parameter.
+    pub what: &'static str,
+    /// The value given.
+    pub found: u64,
+    /// What is allowed.
+    pub allowed: String,
+}
+
 /// [`Reader::wait_for`] timed out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[error(
@@ -1116,15 +1128,20 @@ impl HeapRegion {
     ///
     /// # Errors
     ///
-    /// A parameter out of range: its name, the value, and what is allowed (see
-    /// [`RegionShape::new`]).
+    /// [`ShapeError`]: a parameter out of range (see [`RegionShape::new`]).
     pub fn new(
         size: u64,
         buffers: usize,
         chunk_size: usize,
         history: usize,
-    ) -> Result<Self, (&'static str, u64, String)> {
-        let shape = RegionShape::new(size, buffers, chunk_size, history)?;
+    ) -> Result<Self, ShapeError> {
+        let shape = RegionShape::new(size, buffers, chunk_size, history).map_err(
+            |(what, found, allowed)| ShapeError {
+                what,
+                found,
+                allowed,
+            },
+        )?;
         Ok(HeapRegion {
             inner: Arc::new(HeapRegionInner {
                 control: RegionControl::new(&shape),
