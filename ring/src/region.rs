@@ -348,6 +348,8 @@ pub struct Writer<M: RegionMemory> {
     recent: VecDeque<(u64, Option<Vec<Range<usize>>>)>,
     /// A span list to reuse for the next scope (so steady-state writes allocate nothing).
     spare: Vec<Range<usize>>,
+    /// Scratch for merging the spans a refresh copies.
+    merge: Vec<Range<usize>>,
     light: bool,
     bitmap: Vec<u64>,
 }
@@ -391,6 +393,7 @@ impl<M: RegionMemory> Writer<M> {
             version,
             recent: VecDeque::with_capacity(shape.buffers),
             spare: Vec::new(),
+            merge: Vec::new(),
             light: crate::wait::light_wakes(),
             bitmap: vec![0; shape.entry_words - 1],
             mem,
@@ -454,9 +457,22 @@ impl<M: RegionMemory> Writer<M> {
                     .and_then(|(_, s)| s.as_ref())
             };
             if (held + 1..=v).all(|x| spans_of(x).is_some()) {
-                for span in (held + 1..=v).filter_map(spans_of).flatten() {
-                    bytes::copy(src, dst, span.clone());
+                // Merge the versions' spans first: bytes two versions wrote are copied once.
+                let mut merged = std::mem::take(&mut self.merge);
+                merged.clear();
+                merged.extend((held + 1..=v).filter_map(spans_of).flatten().cloned());
+                merged.sort_unstable_by_key(|r| r.start);
+                let mut at = 0;
+                while at < merged.len() {
+                    let mut span = merged[at].clone();
+                    at += 1;
+                    while at < merged.len() && merged[at].start <= span.end {
+                        span.end = span.end.max(merged[at].end);
+                        at += 1;
+                    }
+                    bytes::copy(src, dst, span);
                 }
+                self.merge = merged;
                 return;
             }
             if union_entries(&self.mem, held, v, &mut self.bitmap) {
