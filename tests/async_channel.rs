@@ -24,8 +24,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use common::{
-    arm_child_lifetime, check_received, rich, say, wait_for_parent, ChannelName, Proc, Rich,
-    Watchdog, DEADLINE, TEST_LIMIT,
+    check_received, rich, say, wait_for_parent, ChannelName, Proc, Rich, Watchdog, DEADLINE,
+    TEST_LIMIT,
 };
 use rkyv::{Archive, Deserialize, Serialize};
 use shmesh::channel::{Channel, ChannelError, Receiver, RecvError, SendError, SendFailure};
@@ -101,22 +101,15 @@ fn process_cpu() -> Duration {
 /// Plays a child role when `SHMESH_TEST_CHILD` says so; passes at once otherwise.
 #[test]
 fn child_entry() {
-    let Ok(spec) = std::env::var(common::CHILD_ENV) else {
+    let Some((role, a)) = common::child_role() else {
         return;
     };
-    arm_child_lifetime();
-    let words: Vec<String> = spec.split_whitespace().map(str::to_owned).collect();
-    let arg = |i: usize| -> &str {
-        words
-            .get(i + 1)
-            .unwrap_or_else(|| panic!("missing child argument {i}"))
-    };
-    match words[0].as_str() {
-        "send_rich" => role_send_rich(arg(0), parse(arg(1)), arg(2) == "hold"),
-        "send_u64" => role_send_u64(arg(0), parse(arg(1)), parse(arg(2))),
-        "idle_recv" => role_idle_recv(arg(0), arg(1)),
-        "busy_poll" => role_busy_poll(arg(0)),
-        "open_other" => role_open_other(arg(0)),
+    match role.as_str() {
+        "send_rich" => role_send_rich(a.s(0), a.get(1), a.s(2) == "hold"),
+        "send_u64" => role_send_u64(a.s(0), a.get(1), a.get(2)),
+        "idle_recv" => role_idle_recv(a.s(0), a.s(1)),
+        "busy_poll" => role_busy_poll(a.s(0)),
+        "open_other" => role_open_other(a.s(0)),
         other => panic!("unknown child role '{other}'"),
     }
 }

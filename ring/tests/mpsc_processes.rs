@@ -14,7 +14,6 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use common::{say, shm_path, wait_for_parent, Proc, ShmName, Watchdog, DEADLINE};
@@ -139,22 +138,13 @@ fn data_offset(pos: u64) -> u64 {
 /// Plays a child role when `SHMESH_TEST_CHILD` says so; passes at once otherwise.
 #[test]
 fn child_entry() {
-    let Ok(spec) = std::env::var(common::CHILD_ENV) else {
+    let Some((role, a)) = common::child_role() else {
         return;
     };
-    common::arm_child_lifetime();
-    let mut words = spec.split_whitespace();
-    let role = words.next().expect("a role");
-    let args: Vec<String> = words.map(str::to_owned).collect();
-    let arg = |i: usize| {
-        args.get(i)
-            .unwrap_or_else(|| panic!("missing argument {i}"))
-    };
-    let num = |i: usize| u64::from_str(arg(i)).unwrap_or_else(|_| panic!("bad argument {i}"));
-    match role {
-        "produce" => role_produce(arg(0), num(1), num(2)),
-        "claim_and_die" => role_claim_and_die(arg(0), num(1), num(2)),
-        "claim_and_wait" => role_claim_and_wait(arg(0), num(1), num(2)),
+    match role.as_str() {
+        "produce" => role_produce(a.s(0), a.get::<u64>(1), a.get::<u64>(2)),
+        "claim_and_die" => role_claim_and_die(a.s(0), a.get::<u64>(1), a.get::<u64>(2)),
+        "claim_and_wait" => role_claim_and_wait(a.s(0), a.get::<u64>(1), a.get::<u64>(2)),
         other => panic!("unknown child role '{other}'"),
     }
 }

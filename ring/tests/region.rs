@@ -24,7 +24,6 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -169,23 +168,14 @@ fn thread_state(tid: i32) -> char {
 /// Plays a child role when `SHMESH_TEST_CHILD` says so; passes at once otherwise.
 #[test]
 fn child_entry() {
-    let Ok(spec) = std::env::var(common::CHILD_ENV) else {
+    let Some((role, a)) = common::child_role() else {
         return;
     };
-    common::arm_child_lifetime();
-    let args: Vec<String> = spec.split_whitespace().map(str::to_owned).collect();
-    let arg = |i: usize| -> &str {
-        args.get(i)
-            .unwrap_or_else(|| panic!("missing child argument {i}"))
-    };
-    let num = |i: usize| -> u64 {
-        u64::from_str(arg(i)).unwrap_or_else(|_| panic!("bad child argument {i}: {}", arg(i)))
-    };
-    match arg(0) {
-        "try_writer" => role_try_writer(arg(1)),
-        "write" => role_write(arg(1), num(2)),
-        "wait" => role_wait(arg(1), num(2)),
-        "publish_on_command" => role_publish_on_command(arg(1)),
+    match role.as_str() {
+        "try_writer" => role_try_writer(a.s(0)),
+        "write" => role_write(a.s(0), a.get::<u64>(1)),
+        "wait" => role_wait(a.s(0), a.get::<u64>(1)),
+        "publish_on_command" => role_publish_on_command(a.s(0)),
         other => panic!("unknown child role '{other}'"),
     }
 }

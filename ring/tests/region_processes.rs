@@ -725,26 +725,17 @@ fn finish_reader(reader: &mut Proc, last: u64, mirror: bool) -> HashMap<String, 
 /// Plays a child role when `SHMESH_TEST_CHILD` says so; passes at once otherwise.
 #[test]
 fn child_entry() {
-    let Ok(spec) = std::env::var(common::CHILD_ENV) else {
+    let Some((role, a)) = common::child_role() else {
         return;
     };
-    common::arm_child_lifetime();
-    let args: Vec<String> = spec.split_whitespace().map(str::to_owned).collect();
-    let arg = |i: usize| -> &str {
-        args.get(i)
-            .unwrap_or_else(|| panic!("missing child argument {i}"))
-    };
-    let num = |i: usize| -> u64 {
-        u64::from_str(arg(i)).unwrap_or_else(|_| panic!("bad child argument {i}: {}", arg(i)))
-    };
-    match arg(0) {
-        "small_writer" => role_small_writer(arg(1)),
-        "large_writer" => role_large_writer(arg(1)),
-        "reader" => read_loop(&open(arg(1)), arg(2), num(3) == 1),
-        "scribble_and_wait" => role_scribble_and_wait(arg(1), num(2)),
-        "churn" => role_churn(arg(1)),
-        "stuck_reader" => role_stuck_reader(arg(1)),
-        "wait" => role_wait(arg(1), num(2)),
+    match role.as_str() {
+        "small_writer" => role_small_writer(a.s(0)),
+        "large_writer" => role_large_writer(a.s(0)),
+        "reader" => read_loop(&open(a.s(0)), a.s(1), a.get::<u64>(2) == 1),
+        "scribble_and_wait" => role_scribble_and_wait(a.s(0), a.get::<u64>(1)),
+        "churn" => role_churn(a.s(0)),
+        "stuck_reader" => role_stuck_reader(a.s(0)),
+        "wait" => role_wait(a.s(0), a.get::<u64>(1)),
         other => panic!("unknown child role '{other}'"),
     }
 }

@@ -451,3 +451,35 @@ fn others_can_execute(path: &Path) -> bool {
         dir.as_os_str().is_empty() || fs::metadata(dir).is_ok_and(|m| m.mode() & 0o001 != 0)
     })
 }
+
+// ---- child roles ----
+
+/// The arguments of a child role, parsed on demand.
+#[derive(Debug)]
+pub struct Args(pub Vec<String>);
+
+impl Args {
+    /// Argument `i` as a string.
+    pub fn s(&self, i: usize) -> &str {
+        self.0
+            .get(i)
+            .unwrap_or_else(|| panic!("missing child argument {i}"))
+    }
+
+    /// Argument `i`, parsed.
+    pub fn get<T: std::str::FromStr>(&self, i: usize) -> T {
+        self.s(i)
+            .parse()
+            .unwrap_or_else(|_| panic!("bad child argument {i}: {}", self.s(i)))
+    }
+}
+
+/// The role and arguments this test binary was started with as a child, if it was: arms the
+/// child's lifetime guard too.
+pub fn child_role() -> Option<(String, Args)> {
+    let spec = std::env::var(CHILD_ENV).ok()?;
+    arm_child_lifetime();
+    let mut words = spec.split_whitespace();
+    let role = words.next().expect("a role").to_owned();
+    Some((role, Args(words.map(str::to_owned).collect())))
+}
