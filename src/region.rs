@@ -70,10 +70,11 @@ use thiserror::Error;
 
 use crate::channel::{Message, Schema, SliceWriter};
 
-pub use shmesh_ring::region::{Changes, ChangesError, Delta, RegionCorruption, WaitTimeout};
+pub use shmesh_ring::region::{Changes, ChangesError, Delta, WaitTimeout};
 pub use shmesh_ring::segment::{
     DEFAULT_REGION_BUFFERS, DEFAULT_REGION_CHUNK, DEFAULT_REGION_HISTORY,
 };
+pub use shmesh_ring::Corruption;
 pub use shmesh_ring::{ShmRegion, WaitStrategy};
 
 /// The writer of a byte region: [`write`](ring::Writer::write) begins a [`WriteScope`].
@@ -193,7 +194,7 @@ pub enum RegionReadError {
         /// Region name.
         region: String,
         /// What is wrong.
-        source: RegionCorruption,
+        source: Corruption,
     },
     /// The wait for a version timed out.
     #[error("region '{region}': {source}")]
@@ -330,14 +331,7 @@ impl RegionBuilder {
     /// ([`SegmentError::RegionShape`] names it), an invalid name, a name a live process uses,
     /// permissions, no space in `/dev/shm`.
     pub fn create(self) -> Result<Region, RegionError> {
-        if self.size.is_none() {
-            return Err(RegionError::Segment(SegmentError::RegionShape {
-                name: self.name.clone(),
-                what: "size",
-                found: 0,
-                allowed: "1 to 1 TiB bytes: give it with .size(..)".into(),
-            }));
-        }
+        // No size is size 0, which the segment's shape check refuses naming the size.
         let segment = self.segment().create().map_err(RegionError::from_segment)?;
         Ok(Region {
             segment,

@@ -2,12 +2,14 @@
 
 use thiserror::Error;
 
-/// Something another process wrote into the ring is impossible: an index or a record length
-/// out of range. The ring cannot be trusted any more; the peer is buggy or hostile.
+/// Something another process wrote into a ring or region is impossible: an index, a record
+/// length or a version out of range. The segment cannot be trusted any more; the peer is buggy
+/// or hostile.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error(
-    "ring corrupted: {what} is {found}, expected {expected}; a peer process wrote bytes that \
-     break the ring protocol (buggy or hostile): stop using this segment and recreate it"
+    "shared memory corrupted: {what} is {found}, expected {expected}; a peer process wrote \
+     bytes that break the segment's protocol (buggy or hostile): stop using this segment and \
+     recreate it"
 )]
 pub struct Corruption {
     /// Which value was wrong.

@@ -77,6 +77,7 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::error::Corruption;
 use crate::layout::{RegionControl, RegionShape, REGION_WRITING};
 use crate::sync::{fence, AtomicU32, AtomicU64, Ordering};
 use crate::wait::{Step, WaitStrategy, Waiter};
@@ -88,8 +89,8 @@ use crate::wait::{Step, WaitStrategy, Waiter};
 pub const MAX_VERSION: u64 = (1 << 63) - 1;
 
 /// The corruption of a `latest` above [`MAX_VERSION`].
-fn too_high(latest: u64) -> RegionCorruption {
-    RegionCorruption {
+fn too_high(latest: u64) -> Corruption {
+    Corruption {
         what: "latest version",
         found: latest,
         expected: format!("at most {MAX_VERSION}"),
@@ -237,28 +238,13 @@ mod bytes {
     }
 }
 
-/// Why the region's shared state cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error(
-    "region corrupted: {what} is {found}, expected {expected}; a process wrote bytes that break \
-     the region protocol (buggy or hostile): stop using this region and recreate it"
-)]
-pub struct RegionCorruption {
-    /// Which value was wrong.
-    pub what: &'static str,
-    /// The value found.
-    pub found: u64,
-    /// What it should have been.
-    pub expected: String,
-}
-
 /// Why [`Reader::changes_since`] cannot list the changes: take a full snapshot instead (or,
 /// for `Corrupt`, stop using the region).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ChangesError {
     /// The region's state is impossible (see [`Reader::read_with`]).
     #[error(transparent)]
-    Corrupt(#[from] RegionCorruption),
+    Corrupt(#[from] Corruption),
     /// The history no longer reaches back to that version.
     #[error(
         "version {asked} is too old: the change history reaches back to version {oldest} \
@@ -371,9 +357,9 @@ impl<M: RegionMemory> Writer<M> {
     ///
     /// # Errors
     ///
-    /// [`RegionCorruption`] if the latest version's buffer does not say it holds that
+    /// [`Corruption`] if the latest version's buffer does not say it holds that
     /// version (the previous writer published it, so only a foreign write explains it).
-    pub fn new(mem: M) -> Result<Self, RegionCorruption> {
+    pub fn new(mem: M) -> Result<Self, Corruption> {
         let shape = *mem.shape();
         let ctl = mem.control();
         let version = ctl.latest.load(Ordering::Acquire);
@@ -383,7 +369,7 @@ impl<M: RegionMemory> Writer<M> {
         let current = (version % shape.buffers as u64) as usize;
         let holds = ctl.buffer_version[current].load(Ordering::Acquire);
         if holds != version {
-            return Err(RegionCorruption {
+            return Err(Corruption {
                 what: "version word of the latest version's buffer",
                 found: holds,
                 expected: format!("{version} (the latest version)"),
@@ -853,13 +839,10 @@ impl<M: RegionMemory> Reader<M> {
     ///
     /// # Errors
     ///
-    /// [`RegionCorruption`] when the latest version's buffer keeps saying it holds another
+    /// [`Corruption`] when the latest version's buffer keeps saying it holds another
     /// version while `latest` stays put: the writer never leaves that state (it rewrites a
     /// buffer only after publishing newer versions), so another process wrote it.
-    pub fn read_with<R>(
-        &self,
-        mut f: impl FnMut(&Peek<'_>) -> R,
-    ) -> Result<(u64, R), RegionCorruption> {
+    pub fn read_with<R>(&self, mut f: impl FnMut(&Peek<'_>) -> R) -> Result<(u64, R), Corruption> {
         let mut stuck = Stuck::default();
         loop {
             if let Some(done) = self.attempt(&mut f) {
@@ -901,7 +884,7 @@ impl<M: RegionMemory> Reader<M> {
     /// # Errors
     ///
     /// As [`read_with`](Self::read_with).
-    pub fn read_into(&self, dst: &mut [u8]) -> Result<u64, RegionCorruption> {
+    pub fn read_into(&self, dst: &mut [u8]) -> Result<u64, Corruption> {
         let len = dst.len().min(self.mem.shape().size);
         let dst = &mut dst[..len];
         Ok(self.read_with(|p| p.copy_to(0, dst))?.0)
@@ -912,7 +895,7 @@ impl<M: RegionMemory> Reader<M> {
     /// # Errors
     ///
     /// As [`read_with`](Self::read_with).
-    pub fn snapshot(&self) -> Result<(u64, Vec<u8>), RegionCorruption> {
+    pub fn snapshot(&self) -> Result<(u64, Vec<u8>), Corruption> {
         let mut bytes = vec![0u8; self.mem.shape().size];
         let version = self.read_into(&mut bytes)?;
         Ok((version, bytes))
@@ -1088,7 +1071,7 @@ struct Stuck {
 impl Stuck {
     /// After a failed attempt: backs off a little, and fails when `latest` has not moved for
     /// [`STUCK_ATTEMPTS`] attempts.
-    fn check(&mut self, ctl: &RegionControl, shape: &RegionShape) -> Result<(), RegionCorruption> {
+    fn check(&mut self, ctl: &RegionControl, shape: &RegionShape) -> Result<(), Corruption> {
         let latest = ctl.latest.load(Ordering::Acquire);
         if latest > MAX_VERSION {
             return Err(too_high(latest));
@@ -1101,7 +1084,7 @@ impl Stuck {
         }
         if self.attempts >= STUCK_ATTEMPTS {
             let index = (latest % shape.buffers as u64) as usize;
-            return Err(RegionCorruption {
+            return Err(Corruption {
                 what: "version word of the latest version's buffer",
                 found: ctl.buffer_version[index].load(Ordering::Relaxed),
                 expected: format!("{latest} (the latest version)"),

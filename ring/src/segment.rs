@@ -1742,13 +1742,7 @@ impl Segment {
             seg: Arc::clone(&self.inner),
             writer: Some(endpoint),
         };
-        region::Writer::new(mem).map_err(|e| {
-            AttachError::Corrupt(crate::error::Corruption {
-                what: e.what,
-                found: e.found,
-                expected: e.expected,
-            })
-        })
+        region::Writer::new(mem).map_err(AttachError::Corrupt)
     }
 
     /// A reader of a region. Readers take no slot: any number may read.

@@ -264,7 +264,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    use shmesh_ring::region::RegionCorruption;
+    use shmesh_ring::Corruption;
     use Ordering::Release;
 
     /// A foreign `latest` whose buffer does not say that version: every snapshot attempt fails
@@ -314,7 +314,7 @@ mod tests {
                 latest: 7
             })
         );
-        let e: RegionCorruption = Writer::new(mem.clone()).unwrap_err();
+        let e: Corruption = Writer::new(mem.clone()).unwrap_err();
         assert_eq!(
             (e.what, e.found),
             ("version word of the latest version's buffer", 1)
