@@ -1306,6 +1306,14 @@ impl Inner {
         }
     }
 
+    /// Whether the endpoint of slot `index` is attached and alive now (its liveness token is
+    /// held): a system call, for tools and slow paths.
+    fn endpoint_alive(&self, index: usize) -> bool {
+        self.slot(index).state.load(Ordering::Acquire) == SLOT_ATTACHED
+            // An error here (there should be none) must not declare a live endpoint dead.
+            && os::is_locked(self.file.as_fd(), endpoint_byte(index)).unwrap_or(true)
+    }
+
     /// The region control block. Only for segments whose mapping is at least
     /// `REGION_HISTORY_OFFSET` bytes (checked at create/open before the first call).
     #[inline]
@@ -1658,9 +1666,7 @@ impl Segment {
     /// joined, not for the fast path.
     pub fn live_endpoints(&self, range: std::ops::Range<usize>) -> usize {
         range
-            .filter(|&i| i < self.inner.slot_count)
-            .filter(|&i| self.inner.slot(i).state.load(Ordering::Acquire) == SLOT_ATTACHED)
-            .filter(|&i| os::is_locked(self.inner.file.as_fd(), endpoint_byte(i)).unwrap_or(true))
+            .filter(|&i| i < self.inner.slot_count && self.inner.endpoint_alive(i))
             .count()
     }
 
@@ -1935,8 +1941,7 @@ unsafe impl region::RegionMemory for ShmRegion {
         if self.writer.is_some() {
             return true;
         }
-        self.seg.slot(0).state.load(Ordering::Acquire) == SLOT_ATTACHED
-            && os::is_locked(self.seg.file.as_fd(), endpoint_byte(0)).unwrap_or(true)
+        self.seg.endpoint_alive(0)
     }
 }
 
