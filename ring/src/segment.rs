@@ -791,10 +791,17 @@ impl SegmentBuilder {
         // Until the creator has sized the object and published its header we hold nothing:
         // an opener that waits must not keep the "in use" lock, or a new `create` could never
         // reclaim a name whose creator died half-way.
+        // Whether an uninitialized object of this name was seen: if it then vanishes, a create
+        // is reclaiming it (unlink, then a fresh object), so keep waiting for the new one.
+        let mut seen = false;
         let (fd, size) = loop {
             let fd = match open_nofollow(&path) {
                 Ok(fd) => fd,
                 Err(Errno::LOOP) => return Err(self.symlink_error(&path)),
+                Err(Errno::NOENT) if seen && deadline.is_none_or(|d| Instant::now() < d) => {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
                 Err(Errno::NOENT) => {
                     return Err(SegmentError::NotFound {
                         name: self.name.clone(),
@@ -826,6 +833,7 @@ impl SegmentBuilder {
                     name: self.name.clone(),
                 });
             }
+            seen = true;
             drop(fd);
             std::thread::sleep(Duration::from_millis(1));
         };
