@@ -68,5 +68,7 @@ pub use segment::{
     SchemaId, SchemaMismatch, SchemaRejection, Segment, SegmentBuilder, SegmentError, SegmentKind,
     ShmMemory, ShmRegion,
 };
-pub use spsc::{Consumer, Grant, MappedRecord, Producer, ReadAsync, ReadBatch, Record, WriteBatch};
+pub use spsc::{
+    Consumer, Grant, MappedRecord, Producer, ReadAsync, ReadBatch, Record, ReleaseError, WriteBatch,
+};
 pub use wait::WaitStrategy;

@@ -351,6 +351,7 @@ pub struct SegmentBuilder {
     any_ring: bool,
     buffers: Option<usize>,
     chunk_size: Option<usize>,
+    persist: bool,
 }
 
 impl SegmentBuilder {
@@ -372,7 +373,17 @@ impl SegmentBuilder {
             any_ring: false,
             buffers: None,
             chunk_size: None,
+            persist: false,
         }
+    }
+
+    /// Create: keep the name when the creating handle drops, instead of unlinking it. For a
+    /// segment that outlives its creator on purpose, such as the copy of a ring that a bridge
+    /// mirrors from another host: the bridge may restart while local programs use the copy.
+    /// The name stays until [`Segment::remove`] (or `shmesh gc` once nobody uses it).
+    pub fn persist(mut self, persist: bool) -> Self {
+        self.persist = persist;
+        self
     }
 
     /// Regions. Create: how many copies of the region to keep ([`DEFAULT_REGION_BUFFERS`] by
@@ -714,6 +725,7 @@ impl SegmentBuilder {
             local_broadcast: BroadcastControl::new(0),
             region,
             creator: true,
+            unlink_on_drop: !self.persist,
             map,
             file,
         };
@@ -858,6 +870,7 @@ impl SegmentBuilder {
             local_broadcast: BroadcastControl::new(0),
             region: None,
             creator: false,
+            unlink_on_drop: false,
             map,
             file,
         };
@@ -1254,6 +1267,8 @@ struct Inner {
     /// Regions: the shape (validated).
     region: Option<RegionShape>,
     creator: bool,
+    /// The creator unlinks the name on drop unless it was built to [persist](SegmentBuilder::persist).
+    unlink_on_drop: bool,
     map: MmapRaw,
     /// Holds the shared "in use" lock while open.
     file: File,
@@ -1407,7 +1422,7 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if self.creator {
+        if self.unlink_on_drop {
             unlink_if_same(&self.path, &self.file);
         }
     }
@@ -1524,7 +1539,8 @@ impl Segment {
         })
     }
 
-    /// Whether this handle created the segment (and will unlink it).
+    /// Whether this handle created the segment (and will unlink it, unless it was made to
+    /// [persist](SegmentBuilder::persist)).
     pub fn is_creator(&self) -> bool {
         self.inner.creator
     }

@@ -345,6 +345,14 @@ impl<M: RingMemory> Producer<M> {
         self.mask + 1
     }
 
+    /// Where the next record will be written: the end of everything committed (a position in
+    /// the ring's 64-bit byte stream). A producer taking over from a dead one starts at the end
+    /// of what the dead one made visible, so comparing this with a position remembered before
+    /// a [batch](Self::batch) was published tells whether the publication happened.
+    pub fn position(&self) -> u64 {
+        self.tail
+    }
+
     /// The largest payload [`try_claim`](Self::try_claim) accepts.
     pub fn max_payload(&self) -> u64 {
         self.max_payload
@@ -844,6 +852,11 @@ impl<M: RingMemory> WriteBatch<'_, M> {
         Ok(Grant::new(self.producer, reserved, false))
     }
 
+    /// Where the next record of the batch will be written (see [`Producer::position`]).
+    pub fn position(&self) -> u64 {
+        self.producer.tail
+    }
+
     /// Publishes the records committed so far (also done on drop).
     pub fn publish(self) {}
 }
@@ -871,6 +884,21 @@ struct Next {
     end: u64,
 }
 
+/// [`Consumer::release_to`] was given a position that is not one it can release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot release up to ring position {pos}: it must be a 16-aligned record end between the \
+     released position {released} and the read position {read}"
+)]
+pub struct ReleaseError {
+    /// The position asked for.
+    pub pos: u64,
+    /// The consumer's released position.
+    pub released: u64,
+    /// The consumer's read position.
+    pub read: u64,
+}
+
 /// The reading end of an SPSC ring. `Send`, not `Sync`: one thread reads.
 ///
 /// A consumer that takes over from one that died starts at the last released position: records
@@ -882,6 +910,9 @@ pub struct Consumer<M: RingMemory> {
     head: u64,
     /// The last head stored to the control block.
     released: u64,
+    /// Held reads ([`Consumer::hold_reads`]): records read stay in the ring until
+    /// [`Consumer::release_to`].
+    held: bool,
     wait: WaitStrategy,
     peer_check: PeerCheck,
     /// Whether this process wakes with a compiler fence only (see [`crate::wait`]).
@@ -911,6 +942,7 @@ impl<M: RingMemory> Consumer<M> {
             mask: cap - 1,
             head,
             released: head,
+            held: false,
             wait: WaitStrategy::default(),
             peer_check: PeerCheck::default(),
             light: light_wakes(),
@@ -1117,6 +1149,74 @@ impl<M: RingMemory> Consumer<M> {
         }
     }
 
+    /// Holds records in the ring after they are read: reads advance the
+    /// [read position](Self::read_position) but release nothing (not on drop of a record, a
+    /// batch or the consumer either) until [`release_to`](Self::release_to). For a reader that
+    /// forwards records elsewhere and may only free them once the far side confirmed them (the
+    /// bridge): a consumer that dies holding records leaves them in the ring, and the next one
+    /// reads them again. `hold_reads(false)` goes back to releasing on read (the records read
+    /// so far stay held until the next release).
+    pub fn hold_reads(&mut self, hold: bool) {
+        self.held = hold;
+    }
+
+    /// Where the next read starts: the end of the last record read (a position in the ring's
+    /// 64-bit byte stream, not masked; it only grows, wrapping at 2^64).
+    pub fn read_position(&self) -> u64 {
+        self.head
+    }
+
+    /// Where the released space ends: records from here to the
+    /// [read position](Self::read_position) were read but are still held.
+    pub fn released_position(&self) -> u64 {
+        self.released
+    }
+
+    /// Releases the held records below `pos`, which must be a position between the
+    /// [released](Self::released_position) and the [read](Self::read_position) positions
+    /// where a record ended (a record's end as this consumer read it; the caller keeps them).
+    ///
+    /// # Errors
+    ///
+    /// [`ReleaseError`] when `pos` is not 16-aligned or lies outside that span; nothing is
+    /// released then.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// let (mut tx, mut rx) = shmesh_ring::spsc::channel(4096)?;
+    /// for byte in [1u8, 2] {
+    ///     let mut grant = tx.try_claim(1)?;
+    ///     grant[0] = byte;
+    ///     grant.commit(1);
+    /// }
+    /// rx.hold_reads(true);
+    /// let first_end = { rx.try_read()?; rx.read_position() };
+    /// assert_eq!(rx.try_read()?[0], 2);
+    /// rx.release_to(first_end)?; // the far side confirmed the first record only
+    /// rx.rewind(); // the link dropped: read again what was not confirmed
+    /// assert_eq!(rx.try_read()?[0], 2);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn release_to(&mut self, pos: u64) -> Result<(), ReleaseError> {
+        let held = self.head.wrapping_sub(self.released);
+        if pos % RECORD_ALIGN != 0 || pos.wrapping_sub(self.released) > held {
+            return Err(ReleaseError {
+                pos,
+                released: self.released,
+                read: self.head,
+            });
+        }
+        self.release_at(pos);
+        Ok(())
+    }
+
+    /// Moves the read position back to the released position: the held records are read
+    /// again, in order (after a link to the far side dropped, say).
+    pub fn rewind(&mut self) {
+        self.head = self.released;
+    }
+
     /// Starts a batch: records read through it are released together, with one index store,
     /// when the batch is dropped.
     pub fn batch(&mut self) -> ReadBatch<'_, M> {
@@ -1215,14 +1315,20 @@ impl<M: RingMemory> Consumer<M> {
     /// Stores the head if records were read since the last store, and wakes a sleeping
     /// producer.
     fn release(&mut self) {
-        if self.head != self.released {
-            self.released = self.head;
+        if !self.held {
+            self.release_at(self.head);
+        }
+    }
+
+    fn release_at(&mut self, pos: u64) {
+        if pos != self.released {
+            self.released = pos;
             // SYNC POINT B (Release): pairs with the producer's Acquire load of `head`.
             self.mem
                 .control()
                 .head
                 .0
-                .store(self.head, Ordering::Release);
+                .store(pos, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().producer_parked.0, self.light);
             self.counters.flush(self.mem.slot(Side::Consumer.index()));
         }
