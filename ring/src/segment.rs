@@ -349,6 +349,7 @@ pub struct SegmentBuilder {
     policy: Option<BroadcastPolicy>,
     history: Option<usize>,
     any_ring: bool,
+    any_kind: bool,
     buffers: Option<usize>,
     chunk_size: Option<usize>,
     persist: bool,
@@ -371,6 +372,7 @@ impl SegmentBuilder {
             policy: None,
             history: None,
             any_ring: false,
+            any_kind: false,
             buffers: None,
             chunk_size: None,
             persist: false,
@@ -421,6 +423,14 @@ impl SegmentBuilder {
     /// [`Segment::kind`] then says which it is.
     pub fn any_ring(mut self) -> Self {
         self.any_ring = true;
+        self
+    }
+
+    /// Open: accept a segment of any kind (rings, regions) instead of the builder's kind;
+    /// [`Segment::kind`] then says which it is. For programs that handle every kind, such as
+    /// the bridge.
+    pub fn any_kind(mut self) -> Self {
+        self.any_kind = true;
         self
     }
 
@@ -889,9 +899,12 @@ impl SegmentBuilder {
         let kind = match SegmentKind::from_code(code) {
             Some(found) if found == self.kind => found,
             Some(found) if self.any_ring && found.is_ring() => found,
+            Some(found) if self.any_kind => found,
             found => {
                 let found = found.map_or(format!("unknown kind {code}"), |k| k.to_string());
-                let expected = if self.any_ring {
+                let expected = if self.any_kind {
+                    "a segment of any kind".to_owned()
+                } else if self.any_ring {
                     "a ring of any kind".to_owned()
                 } else {
                     self.kind.to_string()

@@ -1435,6 +1435,12 @@ impl<'a, M: RingMemory> Record<'a, M> {
         self.next.pos
     }
 
+    /// Where the record ends: the consumer's [read position](Consumer::read_position) once
+    /// it is read (a record end, as [`Consumer::release_to`] takes).
+    pub fn end_position(&self) -> u64 {
+        self.next.end
+    }
+
     /// Leaves the record unread: it stays in the ring and the next read returns it again. For
     /// readers that look at a record (its kind, an envelope) before deciding to take it.
     ///
