@@ -8,3 +8,9 @@ pub mod fault;
 pub mod link;
 pub mod tls;
 pub mod wire;
+pub mod bridge;
+pub mod state;
+pub mod tcp;
+
+pub use bridge::{Bridge, BridgeError, Event, Stats};
+pub use link::{Link, LinkError};

@@ -1,0 +1,1805 @@
+//! The bridge: connections to peer bridges and the streams mirrored over them, driven by
+//! [`Bridge::poll`].
+//!
+//! # Protocol
+//!
+//! 1. A connection comes up (TCP, then TLS 1.3 with mutual authentication and the allowlist).
+//!    Each side sends `Hello`: its protocol version, its name, and the streams it imports
+//!    from the other (the importer numbers them).
+//! 2. For each import asked for, the exporter answers `Offer` (the segment's kind, capacity,
+//!    schema fingerprint, shape) or `Refuse` (no such export, not for this peer, already
+//!    mirrored elsewhere). The importer opens or creates the local copy with that shape; a
+//!    copy that exists with another shape or schema is refused on both sides, and the other
+//!    streams go on. It answers `Ready` with its delivery cursor ([`crate::state`]).
+//! 3. Rings: the exporter reads records with held reads (they stay in its ring until
+//!    acknowledged) and sends `Data` frames; each carries the cursor before and after it (the
+//!    record's span in the exporter's ring). The importer accepts only the frame that starts
+//!    at its cursor, writes batches into the local ring, records its intent, publishes, and
+//!    acknowledges. A frame from the past is a duplicate (dropped, re-acknowledged); one from
+//!    the future means a frame was lost (it asks `Resend`). The exporter keeps at most
+//!    `window` bytes unacknowledged, resends after `resend_timeout` without progress, and on
+//!    reconnect resumes from the importer's cursor: nothing lost, nothing twice.
+//! 4. Regions: the exporter sends the chunks changed since the importer's version
+//!    (`RegionPart` frames, then `RegionEnd`), or all of it when the history does not reach
+//!    back; the importer applies a version only when all of it arrived, in one write scope, so
+//!    its copy only ever shows whole versions, in increasing order.
+//! 5. Both sides ping; a connection silent for `liveness_timeout` is dropped and dialed again.
+
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shmesh_ring::region::{ChangesError, Reader as RegionReader, Writer as RegionWriter};
+use shmesh_ring::{
+    Consumer, Producer, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory, ShmRegion,
+    TryReadError,
+};
+
+use crate::config::Config;
+use crate::link::{Link, LinkError};
+use crate::state::{Intent, StateStore};
+use crate::tcp::{Security, StreamLink};
+use crate::tls::TlsIdentity;
+use crate::wire::{self, FrameType};
+
+/// How long an exporter waits for an acknowledgement before sending again what is
+/// unacknowledged.
+const RESEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// Bytes of region data per `RegionPart` frame.
+const REGION_PART: usize = 1 << 20;
+/// How often a missing export segment is looked for again.
+const REOPEN_INTERVAL: Duration = Duration::from_millis(100);
+/// Set in the stream id of frames an importer sends (`Ready`, `Ack`, `Resend`, its
+/// `Refuse`): stream ids are numbered by each importer, so both directions may use the same
+/// number.
+const FROM_IMPORTER: u32 = 1 << 31;
+/// Largest region a bridge mirrors (a version is buffered whole on the importing side).
+const MAX_REGION: u64 = 1 << 30;
+
+/// Why a bridge cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The TLS identity cannot be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Something the bridge did or saw, for its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Listening for peers.
+    Listening(SocketAddr),
+    /// A connection to a peer is up (authenticated, hello exchanged).
+    Connected {
+        /// The peer's name.
+        peer: String,
+    },
+    /// A connection went down.
+    Disconnected {
+        /// The peer's name, when it was known.
+        peer: Option<String>,
+        /// Why.
+        reason: String,
+    },
+    /// A stream started (or resumed) mirroring.
+    StreamUp {
+        /// The peer.
+        peer: String,
+        /// The segment's name on the exporting side.
+        name: String,
+        /// `"export"` or `"import"`.
+        direction: &'static str,
+        /// Where it resumed (a ring position or region version), if it resumed.
+        cursor: Option<u64>,
+    },
+    /// A stream was refused (by this bridge or by the peer); the other streams go on.
+    StreamRefused {
+        /// The peer.
+        peer: String,
+        /// The segment's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// A frame was rejected (bad checksum, out of sequence, from the past).
+    FrameRejected {
+        /// The peer.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Event::Listening(addr) => write!(f, "listening on {addr}"),
+            Event::Connected { peer } => write!(f, "connected to {peer}"),
+            Event::Disconnected { peer, reason } => write!(
+                f,
+                "disconnected from {}: {reason}",
+                peer.as_deref().unwrap_or("an unidentified peer")
+            ),
+            Event::StreamUp {
+                peer,
+                name,
+                direction,
+                cursor,
+            } => {
+                write!(f, "{direction} '{name}' with {peer}: mirroring")?;
+                match cursor {
+                    Some(c) => write!(f, " (resumed at {c})"),
+                    None => write!(f, " (from the start)"),
+                }
+            }
+            Event::StreamRefused { peer, name, reason } => {
+                write!(f, "stream '{name}' with {peer} refused: {reason}")
+            }
+            Event::FrameRejected { peer, reason } => {
+                write!(f, "frame from {peer} rejected: {reason}")
+            }
+        }
+    }
+}
+
+/// Counters of what the bridge did, for tests and tools.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Ring records sent (first sends and resends).
+    pub records_sent: u64,
+    /// Ring records written into local copies.
+    pub records_delivered: u64,
+    /// Region versions published into local copies.
+    pub versions_delivered: u64,
+    /// Frames dropped as duplicates (from the past).
+    pub duplicates: u64,
+    /// Frames rejected as damaged (checksum, framing).
+    pub damaged: u64,
+    /// Resend requests sent or timeouts that rewound an export.
+    pub resends: u64,
+    /// Connections made (both directions).
+    pub connections: u64,
+}
+
+/// A local segment offered to peers.
+struct ExportSource {
+    name: String,
+    /// Which peers it is offered to.
+    config: crate::config::ExportConfig,
+    segment: Option<Segment>,
+    next_open: Instant,
+    /// SPSC rings: the consumer, held for the bridge's lifetime (so the local writer never
+    /// sees its reader gone while a link is down), with held reads.
+    consumer: Option<Consumer<ShmMemory>>,
+    /// Which peer streams this SPSC ring now (one at a time).
+    streaming_to: Option<String>,
+}
+
+/// A segment mirrored from a peer.
+struct ImportSink {
+    peer: String,
+    name: String,
+    local: String,
+    segment: Option<Segment>,
+    producer: Option<Producer<ShmMemory>>,
+    region: Option<RegionWriter<ShmRegion>>,
+    state: Option<StateStore>,
+    /// Records or version delivered through (None: nothing yet).
+    cursor: Option<u64>,
+    /// Ring records accepted, not yet written: (cursor after, kind, bytes).
+    queue: VecDeque<(u64, u32, Vec<u8>)>,
+    queued_bytes: usize,
+    /// A region version being received: (version, base, parts).
+    parts: Option<(u64, u64, Vec<(u64, Vec<u8>)>)>,
+    parts_bytes: usize,
+    /// Where the exporter said the stream starts, before anything was delivered.
+    start: Option<u64>,
+    /// The cursor a `Resend` was asked from (not again until something arrives from there).
+    asked_resend: Option<u64>,
+    /// An acknowledgement to send.
+    ack_due: bool,
+    /// The stream was refused (until the next connection).
+    refused: bool,
+    ready: bool,
+}
+
+/// An export being streamed on one connection.
+struct ExportStream {
+    stream: u32,
+    source: usize,
+    kind: SegmentKind,
+    ready: bool,
+    /// Ring: ends of the records sent and not yet acknowledged, oldest first.
+    sent_ends: VecDeque<u64>,
+    /// Ring: a frame read from the ring that the link did not take yet.
+    pending: Option<Vec<u8>>,
+    last_progress: Instant,
+    /// Region: the reader, the version the importer has, and the version in flight.
+    region: Option<RegionReader<ShmRegion>>,
+    far_version: u64,
+    in_flight: Option<u64>,
+    /// Region: frames of the version in flight not yet taken by the link.
+    region_frames: VecDeque<Vec<u8>>,
+}
+
+struct Conn {
+    link: Box<dyn Link + Send>,
+    /// The peer (known once authenticated and hello received).
+    peer: Option<String>,
+    hello_sent: bool,
+    hello_received: bool,
+    last_rx: Instant,
+    last_ping: Instant,
+    exports: Vec<ExportStream>,
+    /// Import stream ids on this connection: index into `Bridge::imports`.
+    import_ids: Vec<(u32, usize)>,
+    frame: Vec<u8>,
+    scratch: Vec<u8>,
+    /// Frames that must go out before anything else (acks, offers, refusals); small.
+    control: VecDeque<Vec<u8>>,
+}
+
+impl Conn {
+    fn new(link: Box<dyn Link + Send>) -> Self {
+        let now = Instant::now();
+        Conn {
+            link,
+            peer: None,
+            hello_sent: false,
+            hello_received: false,
+            last_rx: now,
+            last_ping: now,
+            exports: Vec::new(),
+            import_ids: Vec::new(),
+            frame: Vec::new(),
+            scratch: Vec::new(),
+            control: VecDeque::new(),
+        }
+    }
+
+    fn queue_control(&mut self, kind: FrameType, stream: u32, seq: u64, aux: u64, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(wire::HEADER_LEN + payload.len() + wire::TRAILER_LEN);
+        // Control payloads are small (reasons are cut to fit): encoding cannot fail.
+        if wire::encode(&mut frame, kind, stream, seq, aux, payload).is_ok() {
+            self.control.push_back(frame);
+        }
+    }
+
+    fn flush_control(&mut self) -> Result<bool, LinkError> {
+        while let Some(frame) = self.control.front() {
+            if !self.link.send(frame)? {
+                return Ok(false);
+            }
+            self.control.pop_front();
+        }
+        Ok(true)
+    }
+}
+
+struct Peer {
+    name: String,
+    addr: Option<SocketAddr>,
+    conn: Option<Conn>,
+    next_dial: Instant,
+}
+
+/// A bridge: one per host (see the module docs). Drive it with [`poll`](Self::poll).
+pub struct Bridge {
+    name: String,
+    liveness: Duration,
+    reconnect: Duration,
+    window: u64,
+    tls: Option<(TlsIdentity, Arc<Vec<String>>)>,
+    listener: Option<TcpListener>,
+    peers: Vec<Peer>,
+    /// Accepted connections not yet identified.
+    incoming: Vec<Conn>,
+    exports: Vec<ExportSource>,
+    imports: Vec<ImportSink>,
+    events: Vec<Event>,
+    stats: Stats,
+}
+
+impl std::fmt::Debug for Bridge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bridge")
+            .field("name", &self.name)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bridge {
+    /// A bridge as `config` describes: binds the listen address, loads the TLS identity.
+    /// Connections are made by [`poll`](Self::poll).
+    ///
+    /// # Errors
+    ///
+    /// [`BridgeError`]: the TLS files cannot be loaded, or the address cannot be bound.
+    pub fn new(config: &Config) -> Result<Self, BridgeError> {
+        let tls = match &config.tls {
+            Some(tls) => {
+                let identity = TlsIdentity::load(tls)?;
+                Some((identity, Arc::new(tls.allow.clone())))
+            }
+            None => None,
+        };
+        let mut events = Vec::new();
+        let listener = match config.listen {
+            Some(addr) => {
+                let listener =
+                    TcpListener::bind(addr).map_err(|source| BridgeError::Listen { addr, source })?;
+                listener
+                    .set_nonblocking(true)
+                    .map_err(|source| BridgeError::Listen { addr, source })?;
+                events.push(Event::Listening(listener.local_addr().unwrap_or(addr)));
+                Some(listener)
+            }
+            None => None,
+        };
+        let now = Instant::now();
+        Ok(Bridge {
+            name: config.name.clone(),
+            liveness: config.liveness_timeout,
+            reconnect: config.reconnect_interval,
+            window: config.window,
+            tls,
+            listener,
+            peers: config
+                .peers
+                .iter()
+                .map(|p| Peer {
+                    name: p.name.clone(),
+                    addr: p.address,
+                    conn: None,
+                    next_dial: now,
+                })
+                .collect(),
+            incoming: Vec::new(),
+            exports: config
+                .exports
+                .iter()
+                .map(|e| ExportSource {
+                    name: e.name.clone(),
+                    config: e.clone(),
+                    segment: None,
+                    next_open: now,
+                    consumer: None,
+                    streaming_to: None,
+                })
+                .collect(),
+            imports: config
+                .imports
+                .iter()
+                .map(|i| ImportSink {
+                    peer: i.peer.clone(),
+                    name: i.name.clone(),
+                    local: i.local_name.clone(),
+                    segment: None,
+                    producer: None,
+                    region: None,
+                    state: None,
+                    cursor: None,
+                    queue: VecDeque::new(),
+                    queued_bytes: 0,
+                    parts: None,
+                    parts_bytes: 0,
+                    start: None,
+                    asked_resend: None,
+                    ack_due: false,
+                    refused: false,
+                    ready: false,
+                })
+                .collect(),
+            events,
+            stats: Stats::default(),
+        })
+    }
+
+    /// This bridge's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address the bridge listens on, if it does.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    /// What happened since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// Counters of what the bridge did.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Names of the peers with a connection that is up.
+    pub fn connected_peers(&self) -> Vec<&str> {
+        self.peers
+            .iter()
+            .filter(|p| p.conn.as_ref().is_some_and(|c| c.hello_received))
+            .map(|p| p.name.as_str())
+            .collect()
+    }
+
+    /// Does what can be done now without blocking: accepts and dials connections, moves
+    /// frames, reads local rings and regions into frames and frames into local copies. Returns
+    /// how much work it did (0: idle, the caller may back off).
+    pub fn poll(&mut self) -> usize {
+        let now = Instant::now();
+        let mut work = self.accept();
+        self.open_exports(now);
+        self.dial(now);
+        let mut i = 0;
+        while i < self.incoming.len() {
+            let mut conn = self.incoming.swap_remove(i);
+            match self.drive(&mut conn, now) {
+                Ok(w) => {
+                    work += w;
+                    if conn.hello_received {
+                        self.adopt(conn);
+                    } else {
+                        self.incoming.push(conn);
+                        let last = self.incoming.len() - 1;
+                        self.incoming.swap(i, last);
+                        i += 1;
+                    }
+                }
+                Err(reason) => {
+                    self.events.push(Event::Disconnected {
+                        peer: conn.peer.clone(),
+                        reason,
+                    });
+                    self.conn_down(&mut conn);
+                }
+            }
+        }
+        for p in 0..self.peers.len() {
+            let Some(mut conn) = self.peers[p].conn.take() else {
+                continue;
+            };
+            match self.drive(&mut conn, now) {
+                Ok(w) => {
+                    work += w;
+                    self.peers[p].conn = Some(conn);
+                }
+                Err(reason) => {
+                    self.events.push(Event::Disconnected {
+                        peer: Some(self.peers[p].name.clone()),
+                        reason,
+                    });
+                    self.conn_down(&mut conn);
+                    self.peers[p].next_dial = now + self.reconnect;
+                }
+            }
+        }
+        work
+    }
+
+    fn accept(&mut self) -> usize {
+        let Some(listener) = &self.listener else {
+            return 0;
+        };
+        let mut work = 0;
+        loop {
+            match listener.accept() {
+                Ok((socket, _)) => {
+                    let security = match &self.tls {
+                        Some((identity, allow)) => {
+                            match rustls::ServerConnection::new(identity.server_config()) {
+                                Ok(conn) => Security::Tls {
+                                    conn: Box::new(conn.into()),
+                                    allow: allow.clone(),
+                                },
+                                Err(e) => {
+                                    self.events.push(Event::Disconnected {
+                                        peer: None,
+                                        reason: format!("TLS setup: {e}"),
+                                    });
+                                    continue;
+                                }
+                            }
+                        }
+                        None => Security::Plain,
+                    };
+                    match StreamLink::accepted(socket, security) {
+                        Ok(link) => {
+                            self.incoming.push(Conn::new(Box::new(link)));
+                            work += 1;
+                        }
+                        Err(e) => self.events.push(Event::Disconnected {
+                            peer: None,
+                            reason: e.to_string(),
+                        }),
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: try again on the next poll.
+                    self.events.push(Event::Disconnected {
+                        peer: None,
+                        reason: format!("accept: {e}"),
+                    });
+                    break;
+                }
+            }
+        }
+        work
+    }
+
+    fn dial(&mut self, now: Instant) {
+        for p in 0..self.peers.len() {
+            let (Some(addr), None) = (self.peers[p].addr, &self.peers[p].conn) else {
+                continue;
+            };
+            if now < self.peers[p].next_dial {
+                continue;
+            }
+            self.peers[p].next_dial = now + self.reconnect;
+            let peer = &self.peers[p];
+            let security = match &self.tls {
+                Some((identity, allow)) => {
+                    let server = match rustls::pki_types::ServerName::try_from(peer.name.clone()) {
+                        Ok(name) => name,
+                        Err(e) => {
+                            self.events.push(Event::Disconnected {
+                                peer: Some(peer.name.clone()),
+                                reason: format!("peer name is not a valid TLS server name: {e}"),
+                            });
+                            continue;
+                        }
+                    };
+                    match rustls::ClientConnection::new(identity.client_config(), server) {
+                        Ok(conn) => Security::Tls {
+                            conn: Box::new(conn.into()),
+                            allow: allow.clone(),
+                        },
+                        Err(e) => {
+                            self.events.push(Event::Disconnected {
+                                peer: Some(peer.name.clone()),
+                                reason: format!("TLS setup: {e}"),
+                            });
+                            continue;
+                        }
+                    }
+                }
+                None => Security::Plain,
+            };
+            match StreamLink::dial(addr, security) {
+                Ok(link) => {
+                    let mut conn = Conn::new(Box::new(link));
+                    conn.peer = Some(self.peers[p].name.clone());
+                    self.peers[p].conn = Some(conn);
+                }
+                Err(e) => self.events.push(Event::Disconnected {
+                    peer: Some(self.peers[p].name.clone()),
+                    reason: e.to_string(),
+                }),
+            }
+        }
+    }
+
+    /// An accepted connection whose peer is now known takes that peer's place.
+    fn adopt(&mut self, conn: Conn) {
+        let name = conn.peer.clone().expect("identified");
+        let p = match self.peers.iter().position(|p| p.name == name) {
+            Some(p) => p,
+            None => {
+                self.peers.push(Peer {
+                    name: name.clone(),
+                    addr: None,
+                    conn: None,
+                    next_dial: Instant::now(),
+                });
+                self.peers.len() - 1
+            }
+        };
+        if let Some(mut old) = self.peers[p].conn.take() {
+            // Both sides dialed: the connection dialed by the bridge with the smaller name
+            // wins, so both sides keep the same one.
+            if old.hello_received && self.name < name {
+                let mut conn = conn;
+                self.conn_down(&mut conn);
+                self.peers[p].conn = Some(old);
+                return;
+            }
+            self.events.push(Event::Disconnected {
+                peer: Some(name.clone()),
+                reason: "replaced by a new connection from the peer".into(),
+            });
+            self.conn_down(&mut old);
+        }
+        self.events.push(Event::Connected { peer: name });
+        self.stats.connections += 1;
+        self.peers[p].conn = Some(conn);
+    }
+
+    /// Resets what a connection was doing: held records are read again on the next one.
+    fn conn_down(&mut self, conn: &mut Conn) {
+        for stream in conn.exports.drain(..) {
+            let source = &mut self.exports[stream.source];
+            if stream.kind == SegmentKind::SpscRing
+                && source.streaming_to.as_deref() == conn.peer.as_deref()
+            {
+                if let Some(consumer) = &mut source.consumer {
+                    consumer.rewind();
+                }
+                source.streaming_to = None;
+            }
+        }
+        for (_, i) in conn.import_ids.drain(..) {
+            let sink = &mut self.imports[i];
+            sink.ready = false;
+            sink.queue.clear();
+            sink.queued_bytes = 0;
+            sink.parts = None;
+            sink.parts_bytes = 0;
+            sink.asked_resend = None;
+            sink.ack_due = false;
+            sink.refused = false;
+        }
+    }
+
+    fn open_exports(&mut self, now: Instant) {
+        for source in &mut self.exports {
+            if source.segment.is_some() || now < source.next_open {
+                continue;
+            }
+            source.next_open = now + REOPEN_INTERVAL;
+            let Ok(segment) = SegmentBuilder::new(&source.name).any_kind().open() else {
+                continue;
+            };
+            if segment.kind() == SegmentKind::SpscRing {
+                match segment.consumer() {
+                    Ok(mut consumer) => {
+                        consumer.hold_reads(true);
+                        source.consumer = Some(consumer);
+                    }
+                    // A local reader holds it: try again later.
+                    Err(_) => continue,
+                }
+            }
+            source.segment = Some(segment);
+        }
+    }
+
+    /// One connection's work. `Err` ends the connection, with the reason.
+    fn drive(&mut self, conn: &mut Conn, now: Instant) -> Result<usize, String> {
+        let mut work = usize::from(conn.link.poll().map_err(|e| e.to_string())?);
+        if !conn.link.is_established() {
+            if now.duration_since(conn.last_rx) > self.liveness {
+                return Err(format!(
+                    "not connected and authenticated within {:?}",
+                    self.liveness
+                ));
+            }
+            return Ok(work);
+        }
+        if conn.peer.is_none() {
+            if let Some(name) = conn.link.peer_name() {
+                conn.peer = Some(name.to_owned());
+            }
+        }
+        if conn.peer.is_some() && !conn.hello_sent {
+            self.send_hello(conn);
+        }
+        for _ in 0..1024 {
+            let mut frame = std::mem::take(&mut conn.frame);
+            let got = conn.link.recv(&mut frame).map_err(|e| e.to_string());
+            let got = match got {
+                Ok(got) => got,
+                Err(e) => {
+                    conn.frame = frame;
+                    return Err(e);
+                }
+            };
+            if !got {
+                conn.frame = frame;
+                break;
+            }
+            conn.last_rx = now;
+            work += 1;
+            let handled = self.handle_frame(conn, &frame, now);
+            conn.frame = frame;
+            handled?;
+        }
+        if now.duration_since(conn.last_rx) > self.liveness {
+            return Err(format!("no frame from the peer for {:?}", self.liveness));
+        }
+        if conn.hello_received {
+            if now.duration_since(conn.last_ping) > self.liveness / 4 {
+                conn.last_ping = now;
+                conn.queue_control(FrameType::Ping, 0, 0, 0, &[]);
+            }
+            work += self.pump_imports(conn);
+            work += self.pump_exports(conn, now).map_err(|e| e.to_string())?;
+        }
+        conn.flush_control().map_err(|e| e.to_string())?;
+        work += usize::from(conn.link.poll().map_err(|e| e.to_string())?);
+        Ok(work)
+    }
+
+    fn send_hello(&mut self, conn: &mut Conn) {
+        let peer = conn.peer.clone().expect("known peer");
+        conn.import_ids.clear();
+        let mut imports = Vec::new();
+        for (i, sink) in self.imports.iter().enumerate() {
+            if sink.peer == peer {
+                let stream = conn.import_ids.len() as u32 + 1;
+                conn.import_ids.push((stream, i));
+                imports.push(wire::ImportReq {
+                    stream,
+                    name: sink.name.clone(),
+                    cursor: sink.cursor,
+                });
+            }
+        }
+        let hello = wire::Hello {
+            version: wire::PROTOCOL_VERSION,
+            name: self.name.clone(),
+            imports,
+        };
+        match hello.encode() {
+            Ok(payload) => conn.queue_control(FrameType::Hello, 0, 0, 0, &payload),
+            Err(e) => self.events.push(Event::Disconnected {
+                peer: Some(peer),
+                reason: format!("cannot encode the hello: {e}"),
+            }),
+        }
+        conn.hello_sent = true;
+    }
+}
+
+/// `a` comes before `b` in a wrapping 64-bit sequence.
+fn before(a: u64, b: u64) -> bool {
+    a != b && b.wrapping_sub(a) < 1 << 63
+}
+
+impl Bridge {
+    fn peer_of(conn: &Conn) -> String {
+        conn.peer.clone().unwrap_or_else(|| "an unidentified peer".into())
+    }
+
+    fn handle_frame(&mut self, conn: &mut Conn, bytes: &[u8], now: Instant) -> Result<(), String> {
+        let frame = match wire::decode(bytes) {
+            Ok(frame) => frame,
+            Err(e) => {
+                // A damaged frame counts as lost: sequence checks ask for it again.
+                self.stats.damaged += 1;
+                self.events.push(Event::FrameRejected {
+                    peer: Self::peer_of(conn),
+                    reason: e.to_string(),
+                });
+                return Ok(());
+            }
+        };
+        let h = frame.header;
+        if !conn.hello_received && h.kind != FrameType::Hello && h.kind != FrameType::Close {
+            return Err(format!("the peer sent {:?} before its hello", h.kind));
+        }
+        let to_export = h.stream & FROM_IMPORTER != 0;
+        let stream = h.stream & !FROM_IMPORTER;
+        match h.kind {
+            FrameType::Hello => self.on_hello(conn, frame.payload),
+            FrameType::Offer => {
+                self.on_offer(conn, stream, frame.payload);
+                Ok(())
+            }
+            FrameType::Refuse => {
+                let reason = wire::Reason::decode(frame.payload)
+                    .map(|r| r.text)
+                    .unwrap_or_else(|e| format!("(unreadable reason: {e})"));
+                self.on_refuse(conn, stream, to_export, reason);
+                Ok(())
+            }
+            FrameType::Ready => {
+                if to_export {
+                    self.on_ready(conn, stream, h.seq, h.aux != 0, now);
+                } else {
+                    self.on_start(conn, stream, h.seq);
+                }
+                Ok(())
+            }
+            FrameType::Data => {
+                self.on_data(conn, stream, h.seq, h.aux, frame.payload)?;
+                Ok(())
+            }
+            FrameType::Ack => {
+                self.on_ack(conn, stream, h.seq, now);
+                Ok(())
+            }
+            FrameType::Resend => {
+                self.on_resend(conn, stream, h.seq, now);
+                Ok(())
+            }
+            FrameType::RegionPart => {
+                self.on_region_part(conn, stream, h.seq, h.aux, frame.payload)
+            }
+            FrameType::RegionEnd => {
+                self.on_region_end(conn, stream, h.seq, h.aux, frame.payload);
+                Ok(())
+            }
+            FrameType::Ping => {
+                conn.queue_control(FrameType::Pong, 0, h.seq, 0, &[]);
+                Ok(())
+            }
+            FrameType::Pong => Ok(()),
+            FrameType::Close => Err(format!(
+                "the peer closed the connection: {}",
+                wire::Reason::decode(frame.payload)
+                    .map(|r| r.text)
+                    .unwrap_or_default()
+            )),
+        }
+    }
+
+    fn on_hello(&mut self, conn: &mut Conn, payload: &[u8]) -> Result<(), String> {
+        if conn.hello_received {
+            return Err("the peer sent a second hello".into());
+        }
+        let hello = wire::Hello::decode(payload).map_err(|e| format!("bad hello: {e}"))?;
+        if hello.version != wire::PROTOCOL_VERSION {
+            let reason = format!(
+                "protocol version {} is not spoken here (this bridge speaks {}): run the same \
+                 shmesh-bridge version on both hosts",
+                hello.version,
+                wire::PROTOCOL_VERSION
+            );
+            conn.queue_control(
+                FrameType::Close,
+                0,
+                0,
+                0,
+                &wire::Reason::new(reason.clone()).encode(),
+            );
+            let _ = conn.flush_control();
+            let _ = conn.link.poll();
+            return Err(reason);
+        }
+        match &conn.peer {
+            Some(peer) if *peer != hello.name => {
+                return Err(format!(
+                    "the peer authenticated as '{peer}' but calls itself '{}'",
+                    hello.name
+                ))
+            }
+            Some(_) => {}
+            None => {
+                // Plaintext: the peer is who it says; it must still be one we know.
+                let known = self.peers.iter().any(|p| p.name == hello.name);
+                if !known {
+                    return Err(format!(
+                        "'{}' is not a configured peer of this bridge",
+                        hello.name
+                    ));
+                }
+                conn.peer = Some(hello.name.clone());
+            }
+        }
+        conn.hello_received = true;
+        if !conn.hello_sent {
+            self.send_hello(conn);
+        }
+        let peer = hello.name;
+        for req in hello.imports {
+            self.on_import_request(conn, &peer, req.stream, &req.name);
+        }
+        Ok(())
+    }
+
+    /// Refuses a stream: `stream` carries [`FROM_IMPORTER`] when this side imports it.
+    fn refuse(&mut self, conn: &mut Conn, peer: &str, stream: u32, name: &str, reason: String) {
+        conn.queue_control(
+            FrameType::Refuse,
+            stream,
+            0,
+            0,
+            &wire::Reason::new(reason.clone()).encode(),
+        );
+        self.events.push(Event::StreamRefused {
+            peer: peer.to_owned(),
+            name: name.to_owned(),
+            reason,
+        });
+    }
+
+    /// The peer imports `name`: offer it (now or once the segment exists), or refuse.
+    fn on_import_request(&mut self, conn: &mut Conn, peer: &str, stream: u32, name: &str) {
+        let Some(source) = self
+            .exports
+            .iter()
+            .position(|e| e.name == name && e.config.offered_to(peer))
+        else {
+            let reason = format!(
+                "bridge '{}' does not export '{name}' to '{peer}': add an [[export]] for it",
+                self.name
+            );
+            self.refuse(conn, peer, stream, name, reason);
+            return;
+        };
+        conn.exports.push(ExportStream {
+            stream,
+            source,
+            kind: SegmentKind::SpscRing,
+            ready: false,
+            sent_ends: VecDeque::new(),
+            pending: None,
+            last_progress: Instant::now(),
+            region: None,
+            far_version: 0,
+            in_flight: None,
+            region_frames: VecDeque::new(),
+        });
+        // Offered by `pump_exports` once the segment is open.
+        let last = conn.exports.len() - 1;
+        conn.exports[last].ready = false;
+        conn.exports[last].in_flight = None;
+        conn.exports[last].far_version = u64::MAX; // "not offered yet"
+    }
+
+    /// Sends the offer of an export stream whose segment is open. Returns false if refused.
+    fn offer(&mut self, conn: &mut Conn, e: usize) -> bool {
+        let peer = Self::peer_of(conn);
+        let stream = conn.exports[e].stream;
+        let source = conn.exports[e].source;
+        let src = &mut self.exports[source];
+        let segment = src.segment.as_ref().expect("open");
+        let schema = segment.schema();
+        let mut offer = wire::Offer {
+            kind: wire::OfferKind::Spsc,
+            capacity: segment.capacity(),
+            fingerprint: schema.fingerprint,
+            schema: schema.text.clone(),
+            history: 0,
+            buffers: 0,
+            chunk_size: 0,
+        };
+        let kind = segment.kind();
+        let refusal = match kind {
+            SegmentKind::SpscRing => match &src.streaming_to {
+                Some(other) if *other != peer => Some(format!(
+                    "'{}' is an SPSC ring already mirrored to '{other}': a ring has one reader",
+                    src.name
+                )),
+                _ => {
+                    src.streaming_to = Some(peer.clone());
+                    None
+                }
+            },
+            SegmentKind::Region => match segment.region_reader() {
+                Ok(reader) => {
+                    let shape = *reader.shape();
+                    offer.kind = wire::OfferKind::Region;
+                    offer.capacity = shape.size as u64;
+                    offer.buffers = shape.buffers as u32;
+                    offer.chunk_size = shape.chunk_size as u32;
+                    offer.history = shape.history as u32;
+                    if offer.capacity > MAX_REGION {
+                        Some(format!(
+                            "region '{}' is {} bytes; the bridge mirrors regions up to {MAX_REGION}",
+                            src.name, offer.capacity
+                        ))
+                    } else {
+                        conn.exports[e].region = Some(reader);
+                        None
+                    }
+                }
+                Err(err) => Some(format!("cannot read region '{}': {err}", src.name)),
+            },
+            other => Some(format!(
+                "'{}' is a {other:?} segment: the bridge mirrors SPSC rings and regions",
+                src.name
+            )),
+        };
+        let name = src.name.clone();
+        conn.exports[e].kind = kind;
+        if let Some(reason) = refusal {
+            self.refuse(conn, &peer, stream, &name, reason);
+            return false;
+        }
+        match offer.encode() {
+            Ok(payload) => conn.queue_control(FrameType::Offer, stream, 0, 0, &payload),
+            Err(e) => {
+                let reason = format!("cannot encode the offer: {e}");
+                self.refuse(conn, &peer, stream, &name, reason);
+                return false;
+            }
+        }
+        conn.exports[e].far_version = 0;
+        true
+    }
+
+    fn import_index(conn: &Conn, stream: u32) -> Option<usize> {
+        conn.import_ids
+            .iter()
+            .find(|(s, _)| *s == stream)
+            .map(|(_, i)| *i)
+    }
+
+    fn export_index(conn: &Conn, stream: u32) -> Option<usize> {
+        conn.exports.iter().position(|e| e.stream == stream)
+    }
+
+    fn on_refuse(&mut self, conn: &mut Conn, stream: u32, to_export: bool, reason: String) {
+        let peer = Self::peer_of(conn);
+        if to_export {
+            let Some(e) = Self::export_index(conn, stream) else {
+                return;
+            };
+            let export = conn.exports.remove(e);
+            let source = &mut self.exports[export.source];
+            if export.kind == SegmentKind::SpscRing && source.streaming_to.as_deref() == Some(&peer)
+            {
+                source.streaming_to = None;
+                if let Some(consumer) = &mut source.consumer {
+                    consumer.rewind();
+                }
+            }
+            self.events.push(Event::StreamRefused {
+                peer,
+                name: source.name.clone(),
+                reason,
+            });
+        } else if let Some(i) = Self::import_index(conn, stream) {
+            self.imports[i].refused = true;
+            self.events.push(Event::StreamRefused {
+                peer,
+                name: self.imports[i].name.clone(),
+                reason,
+            });
+        }
+    }
+
+    /// The exporter's offer: open or create the local copy, find the cursor, answer `Ready`.
+    fn on_offer(&mut self, conn: &mut Conn, stream: u32, payload: &[u8]) {
+        let peer = Self::peer_of(conn);
+        let Some(i) = Self::import_index(conn, stream) else {
+            return;
+        };
+        let name = self.imports[i].name.clone();
+        let result = wire::Offer::decode(payload)
+            .map_err(|e| format!("unreadable offer: {e}"))
+            .and_then(|offer| self.open_import(i, &offer));
+        match result {
+            Ok(cursor) => {
+                let sink = &mut self.imports[i];
+                sink.ready = true;
+                sink.cursor = cursor;
+                conn.queue_control(
+                    FrameType::Ready,
+                    stream | FROM_IMPORTER,
+                    cursor.unwrap_or(0),
+                    u64::from(cursor.is_some()),
+                    &[],
+                );
+                self.events.push(Event::StreamUp {
+                    peer,
+                    name,
+                    direction: "import",
+                    cursor,
+                });
+            }
+            Err(reason) => {
+                self.imports[i].refused = true;
+                self.refuse(conn, &peer, stream | FROM_IMPORTER, &name, reason);
+            }
+        }
+    }
+
+    /// Opens (or creates) the local copy of an import as the offer describes, checking an
+    /// existing one matches. Returns the delivery cursor.
+    fn open_import(&mut self, i: usize, offer: &wire::Offer) -> Result<Option<u64>, String> {
+        let sink = &mut self.imports[i];
+        let local = sink.local.clone();
+        let kind = match offer.kind {
+            wire::OfferKind::Spsc => SegmentKind::SpscRing,
+            wire::OfferKind::Region => SegmentKind::Region,
+            wire::OfferKind::Broadcast(_) => SegmentKind::BroadcastRing,
+        };
+        if sink.segment.is_none() {
+            let mut builder = SegmentBuilder::new(&local)
+                .kind(kind)
+                .capacity(offer.capacity)
+                .schema(offer.fingerprint)
+                .schema_text(offer.schema.clone())
+                .persist(true);
+            match kind {
+                SegmentKind::SpscRing => {}
+                SegmentKind::Region => {
+                    if offer.capacity > MAX_REGION {
+                        return Err(format!(
+                            "the region is {} bytes; the bridge mirrors regions up to {MAX_REGION}",
+                            offer.capacity
+                        ));
+                    }
+                    builder = builder
+                        .buffers(offer.buffers as usize)
+                        .chunk_size(offer.chunk_size as usize)
+                        .history(offer.history as usize);
+                }
+                other => {
+                    return Err(format!(
+                        "the offer is a {other:?} segment: this bridge imports SPSC rings and regions"
+                    ))
+                }
+            }
+            let opener = SegmentBuilder::new(&local).any_kind();
+            let segment = match opener.open() {
+                Ok(segment) => segment,
+                Err(SegmentError::NotFound { .. }) => match builder.create() {
+                    Ok(segment) => segment,
+                    Err(SegmentError::AlreadyExists { .. }) => {
+                        opener.open().map_err(|e| e.to_string())?
+                    }
+                    Err(e) => return Err(format!("cannot create the local copy '{local}': {e}")),
+                },
+                Err(e) => return Err(format!("cannot open the local copy '{local}': {e}")),
+            };
+            sink.segment = Some(segment);
+        }
+        let segment = sink.segment.as_ref().expect("open");
+        let schema = segment.schema();
+        let mismatch = if segment.kind() != kind {
+            Some(format!("it is a {:?} segment, the export a {kind:?}", segment.kind()))
+        } else if segment.capacity() != offer.capacity {
+            Some(format!(
+                "its capacity is {} bytes, the export's {}",
+                segment.capacity(),
+                offer.capacity
+            ))
+        } else if schema.fingerprint != offer.fingerprint {
+            Some(format!(
+                "its message type is '{}' (fingerprint {:016x}…), the export's '{}' ({:016x}…)",
+                schema.text, schema.fingerprint[0], offer.schema, offer.fingerprint[0]
+            ))
+        } else {
+            None
+        };
+        if let Some(what) = mismatch {
+            sink.segment = None;
+            return Err(format!(
+                "schema mismatch: the local copy '{local}' does not match the export: {what}; \
+                 remove it or import under another local_name"
+            ));
+        }
+        if sink.state.is_none() {
+            sink.state = Some(StateStore::open(&local).map_err(|e| e.to_string())?);
+        }
+        let local_now = match kind {
+            SegmentKind::SpscRing => {
+                if sink.producer.is_none() {
+                    sink.producer = Some(segment.producer().map_err(|e| {
+                        format!("cannot write the local copy '{local}': {e}")
+                    })?);
+                }
+                sink.producer.as_ref().expect("attached").position()
+            }
+            _ => {
+                if sink.region.is_none() {
+                    sink.region = Some(segment.region_writer().map_err(|e| {
+                        format!("cannot write the local copy '{local}': {e}")
+                    })?);
+                }
+                sink.region.as_ref().expect("attached").version()
+            }
+        };
+        sink.state
+            .as_ref()
+            .expect("open")
+            .recover(&local, local_now)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Bridge {
+    /// The importer is ready, at `cursor` (when `has`): start or resume the export.
+    fn on_ready(&mut self, conn: &mut Conn, stream: u32, cursor: u64, has: bool, now: Instant) {
+        let peer = Self::peer_of(conn);
+        let Some(e) = Self::export_index(conn, stream) else {
+            return;
+        };
+        let export = &mut conn.exports[e];
+        if export.far_version == u64::MAX {
+            return; // not offered: a confused peer; ignore
+        }
+        let source = &mut self.exports[export.source];
+        let name = source.name.clone();
+        export.last_progress = now;
+        export.sent_ends.clear();
+        export.pending = None;
+        let refusal = match export.kind {
+            SegmentKind::SpscRing => {
+                let consumer = source.consumer.as_mut().expect("SPSC export has a consumer");
+                consumer.rewind();
+                let released = consumer.released_position();
+                if has && cursor != released {
+                    // The importer is ahead of what we released: its acknowledgement was lost
+                    // (maybe we restarted). Walk the held records to its cursor.
+                    loop {
+                        let at = consumer.read_position();
+                        if at == cursor {
+                            break None;
+                        }
+                        if before(cursor, at) || before(cursor, released) {
+                            break Some(format!(
+                                "the importer's cursor {cursor} is not a record boundary of \
+                                 '{name}' (released up to {released}): its copy is from \
+                                 another ring; remove the copy and its .bridge-state to start afresh"
+                            ));
+                        }
+                        match consumer.try_read() {
+                            Ok(record) => drop(record),
+                            Err(_) => {
+                                break Some(format!(
+                                    "the importer's cursor {cursor} is beyond the records of \
+                                     '{name}' (read up to {at}): its copy is from another ring; \
+                                     remove the copy and its .bridge-state to start afresh"
+                                ))
+                            }
+                        }
+                    }
+                    .or_else(|| {
+                        consumer.release_to(cursor).err().map(|e| e.to_string())
+                    })
+                } else {
+                    None
+                }
+            }
+            _ => {
+                export.far_version = if has { cursor } else { 0 };
+                export.in_flight = None;
+                export.region_frames.clear();
+                None
+            }
+        };
+        if let Some(reason) = refusal {
+            if let Some(consumer) = &mut source.consumer {
+                consumer.rewind();
+            }
+            source.streaming_to = None;
+            conn.exports.remove(e);
+            self.refuse(conn, &peer, stream, &name, reason);
+            return;
+        }
+        if export.kind == SegmentKind::SpscRing {
+            // Tell the importer where the stream starts (it accepts only the frame there).
+            let start = source.consumer.as_ref().expect("consumer").released_position();
+            conn.queue_control(FrameType::Ready, stream, start, 1, &[]);
+        }
+        conn.exports[e].ready = true;
+        self.events.push(Event::StreamUp {
+            peer,
+            name,
+            direction: "export",
+            cursor: has.then_some(cursor),
+        });
+    }
+
+    /// The exporter says where its ring stream starts.
+    fn on_start(&mut self, conn: &mut Conn, stream: u32, start: u64) {
+        let Some(i) = Self::import_index(conn, stream) else {
+            return;
+        };
+        let sink = &mut self.imports[i];
+        if sink.cursor.is_none() && sink.queue.is_empty() {
+            sink.cursor = None;
+            sink.asked_resend = None;
+            sink.parts = None;
+            // Not delivered yet: where the first accepted frame must start.
+            sink.queue.clear();
+            sink.start = Some(start);
+        }
+    }
+
+    fn on_data(
+        &mut self,
+        conn: &mut Conn,
+        stream: u32,
+        from: u64,
+        to: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let Some(i) = Self::import_index(conn, stream) else {
+            return Ok(());
+        };
+        let window = self.window as usize;
+        let sink = &mut self.imports[i];
+        if !sink.ready || sink.producer.is_none() {
+            return Ok(());
+        }
+        let Some(next) = sink.queue.back().map(|q| q.0).or(sink.cursor).or(sink.start) else {
+            return Ok(()); // the start was not announced yet (or got lost): it will be resent
+        };
+        if from == next {
+            let data = match wire::DataPayload::decode(payload) {
+                Ok(data) => data,
+                Err(e) => {
+                    self.stats.damaged += 1;
+                    return Err(format!("bad data frame: {e}"));
+                }
+            };
+            sink.queued_bytes += data.bytes.len();
+            if sink.queued_bytes > 2 * window + (wire::MAX_PAYLOAD as usize) {
+                return Err(format!(
+                    "the peer sent more than its window ({window} bytes) unacknowledged"
+                ));
+            }
+            sink.queue.push_back((to, data.record_kind, data.bytes.to_vec()));
+            sink.asked_resend = None;
+        } else if before(from, next) {
+            self.stats.duplicates += 1;
+            sink.ack_due = true;
+        } else if sink.asked_resend != Some(next) {
+            sink.asked_resend = Some(next);
+            self.stats.resends += 1;
+            conn.queue_control(FrameType::Resend, stream | FROM_IMPORTER, next, 0, &[]);
+        }
+        Ok(())
+    }
+
+    fn on_ack(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
+        let Some(e) = Self::export_index(conn, stream) else {
+            return;
+        };
+        let export = &mut conn.exports[e];
+        if !export.ready {
+            return;
+        }
+        match export.kind {
+            SegmentKind::SpscRing => {
+                let Some(k) = export.sent_ends.iter().position(|&end| end == cursor) else {
+                    return; // an old or repeated acknowledgement
+                };
+                export.sent_ends.drain(..=k);
+                let consumer = self.exports[export.source]
+                    .consumer
+                    .as_mut()
+                    .expect("consumer");
+                if consumer.release_to(cursor).is_ok() {
+                    export.last_progress = now;
+                }
+            }
+            _ => {
+                if export.in_flight == Some(cursor) {
+                    export.far_version = cursor;
+                    export.in_flight = None;
+                    export.last_progress = now;
+                }
+            }
+        }
+    }
+
+    fn on_resend(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
+        let Some(e) = Self::export_index(conn, stream) else {
+            return;
+        };
+        let export = &mut conn.exports[e];
+        if !export.ready {
+            return;
+        }
+        self.stats.resends += 1;
+        export.last_progress = now;
+        match export.kind {
+            SegmentKind::SpscRing => {
+                let consumer = self.exports[export.source]
+                    .consumer
+                    .as_mut()
+                    .expect("consumer");
+                if let Some(k) = export.sent_ends.iter().position(|&end| end == cursor) {
+                    export.sent_ends.drain(..=k);
+                    let _ = consumer.release_to(cursor);
+                }
+                if cursor == consumer.released_position() {
+                    consumer.rewind();
+                    export.sent_ends.clear();
+                    export.pending = None;
+                }
+            }
+            _ => {
+                export.far_version = cursor;
+                export.in_flight = None;
+                export.region_frames.clear();
+            }
+        }
+    }
+
+    fn on_region_part(
+        &mut self,
+        conn: &mut Conn,
+        stream: u32,
+        version: u64,
+        base: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        let Some(i) = Self::import_index(conn, stream) else {
+            return Ok(());
+        };
+        let sink = &mut self.imports[i];
+        let Some(writer) = &sink.region else {
+            return Ok(());
+        };
+        let size = writer.shape().size as u64;
+        let part = match wire::RegionPartPayload::decode(payload) {
+            Ok(part) => part,
+            Err(e) => {
+                self.stats.damaged += 1;
+                return Err(format!("bad region part: {e}"));
+            }
+        };
+        let end = part.offset.checked_add(part.bytes.len() as u64);
+        if end.is_none_or(|end| end > size) {
+            return Err(format!(
+                "a region part at offset {} of {} bytes lies outside the {size}-byte region",
+                part.offset,
+                part.bytes.len()
+            ));
+        }
+        if sink.parts.as_ref().is_none_or(|p| p.0 != version || p.1 != base) {
+            sink.parts = Some((version, base, Vec::new()));
+            sink.parts_bytes = 0;
+        }
+        sink.parts_bytes += part.bytes.len();
+        if sink.parts_bytes as u64 > size {
+            return Err("the peer sent more bytes for a region version than the region has".into());
+        }
+        let parts = &mut sink.parts.as_mut().expect("set").2;
+        parts.push((part.offset, part.bytes.to_vec()));
+        Ok(())
+    }
+
+    fn on_region_end(&mut self, conn: &mut Conn, stream: u32, version: u64, base: u64, payload: &[u8]) {
+        let Some(i) = Self::import_index(conn, stream) else {
+            return;
+        };
+        let sink = &mut self.imports[i];
+        let (Some(writer), Some(state)) = (&mut sink.region, &mut sink.state) else {
+            return;
+        };
+        let have = sink.cursor.unwrap_or(0);
+        let end = match wire::RegionEndPayload::decode(payload) {
+            Ok(end) => end,
+            Err(_) => {
+                self.stats.damaged += 1;
+                return;
+            }
+        };
+        if version <= have && sink.cursor.is_some() {
+            self.stats.duplicates += 1;
+            sink.ack_due = true;
+            return;
+        }
+        let parts = sink.parts.take().filter(|p| p.0 == version && p.1 == base);
+        let received = parts
+            .as_ref()
+            .map_or(0, |p| p.2.iter().map(|(_, b)| b.len() as u64).sum::<u64>());
+        let complete = (base == 0 || Some(base) == sink.cursor)
+            && end.size == writer.shape().size as u64
+            && end.parts == parts.as_ref().map_or(0, |p| p.2.len() as u64)
+            && end.bytes == received;
+        if !complete {
+            // A part was lost, or the version builds on one we do not have: ask again.
+            sink.parts_bytes = 0;
+            self.stats.resends += 1;
+            conn.queue_control(FrameType::Resend, stream | FROM_IMPORTER, have, 0, &[]);
+            return;
+        }
+        let local_before = writer.version();
+        let mut scope = writer.write();
+        for (offset, bytes) in parts.iter().flat_map(|p| p.2.iter()) {
+            scope.write_at(*offset as usize, bytes);
+        }
+        state.record(Intent {
+            cursor_before: have,
+            cursor_after: version,
+            local_before,
+            local_after: local_before + 1,
+        });
+        scope.publish();
+        sink.parts_bytes = 0;
+        sink.cursor = Some(version);
+        sink.ack_due = true;
+        self.stats.versions_delivered += 1;
+    }
+
+    /// Writes accepted records into the local rings and acknowledges.
+    fn pump_imports(&mut self, conn: &mut Conn) -> usize {
+        let mut work = 0;
+        for k in 0..conn.import_ids.len() {
+            let (stream, i) = conn.import_ids[k];
+            let sink = &mut self.imports[i];
+            if let (Some(producer), Some(state)) = (&mut sink.producer, &mut sink.state) {
+                if !sink.queue.is_empty() {
+                    let cursor_before = sink.cursor.or(sink.start).expect("a start");
+                    let mut batch = producer.batch();
+                    let local_before = batch.position();
+                    let mut written = 0;
+                    let mut cursor_after = cursor_before;
+                    for (to, kind, bytes) in &sink.queue {
+                        let Ok(mut grant) = batch.try_claim(bytes.len()) else {
+                            break; // full: the local reader is slow (backpressure)
+                        };
+                        grant.copy_from_slice(bytes);
+                        if *kind != u32::MAX {
+                            grant.set_kind(*kind);
+                        }
+                        grant.commit(bytes.len());
+                        written += 1;
+                        cursor_after = *to;
+                    }
+                    if written > 0 {
+                        state.record(Intent {
+                            cursor_before,
+                            cursor_after,
+                            local_before,
+                            local_after: batch.position(),
+                        });
+                        batch.publish();
+                        for _ in 0..written {
+                            if let Some((_, _, bytes)) = sink.queue.pop_front() {
+                                sink.queued_bytes -= bytes.len();
+                            }
+                        }
+                        sink.cursor = Some(cursor_after);
+                        sink.ack_due = true;
+                        self.stats.records_delivered += written as u64;
+                        work += written;
+                    }
+                }
+            }
+            if sink.ack_due {
+                if let Some(cursor) = sink.cursor {
+                    conn.queue_control(FrameType::Ack, stream | FROM_IMPORTER, cursor, 0, &[]);
+                }
+                sink.ack_due = false;
+            }
+        }
+        work
+    }
+}
+
+impl Bridge {
+    /// Offers what waits for its segment, and sends what the window allows.
+    fn pump_exports(&mut self, conn: &mut Conn, now: Instant) -> Result<usize, LinkError> {
+        let mut work = 0;
+        let mut e = 0;
+        while e < conn.exports.len() {
+            if conn.exports[e].far_version == u64::MAX {
+                if self.exports[conn.exports[e].source].segment.is_some() {
+                    if !self.offer(conn, e) {
+                        conn.exports.remove(e);
+                        continue;
+                    }
+                    work += 1;
+                }
+                e += 1;
+                continue;
+            }
+            if !conn.exports[e].ready {
+                e += 1;
+                continue;
+            }
+            // Control frames (acknowledgements to the peer's data) go first.
+            if !conn.flush_control()? {
+                break;
+            }
+            work += match conn.exports[e].kind {
+                SegmentKind::SpscRing => self.pump_ring(conn, e, now)?,
+                _ => self.pump_region(conn, e, now)?,
+            };
+            e += 1;
+        }
+        Ok(work)
+    }
+
+    fn pump_ring(&mut self, conn: &mut Conn, e: usize, now: Instant) -> Result<usize, LinkError> {
+        let window = self.window;
+        let export = &mut conn.exports[e];
+        let consumer = self.exports[export.source]
+            .consumer
+            .as_mut()
+            .expect("SPSC export has a consumer");
+        if !export.sent_ends.is_empty() && now.duration_since(export.last_progress) > RESEND_TIMEOUT
+        {
+            // No acknowledgement for a while: frames or acknowledgements were lost. Send
+            // everything unacknowledged again, and where the stream starts.
+            consumer.rewind();
+            export.sent_ends.clear();
+            export.pending = None;
+            export.last_progress = now;
+            self.stats.resends += 1;
+            let start = consumer.released_position();
+            let mut frame = Vec::new();
+            if wire::encode(&mut frame, FrameType::Ready, export.stream, start, 1, &[]).is_ok()
+                && !conn.link.send(&frame)?
+            {
+                return Ok(0);
+            }
+        }
+        let mut work = 0;
+        for _ in 0..4096 {
+            if let Some(frame) = export.pending.take() {
+                if !conn.link.send(&frame)? {
+                    export.pending = Some(frame);
+                    break;
+                }
+            }
+            if consumer
+                .read_position()
+                .wrapping_sub(consumer.released_position())
+                >= window
+            {
+                break;
+            }
+            let from = consumer.read_position();
+            let scratch = &mut conn.scratch;
+            match consumer.try_read() {
+                Ok(record) => {
+                    scratch.clear();
+                    let to = record.end_position();
+                    // A record always fits a frame (rings are smaller than frames may be).
+                    if wire::encode_data(scratch, export.stream, from, to, record.kind(), &record)
+                        .is_err()
+                    {
+                        record.keep();
+                        break;
+                    }
+                }
+                Err(TryReadError::Empty | TryReadError::PeerGone) => break,
+                Err(TryReadError::Corrupt(c)) => {
+                    // Nothing more can be read from this ring; keep the link for the others.
+                    let _ = c;
+                    break;
+                }
+            }
+            let to = consumer.read_position();
+            if export.sent_ends.is_empty() {
+                export.last_progress = now;
+            }
+            export.sent_ends.push_back(to);
+            self.stats.records_sent += 1;
+            work += 1;
+            if !conn.link.send(scratch)? {
+                export.pending = Some(scratch.clone());
+                break;
+            }
+        }
+        Ok(work)
+    }
+
+    fn pump_region(&mut self, conn: &mut Conn, e: usize, now: Instant) -> Result<usize, LinkError> {
+        let export = &mut conn.exports[e];
+        let mut work = 0;
+        while let Some(frame) = export.region_frames.front() {
+            if !conn.link.send(frame)? {
+                return Ok(work);
+            }
+            export.region_frames.pop_front();
+            work += 1;
+        }
+        if export.in_flight.is_some() {
+            if now.duration_since(export.last_progress) > RESEND_TIMEOUT {
+                export.in_flight = None; // lost: send again below
+                self.stats.resends += 1;
+            } else {
+                return Ok(work);
+            }
+        }
+        let Some(reader) = &export.region else {
+            return Ok(work);
+        };
+        let latest = reader.version();
+        if latest == 0 || latest <= export.far_version {
+            return Ok(work);
+        }
+        let size = reader.shape().size;
+        let chunk = reader.shape().chunk_size;
+        let base = export.far_version;
+        // (version, base, [(offset, bytes)])
+        let delta = if base > 0 {
+            match reader.read_changes(base) {
+                Ok(delta) => Some(delta),
+                Err(ChangesError::TooOld { .. } | ChangesError::Ahead { .. }) => None,
+                Err(ChangesError::Corrupt(_)) => return Ok(work),
+            }
+        } else {
+            None
+        };
+        let stream = export.stream;
+        let mut frames = VecDeque::new();
+        let mut parts = 0u64;
+        let mut total = 0u64;
+        let mut push = |offset: usize, bytes: &[u8], version: u64, base: u64| {
+            for (k, piece) in bytes.chunks(REGION_PART).enumerate() {
+                let mut frame = Vec::new();
+                // Parts are REGION_PART bytes at most: far below the frame limit.
+                let _ = wire::encode_region_part(
+                    &mut frame,
+                    stream,
+                    version,
+                    base,
+                    (offset + k * REGION_PART) as u64,
+                    piece,
+                );
+                frames.push_back(frame);
+                parts += 1;
+                total += piece.len() as u64;
+            }
+        };
+        let (version, base) = match delta {
+            Some(delta) => {
+                let version = delta.changes.to;
+                // Runs of adjacent chunks go out as one part.
+                let mut at = 0;
+                // (offset in the region, from, to in `delta.bytes`)
+                let mut run: Option<(usize, usize, usize)> = None;
+                for &c in &delta.changes.chunks {
+                    let offset = c * chunk;
+                    let len = chunk.min(size.saturating_sub(offset));
+                    match run {
+                        Some((start, from, to)) if start + (to - from) == offset => {
+                            run = Some((start, from, to + len));
+                        }
+                        _ => {
+                            if let Some((start, from, to)) = run {
+                                push(start, &delta.bytes[from..to], version, base);
+                            }
+                            run = Some((offset, at, at + len));
+                        }
+                    }
+                    at += len;
+                }
+                if let Some((start, from, to)) = run {
+                    push(start, &delta.bytes[from..to], version, base);
+                }
+                (version, base)
+            }
+            None => {
+                let Ok((version, bytes)) = reader.snapshot() else {
+                    return Ok(work);
+                };
+                push(0, &bytes, version, 0);
+                (version, 0)
+            }
+        };
+        let mut end = Vec::new();
+        let _ = wire::encode(
+            &mut end,
+            FrameType::RegionEnd,
+            stream,
+            version,
+            base,
+            &wire::RegionEndPayload {
+                size: size as u64,
+                parts,
+                bytes: total,
+            }
+            .encode(),
+        );
+        frames.push_back(end);
+        export.region_frames = frames;
+        export.in_flight = Some(version);
+        export.last_progress = now;
+        while let Some(frame) = export.region_frames.front() {
+            if !conn.link.send(frame)? {
+                break;
+            }
+            export.region_frames.pop_front();
+            work += 1;
+        }
+        Ok(work)
+    }
+}
