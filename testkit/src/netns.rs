@@ -765,8 +765,7 @@ fn parse_name(name: &str) -> Option<&str> {
         return None;
     }
     let suffix = &rest[id_len..];
-    let ok =
-        suffix.is_empty() || suffix == "sw" || suffix.strip_prefix('h').is_some_and(|i| digits(i));
+    let ok = suffix.is_empty() || suffix == "sw" || suffix.strip_prefix('h').is_some_and(digits);
     ok.then(|| &name[..name.len() - suffix.len()])
 }
 
