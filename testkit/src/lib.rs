@@ -19,6 +19,8 @@
 //! crate's own business.
 #![deny(missing_docs)]
 
+pub mod netns;
+
 use std::ffi::OsStr;
 use std::fmt::Display;
 use std::fs;
