@@ -300,7 +300,7 @@ fn split_number(text: &str) -> (&str, &str) {
 /// Checks a DNS-style name (what a certificate's DNS SAN can carry): dot-separated labels of
 /// 1..=63 characters from `[A-Za-z0-9-]`, not starting or ending with `-`, at most 253
 /// characters, and not all digits in the last label (that would read as an IP address).
-fn check_dns_name(name: &str) -> Result<(), String> {
+pub(crate) fn check_dns_name(name: &str) -> Result<(), String> {
     const FORM: &str = "a name is dot-separated labels of letters, digits and '-' (e.g. \
                         \"host-a\" or \"host-a.example.net\")";
     if name.is_empty() {
