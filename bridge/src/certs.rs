@@ -229,9 +229,15 @@ fn make_ca(
     let mut params = CertificateParams::new(Vec::<String>::new())
         .map_err(gen_err("the CA certificate".into()))?;
     params.distinguished_name = rcgen::DistinguishedName::new();
+    // A name of its own for each CA (from its public key): a certificate from another
+    // shmesh-bridge CA is then reported as from an unknown issuer, not as a bad signature.
+    let id: String = key.public_key_raw()[1..9]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     params
         .distinguished_name
-        .push(DnType::CommonName, "shmesh-bridge CA");
+        .push(DnType::CommonName, format!("shmesh-bridge CA {id}"));
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,

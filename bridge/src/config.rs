@@ -100,7 +100,8 @@ pub struct TlsConfig {
     /// PEM file with the CA certificate(s) peers' certificates must chain to.
     pub ca: Option<PathBuf>,
     /// PEM files with peer certificates accepted exactly as they are (no CA needed). With both
-    /// `ca` and `pinned`, a peer's certificate must be one of the pinned ones.
+    /// `ca` and `pinned`, a peer's certificate must be one of the pinned ones and chain to the
+    /// CA.
     pub pinned: Vec<PathBuf>,
     /// Peer names accepted: after the handshake a peer is let in only if its certificate is
     /// valid for one of these names (a DNS SAN). Never empty; contains every [`PeerConfig`].
