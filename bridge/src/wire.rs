@@ -1110,30 +1110,41 @@ impl<'a> RegionPartPayload<'a> {
     }
 }
 
-/// Payload of a [`FrameType::RegionEnd`]: `u64 region_size`, for the receiver to check
-/// against its copy.
+/// Payload of a [`FrameType::RegionEnd`]: `u64 region_size`, `u64 parts`, `u64 bytes`: the
+/// region's size, and how many `RegionPart` frames with how many bytes in all made this
+/// version, so the receiver applies it only when every part arrived.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct RegionEndPayload {
     /// The region's size in bytes.
     pub size: u64,
+    /// How many parts the version was sent in.
+    pub parts: u64,
+    /// Bytes in those parts.
+    pub bytes: u64,
 }
 
 impl RegionEndPayload {
     /// Encodes the payload.
     pub fn encode(&self) -> Vec<u8> {
-        self.size.to_le_bytes().to_vec()
+        let mut out = Vec::with_capacity(24);
+        for word in [self.size, self.parts, self.bytes] {
+            out.extend_from_slice(&word.to_le_bytes());
+        }
+        out
     }
 
     /// Decodes a payload.
     ///
     /// # Errors
     ///
-    /// [`WireError::ShortPayload`], [`WireError::TrailingBytes`]: it must be exactly 8 bytes.
+    /// [`WireError::ShortPayload`], [`WireError::TrailingBytes`]: it must be exactly 24 bytes.
     pub fn decode(payload: &[u8]) -> Result<RegionEndPayload, WireError> {
         let mut r = Reader::new(payload);
         let size = r.u64("region end size")?;
+        let parts = r.u64("region end parts")?;
+        let bytes = r.u64("region end bytes")?;
         r.finish("region end")?;
-        Ok(RegionEndPayload { size })
+        Ok(RegionEndPayload { size, parts, bytes })
     }
 }
 

@@ -286,7 +286,7 @@ proptest! {
         let body = wire::decode(&direct).unwrap().body().unwrap();
         prop_assert_eq!(body, Body::RegionPart { version, base, payload: part });
 
-        let end = RegionEndPayload { size };
+        let end = RegionEndPayload { size, parts: offset, bytes: version };
         prop_assert_eq!(RegionEndPayload::decode(&end.encode()).unwrap(), end);
         let mut out = Vec::new();
         wire::encode(&mut out, FrameType::RegionEnd, stream, version, base, &end.encode())
