@@ -185,6 +185,9 @@ struct ExportSource {
     streaming_to: Option<String>,
 }
 
+/// A region version being received: (version, base, parts as (offset, bytes)).
+type PendingVersion = (u64, u64, Vec<(u64, Vec<u8>)>);
+
 /// A segment mirrored from a peer.
 struct ImportSink {
     peer: String,
@@ -200,7 +203,7 @@ struct ImportSink {
     queue: VecDeque<(u64, u32, Vec<u8>)>,
     queued_bytes: usize,
     /// A region version being received: (version, base, parts).
-    parts: Option<(u64, u64, Vec<(u64, Vec<u8>)>)>,
+    parts: Option<PendingVersion>,
     parts_bytes: usize,
     /// Where the exporter said the stream starts, before anything was delivered.
     start: Option<u64>,
@@ -308,7 +311,11 @@ pub struct Bridge {
     imports: Vec<ImportSink>,
     events: Vec<Event>,
     stats: Stats,
+    wrap: Option<LinkWrapper>,
 }
+
+/// Wraps every new link of a bridge (see [`Bridge::wrap_links`]).
+pub type LinkWrapper = Box<dyn FnMut(Box<dyn Link + Send>) -> Box<dyn Link + Send> + Send>;
 
 impl std::fmt::Debug for Bridge {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -337,8 +344,8 @@ impl Bridge {
         let mut events = Vec::new();
         let listener = match config.listen {
             Some(addr) => {
-                let listener =
-                    TcpListener::bind(addr).map_err(|source| BridgeError::Listen { addr, source })?;
+                let listener = TcpListener::bind(addr)
+                    .map_err(|source| BridgeError::Listen { addr, source })?;
                 listener
                     .set_nonblocking(true)
                     .map_err(|source| BridgeError::Listen { addr, source })?;
@@ -403,7 +410,33 @@ impl Bridge {
                 .collect(),
             events,
             stats: Stats::default(),
+            wrap: None,
         })
+    }
+
+    /// Passes every link this bridge makes from now on through `wrap`: to inject faults
+    /// ([`crate::fault::FaultyLink`]) or to observe frames.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use shmesh_bridge::fault::{FaultPlan, FaultyLink};
+    /// # fn demo(bridge: &mut shmesh_bridge::Bridge) {
+    /// let plan = FaultPlan { drop: 0.01, ..FaultPlan::default() };
+    /// bridge.wrap_links(Box::new(move |link| {
+    ///     Box::new(FaultyLink::new(link, plan).expect("a valid plan"))
+    /// }));
+    /// # }
+    /// ```
+    pub fn wrap_links(&mut self, wrap: LinkWrapper) {
+        self.wrap = Some(wrap);
+    }
+
+    fn wrapped(&mut self, link: Box<dyn Link + Send>) -> Box<dyn Link + Send> {
+        match &mut self.wrap {
+            Some(wrap) => wrap(link),
+            None => link,
+        }
     }
 
     /// This bridge's name.
@@ -490,11 +523,11 @@ impl Bridge {
     }
 
     fn accept(&mut self) -> usize {
-        let Some(listener) = &self.listener else {
-            return 0;
-        };
         let mut work = 0;
         loop {
+            let Some(listener) = &self.listener else {
+                return 0;
+            };
             match listener.accept() {
                 Ok((socket, _)) => {
                     let security = match &self.tls {
@@ -517,7 +550,8 @@ impl Bridge {
                     };
                     match StreamLink::accepted(socket, security) {
                         Ok(link) => {
-                            self.incoming.push(Conn::new(Box::new(link)));
+                            let link = self.wrapped(Box::new(link));
+                            self.incoming.push(Conn::new(link));
                             work += 1;
                         }
                         Err(e) => self.events.push(Event::Disconnected {
@@ -581,7 +615,7 @@ impl Bridge {
             };
             match StreamLink::dial(addr, security) {
                 Ok(link) => {
-                    let mut conn = Conn::new(Box::new(link));
+                    let mut conn = Conn::new(self.wrapped(Box::new(link)));
                     conn.peer = Some(self.peers[p].name.clone());
                     self.peers[p].conn = Some(conn);
                 }
@@ -771,7 +805,9 @@ fn before(a: u64, b: u64) -> bool {
 
 impl Bridge {
     fn peer_of(conn: &Conn) -> String {
-        conn.peer.clone().unwrap_or_else(|| "an unidentified peer".into())
+        conn.peer
+            .clone()
+            .unwrap_or_else(|| "an unidentified peer".into())
     }
 
     fn handle_frame(&mut self, conn: &mut Conn, bytes: &[u8], now: Instant) -> Result<(), String> {
@@ -826,9 +862,7 @@ impl Bridge {
                 self.on_resend(conn, stream, h.seq, now);
                 Ok(())
             }
-            FrameType::RegionPart => {
-                self.on_region_part(conn, stream, h.seq, h.aux, frame.payload)
-            }
+            FrameType::RegionPart => self.on_region_part(conn, stream, h.seq, h.aux, frame.payload),
             FrameType::RegionEnd => {
                 self.on_region_end(conn, stream, h.seq, h.aux, frame.payload);
                 Ok(())
@@ -851,25 +885,27 @@ impl Bridge {
         if conn.hello_received {
             return Err("the peer sent a second hello".into());
         }
-        let hello = wire::Hello::decode(payload).map_err(|e| format!("bad hello: {e}"))?;
-        if hello.version != wire::PROTOCOL_VERSION {
-            let reason = format!(
-                "protocol version {} is not spoken here (this bridge speaks {}): run the same \
-                 shmesh-bridge version on both hosts",
-                hello.version,
-                wire::PROTOCOL_VERSION
-            );
-            conn.queue_control(
-                FrameType::Close,
-                0,
-                0,
-                0,
-                &wire::Reason::new(reason.clone()).encode(),
-            );
-            let _ = conn.flush_control();
-            let _ = conn.link.poll();
-            return Err(reason);
-        }
+        let hello = match wire::Hello::decode(payload) {
+            Ok(hello) => hello,
+            Err(wire::WireError::UnsupportedVersion { found }) => {
+                let reason = format!(
+                    "protocol version {found} is not spoken here (this bridge speaks {}): run \
+                     the same shmesh-bridge version on both hosts",
+                    wire::PROTOCOL_VERSION
+                );
+                conn.queue_control(
+                    FrameType::Close,
+                    0,
+                    0,
+                    0,
+                    &wire::Reason::new(reason.clone()).encode(),
+                );
+                let _ = conn.flush_control();
+                let _ = conn.link.poll();
+                return Err(reason);
+            }
+            Err(e) => return Err(format!("bad hello: {e}")),
+        };
         match &conn.peer {
             Some(peer) if *peer != hello.name => {
                 return Err(format!(
@@ -1131,11 +1167,9 @@ impl Bridge {
                         .chunk_size(offer.chunk_size as usize)
                         .history(offer.history as usize);
                 }
-                other => {
-                    return Err(format!(
-                        "the offer is a {other:?} segment: this bridge imports SPSC rings and regions"
-                    ))
-                }
+                other => return Err(format!(
+                    "the offer is a {other:?} segment: this bridge imports SPSC rings and regions"
+                )),
             }
             let opener = SegmentBuilder::new(&local).any_kind();
             let segment = match opener.open() {
@@ -1154,7 +1188,10 @@ impl Bridge {
         let segment = sink.segment.as_ref().expect("open");
         let schema = segment.schema();
         let mismatch = if segment.kind() != kind {
-            Some(format!("it is a {:?} segment, the export a {kind:?}", segment.kind()))
+            Some(format!(
+                "it is a {:?} segment, the export a {kind:?}",
+                segment.kind()
+            ))
         } else if segment.capacity() != offer.capacity {
             Some(format!(
                 "its capacity is {} bytes, the export's {}",
@@ -1179,24 +1216,27 @@ impl Bridge {
         if sink.state.is_none() {
             sink.state = Some(StateStore::open(&local).map_err(|e| e.to_string())?);
         }
-        let local_now = match kind {
-            SegmentKind::SpscRing => {
-                if sink.producer.is_none() {
-                    sink.producer = Some(segment.producer().map_err(|e| {
-                        format!("cannot write the local copy '{local}': {e}")
-                    })?);
+        let local_now =
+            match kind {
+                SegmentKind::SpscRing => {
+                    if sink.producer.is_none() {
+                        sink.producer =
+                            Some(segment.producer().map_err(|e| {
+                                format!("cannot write the local copy '{local}': {e}")
+                            })?);
+                    }
+                    sink.producer.as_ref().expect("attached").position()
                 }
-                sink.producer.as_ref().expect("attached").position()
-            }
-            _ => {
-                if sink.region.is_none() {
-                    sink.region = Some(segment.region_writer().map_err(|e| {
-                        format!("cannot write the local copy '{local}': {e}")
-                    })?);
+                _ => {
+                    if sink.region.is_none() {
+                        sink.region =
+                            Some(segment.region_writer().map_err(|e| {
+                                format!("cannot write the local copy '{local}': {e}")
+                            })?);
+                    }
+                    sink.region.as_ref().expect("attached").version()
                 }
-                sink.region.as_ref().expect("attached").version()
-            }
-        };
+            };
         sink.state
             .as_ref()
             .expect("open")
@@ -1223,7 +1263,10 @@ impl Bridge {
         export.pending = None;
         let refusal = match export.kind {
             SegmentKind::SpscRing => {
-                let consumer = source.consumer.as_mut().expect("SPSC export has a consumer");
+                let consumer = source
+                    .consumer
+                    .as_mut()
+                    .expect("SPSC export has a consumer");
                 consumer.rewind();
                 let released = consumer.released_position();
                 if has && cursor != released {
@@ -1277,7 +1320,11 @@ impl Bridge {
         }
         if export.kind == SegmentKind::SpscRing {
             // Tell the importer where the stream starts (it accepts only the frame there).
-            let start = source.consumer.as_ref().expect("consumer").released_position();
+            let start = source
+                .consumer
+                .as_ref()
+                .expect("consumer")
+                .released_position();
             conn.queue_control(FrameType::Ready, stream, start, 1, &[]);
         }
         conn.exports[e].ready = true;
@@ -1321,7 +1368,13 @@ impl Bridge {
         if !sink.ready || sink.producer.is_none() {
             return Ok(());
         }
-        let Some(next) = sink.queue.back().map(|q| q.0).or(sink.cursor).or(sink.start) else {
+        let Some(next) = sink
+            .queue
+            .back()
+            .map(|q| q.0)
+            .or(sink.cursor)
+            .or(sink.start)
+        else {
             return Ok(()); // the start was not announced yet (or got lost): it will be resent
         };
         if from == next {
@@ -1338,7 +1391,8 @@ impl Bridge {
                     "the peer sent more than its window ({window} bytes) unacknowledged"
                 ));
             }
-            sink.queue.push_back((to, data.record_kind, data.bytes.to_vec()));
+            sink.queue
+                .push_back((to, data.record_kind, data.bytes.to_vec()));
             sink.asked_resend = None;
         } else if before(from, next) {
             self.stats.duplicates += 1;
@@ -1448,7 +1502,11 @@ impl Bridge {
                 part.bytes.len()
             ));
         }
-        if sink.parts.as_ref().is_none_or(|p| p.0 != version || p.1 != base) {
+        if sink
+            .parts
+            .as_ref()
+            .is_none_or(|p| p.0 != version || p.1 != base)
+        {
             sink.parts = Some((version, base, Vec::new()));
             sink.parts_bytes = 0;
         }
@@ -1461,7 +1519,14 @@ impl Bridge {
         Ok(())
     }
 
-    fn on_region_end(&mut self, conn: &mut Conn, stream: u32, version: u64, base: u64, payload: &[u8]) {
+    fn on_region_end(
+        &mut self,
+        conn: &mut Conn,
+        stream: u32,
+        version: u64,
+        base: u64,
+        payload: &[u8],
+    ) {
         let Some(i) = Self::import_index(conn, stream) else {
             return;
         };

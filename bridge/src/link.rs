@@ -2,7 +2,7 @@
 //!
 //! Mirroring ([`crate::bridge`]) sees a connection only through the [`Link`] trait: whole frames
 //! in, whole frames out, never blocking. A TCP connection (plain or TLS 1.3,
-//! [`StreamLink`]) is one implementation; the fault-injecting wrapper
+//! [`StreamLink`](crate::tcp::StreamLink)) is one implementation; the fault-injecting wrapper
 //! ([`crate::fault::FaultyLink`]) is another; an RDMA link can be added later without touching
 //! mirroring.
 //!

@@ -18,7 +18,11 @@ use shmesh_bridge::{certs, Bridge};
 
 /// Mirrors shmesh rings and regions to other hosts over authenticated, lossless links.
 #[derive(Debug, Parser)]
-#[command(name = "shmesh-bridge", version, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "shmesh-bridge",
+    version,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
     /// The bridge's configuration (see bridge.example.toml).
     #[arg(long, short, value_name = "FILE")]

@@ -50,7 +50,9 @@ pub enum StateError {
         after: u64,
     },
     /// The state segment holds something else.
-    #[error("delivery state '{name}' is not a shmesh-bridge state (bad magic or layout): remove it")]
+    #[error(
+        "delivery state '{name}' is not a shmesh-bridge state (bad magic or layout): remove it"
+    )]
     Foreign {
         /// The state segment's name.
         name: String,
@@ -80,7 +82,9 @@ pub struct StateStore {
 
 impl std::fmt::Debug for StateStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateStore").field("name", &self.name).finish()
+        f.debug_struct("StateStore")
+            .field("name", &self.name)
+            .finish()
     }
 }
 

@@ -65,7 +65,9 @@ impl StreamLink {
         let io = |op| move |source| LinkError::Io { op, source };
         let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
             .map_err(io("socket"))?;
-        socket.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(io("set_nonblocking"))?;
         socket.set_tcp_nodelay(true).map_err(io("set_nodelay"))?;
         let connecting = match socket.connect(&SockAddr::from(addr)) {
             Ok(()) => false,
@@ -87,7 +89,9 @@ impl StreamLink {
     /// [`LinkError::Io`] when the socket cannot be made non-blocking.
     pub fn accepted(socket: TcpStream, security: Security) -> Result<Self, LinkError> {
         let io = |op| move |source| LinkError::Io { op, source };
-        socket.set_nonblocking(true).map_err(io("set_nonblocking"))?;
+        socket
+            .set_nonblocking(true)
+            .map_err(io("set_nonblocking"))?;
         socket.set_nodelay(true).map_err(io("set_nodelay"))?;
         let addr = socket.peer_addr().ok();
         Ok(Self::new(socket, false, security, addr))

@@ -6,11 +6,12 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use shmesh_bridge::config::Config;
+use shmesh_bridge::fault::{FaultPlan, FaultyLink};
 use shmesh_bridge::Bridge;
 use shmesh_ring::{Segment, SegmentBuilder, SegmentKind};
 
@@ -30,37 +31,87 @@ fn unique(test: &str) -> String {
 
 struct Pair {
     stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<String>>>,
     threads: Vec<thread::JoinHandle<Bridge>>,
 }
 
 impl Pair {
     fn start(a: &str, b: &str) -> Pair {
+        Self::start_with(a, b, None)
+    }
+
+    /// Starts both bridges (configs resolved against `dir`), their links passed through
+    /// `faults` when given.
+    fn start_with(a: &str, b: &str, faults: Option<(FaultPlan, &Path)>) -> Pair {
         let stop = Arc::new(AtomicBool::new(false));
+        let dir = faults.map_or(Path::new("."), |f| f.1).to_owned();
+        let plan = faults.map(|f| f.0);
+        let log = Arc::new(Mutex::new(Vec::new()));
         let threads = [a, b]
             .into_iter()
-            .map(|text| {
-                let config = Config::parse(text, Path::new("test.toml")).expect("config");
+            .enumerate()
+            .map(|(k, text)| {
+                let config = Config::parse(text, &dir.join("test.toml")).expect("config");
                 let stop = stop.clone();
+                let log = log.clone();
                 thread::spawn(move || {
                     let mut bridge = Bridge::new(&config).expect("bridge");
+                    if let Some(mut plan) = plan {
+                        plan.seed = plan.seed.wrapping_add(k as u64 * 7919);
+                        let mut n = 0u64;
+                        bridge.wrap_links(Box::new(move |link| {
+                            n += 1;
+                            let plan = FaultPlan {
+                                seed: plan.seed.wrapping_add(n),
+                                ..plan
+                            };
+                            Box::new(FaultyLink::new(link, plan).expect("plan"))
+                        }));
+                    }
                     while !stop.load(Ordering::Relaxed) {
                         if bridge.poll() == 0 {
                             thread::sleep(Duration::from_micros(50));
                         }
                         for event in bridge.take_events() {
-                            eprintln!("[{}] {event}", bridge.name());
+                            let line = format!("[{}] {event}", bridge.name());
+                            eprintln!("{line}");
+                            log.lock().unwrap().push(line);
                         }
                     }
                     bridge
                 })
             })
             .collect();
-        Pair { stop, threads }
+        Pair { stop, log, threads }
+    }
+
+    /// The log lines so far that contain all of `words`.
+    fn logged(&self, words: &[&str]) -> Vec<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|line| words.iter().all(|w| line.contains(w)))
+            .cloned()
+            .collect()
+    }
+
+    /// Waits until a log line contains all of `words`.
+    fn wait_logged(&self, words: &[&str]) -> String {
+        let start = Instant::now();
+        loop {
+            if let Some(line) = self.logged(words).pop() {
+                return line;
+            }
+            assert!(start.elapsed() < DEADLINE, "no log line with {words:?}");
+            thread::sleep(Duration::from_millis(10));
+        }
     }
 
     fn stop(self) -> Vec<Bridge> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().map(|t| t.join().unwrap()).collect()
+        self.threads
+            .into_iter()
+            .map(|t| t.join().unwrap())
+            .collect()
     }
 }
 
@@ -120,7 +171,10 @@ fn a_ring_is_mirrored_in_order_without_loss() {
     let src = unique("ring");
     let copy = format!("{src}.copy");
     cleanup(&[&src, &copy]);
-    let seg = SegmentBuilder::new(&src).capacity(1 << 16).create().unwrap();
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 16)
+        .create()
+        .unwrap();
     let mut tx = seg.producer().unwrap();
     let (a, b) = configs(&src, &copy, free_port());
     let pair = Pair::start(&a, &b);
@@ -192,7 +246,10 @@ fn a_region_converges_and_its_copy_shows_only_whole_increasing_versions() {
     let start = Instant::now();
     loop {
         let (version, bytes) = reader.snapshot().unwrap();
-        assert!(version >= last, "the copy went back from {last} to {version}");
+        assert!(
+            version >= last,
+            "the copy went back from {last} to {version}"
+        );
         last = version;
         if version > 0 {
             let v = u64::from_le_bytes(bytes[..8].try_into().unwrap());
@@ -216,10 +273,238 @@ fn a_region_converges_and_its_copy_shows_only_whole_increasing_versions() {
     let writer = writer_thread.join().unwrap();
     // The copy converged to the writer's bytes.
     let src_reader = seg.region_reader().unwrap();
-    assert_eq!(reader.snapshot().unwrap().1, src_reader.snapshot().unwrap().1);
+    assert_eq!(
+        reader.snapshot().unwrap().1,
+        src_reader.snapshot().unwrap().1
+    );
     drop(writer);
     let bridges = pair.stop();
     assert!(bridges[1].stats().versions_delivered > 0);
     drop((reader, copy_seg));
     cleanup(&[&copy]);
+}
+
+/// Writes `n` records of varying length, each starting with its number, into `tx`.
+fn write_numbered(
+    mut tx: shmesh_ring::Producer<shmesh_ring::ShmMemory>,
+    n: u32,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for i in 0..n {
+            let len = 4 + (i as usize * 7) % 300;
+            let mut grant = tx.claim_timeout(len, DEADLINE).expect("claim");
+            grant[..4].copy_from_slice(&i.to_le_bytes());
+            grant.commit(len);
+        }
+    })
+}
+
+/// Reads `n` records from the copy: each once, in order.
+fn read_numbered(copy: &str, n: u32) {
+    let seg = open_when_there(copy);
+    let mut rx = seg.consumer().unwrap();
+    for i in 0..n {
+        let record = rx.read_timeout(DEADLINE).expect("record");
+        assert_eq!(record.len(), 4 + (i as usize * 7) % 300, "record {i}");
+        assert_eq!(u32::from_le_bytes(record[..4].try_into().unwrap()), i);
+    }
+    assert!(
+        rx.read_timeout(Duration::from_millis(300)).is_err(),
+        "a record arrived twice or from nowhere"
+    );
+}
+
+#[test]
+fn dropped_repeated_reordered_corrupted_and_truncated_frames_lose_and_repeat_nothing() {
+    let src = unique("faults");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 14)
+        .create()
+        .unwrap();
+    let tx = seg.producer().unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let plan = FaultPlan {
+        drop: 0.03,
+        duplicate: 0.03,
+        reorder: 0.03,
+        corrupt: 0.02,
+        truncate: 0.02,
+        delay: None,
+        seed: 42,
+    };
+    let pair = Pair::start_with(&a, &b, Some((plan, Path::new("."))));
+    const N: u32 = 2_000;
+    let writer = write_numbered(tx, N);
+    read_numbered(&copy, N);
+    writer.join().unwrap();
+    let bridges = pair.stop();
+    let (a, b) = (bridges[0].stats(), bridges[1].stats());
+    // The faults happened, and were caught: damaged frames by their checksum, repeats by
+    // their sequence numbers, losses by the gap they leave.
+    assert!(
+        b.damaged > 0 && b.duplicates > 0 && a.resends + b.resends > 0,
+        "{a:?} {b:?}"
+    );
+    assert_eq!(b.records_delivered, N as u64);
+    cleanup(&[&copy]);
+}
+
+fn tls_configs(
+    dir: &Path,
+    src: &[&str],
+    copies: &[&str],
+    port: u16,
+    b_name: &str,
+) -> (String, String) {
+    let exports: String = src
+        .iter()
+        .map(|s| format!("[[export]]\nname = \"{s}\"\n"))
+        .collect();
+    let imports: String = src
+        .iter()
+        .zip(copies)
+        .map(|(s, c)| {
+            format!("[[import]]\npeer = \"host-a\"\nname = \"{s}\"\nlocal_name = \"{c}\"\n")
+        })
+        .collect();
+    let d = dir.display();
+    let a = format!(
+        r#"
+name = "host-a"
+listen = "127.0.0.1:{port}"
+liveness_timeout = "2s"
+[tls]
+cert = "{d}/host-a.pem"
+key = "{d}/host-a.key"
+ca = "{d}/ca.pem"
+allow = ["host-b"]
+[[peers]]
+name = "host-b"
+{exports}"#
+    );
+    let b = format!(
+        r#"
+name = "host-b"
+reconnect_interval = "50ms"
+liveness_timeout = "2s"
+[tls]
+cert = "{d}/{b_name}.pem"
+key = "{d}/{b_name}.key"
+ca = "{d}/ca.pem"
+allow = ["host-a"]
+[[peers]]
+name = "host-a"
+address = "127.0.0.1:{port}"
+{imports}"#
+    );
+    (a, b)
+}
+
+#[test]
+fn over_tls_a_ring_is_mirrored_and_a_stream_with_another_schema_is_refused_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    shmesh_bridge::certs::generate(dir.path(), &["host-a".into(), "host-b".into()]).unwrap();
+    let good = unique("tls-good");
+    let bad = unique("tls-bad");
+    let (good_copy, bad_copy) = (format!("{good}.copy"), format!("{bad}.copy"));
+    cleanup(&[&good, &bad, &good_copy, &bad_copy]);
+    let seg = SegmentBuilder::new(&good)
+        .capacity(1 << 14)
+        .create()
+        .unwrap();
+    let _bad_seg = SegmentBuilder::new(&bad)
+        .capacity(1 << 14)
+        .schema([1, 2, 3, 4])
+        .schema_text("Ticks v1")
+        .create()
+        .unwrap();
+    // The copy of `bad` exists already, for another message type.
+    let stale = SegmentBuilder::new(&bad_copy)
+        .capacity(1 << 14)
+        .schema([9, 9, 9, 9])
+        .schema_text("Ticks v2")
+        .create()
+        .unwrap();
+    let (a, b) = tls_configs(
+        dir.path(),
+        &[&good, &bad],
+        &[&good_copy, &bad_copy],
+        free_port(),
+        "host-b",
+    );
+    let pair = Pair::start(&a, &b);
+    const N: u32 = 2_000;
+    let writer = write_numbered(seg.producer().unwrap(), N);
+    read_numbered(&good_copy, N);
+    writer.join().unwrap();
+    // Refused on both sides, saying why; the other stream went on (above).
+    let a_says = pair.wait_logged(&["[host-a]", "refused", &bad, "schema mismatch"]);
+    let b_says = pair.wait_logged(&["[host-b]", "refused", &bad, "schema mismatch"]);
+    assert!(
+        a_says.contains("Ticks v2") && b_says.contains("Ticks v1"),
+        "{a_says}\n{b_says}"
+    );
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, N as u64);
+    // The stale copy is untouched.
+    assert_eq!(stale.schema().text, "Ticks v2");
+    assert!(stale.consumer().unwrap().try_read().is_err());
+    drop(stale);
+    cleanup(&[&good_copy, &bad_copy]);
+}
+
+#[test]
+fn a_peer_from_another_ca_gets_nothing_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    shmesh_bridge::certs::generate(dir.path(), &["host-a".into()]).unwrap();
+    // An impostor: named host-b, certified by another CA, which it trusts, with A's CA too
+    // so that it would accept A.
+    shmesh_bridge::certs::generate(other.path(), &["host-b".into()]).unwrap();
+    for file in ["host-b.pem", "host-b.key"] {
+        std::fs::copy(
+            other.path().join(file),
+            dir.path().join(format!("impostor-{file}")),
+        )
+        .unwrap();
+    }
+    let src = unique("impostor");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 14)
+        .create()
+        .unwrap();
+    let mut tx = seg.producer().unwrap();
+    let mut grant = tx.try_claim(8).unwrap();
+    grant.fill(7);
+    grant.commit(8);
+    let (a, b) = tls_configs(
+        dir.path(),
+        &[&src],
+        &[&copy],
+        free_port(),
+        "impostor-host-b",
+    );
+    let pair = Pair::start(&a, &b);
+    // A refuses the handshake; the impostor never gets a hello, an offer or a record.
+    pair.wait_logged(&["[host-a]", "disconnected"]);
+    pair.wait_logged(&["[host-b]", "disconnected"]);
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        pair.logged(&["connected to"]).is_empty(),
+        "{:?}",
+        pair.logged(&[])
+    );
+    let bridges = pair.stop();
+    assert_eq!(bridges[0].stats().records_sent, 0);
+    assert!(
+        SegmentBuilder::new(&copy).any_kind().open().is_err(),
+        "the impostor's copy exists"
+    );
+    // The record is still in A's ring, unread by anyone.
+    drop(bridges);
+    assert_eq!(seg.consumer().unwrap().try_read().unwrap()[0], 7);
 }

@@ -1324,11 +1324,7 @@ impl<M: RingMemory> Consumer<M> {
         if pos != self.released {
             self.released = pos;
             // SYNC POINT B (Release): pairs with the producer's Acquire load of `head`.
-            self.mem
-                .control()
-                .head
-                .0
-                .store(pos, Ordering::Release);
+            self.mem.control().head.0.store(pos, Ordering::Release);
             wake_if_parked(&self.mem, &self.mem.control().producer_parked.0, self.light);
             self.counters.flush(self.mem.slot(Side::Consumer.index()));
         }

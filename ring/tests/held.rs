@@ -100,7 +100,10 @@ fn release_to_refuses_positions_outside_the_held_span() {
     assert!(e.to_string().contains("cannot release up to ring position"));
     assert!(rx.release_to(first - 1).is_err());
     rx.release_to(first).unwrap();
-    assert!(rx.release_to(start).is_err(), "behind the released position");
+    assert!(
+        rx.release_to(start).is_err(),
+        "behind the released position"
+    );
     // The producer saw the space come back only now.
     assert_eq!(rx.released_position(), first);
 }
@@ -115,7 +118,10 @@ fn a_held_consumer_frees_nothing_on_read_and_the_producer_fills_up() {
         written += 1;
     }
     while rx.try_read().is_ok() {}
-    assert!(tx.try_claim(100).is_err(), "reads released space while held");
+    assert!(
+        tx.try_claim(100).is_err(),
+        "reads released space while held"
+    );
     rx.release_to(rx.read_position()).unwrap();
     assert!(tx.try_claim(100).is_ok());
 }
