@@ -45,7 +45,7 @@ fn fifo_across_threads<M: RingMemory + Send + 'static>(
 ) {
     tx.set_wait_strategy(wait);
     rx.set_wait_strategy(wait);
-    let count = if cfg!(miri) { count / 1000 } else { count };
+    let count = if cfg!(miri) { count / 2000 } else { count };
     let max = (tx.max_payload() as usize).min(300);
     let writer = thread::spawn(move || {
         for seq in 0..count {
@@ -66,7 +66,7 @@ fn wrap_around_single_thread<M: RingMemory>((mut tx, mut rx): (Producer<M>, Cons
     // Many more bytes than the capacity, in varied sizes, with the ring often nearly full.
     let max = tx.max_payload() as usize;
     let mut next_read = 0u64;
-    let count = if cfg!(miri) { 300 } else { 2000 };
+    let count = if cfg!(miri) { 100 } else { 2000 };
     for seq in 0..count {
         let p = payload(seq, max);
         loop {
