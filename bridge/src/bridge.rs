@@ -30,6 +30,9 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use shmesh_ring::broadcast::{
+    Reader as BroadcastReader, Start, TryReadError as BroadcastReadError, Writer as BroadcastWriter,
+};
 use shmesh_ring::region::{ChangesError, Reader as RegionReader, Writer as RegionWriter};
 use shmesh_ring::{
     Consumer, Producer, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory, ShmRegion,
@@ -45,7 +48,7 @@ use crate::wire::{self, FrameType};
 
 /// How long an exporter waits for an acknowledgement before sending again what is
 /// unacknowledged.
-const RESEND_TIMEOUT: Duration = Duration::from_millis(500);
+const RESEND_TIMEOUT: Duration = Duration::from_millis(200);
 /// Bytes of region data per `RegionPart` frame.
 const REGION_PART: usize = 1 << 20;
 /// How often a missing export segment is looked for again.
@@ -183,6 +186,48 @@ struct ExportSource {
     consumer: Option<Consumer<ShmMemory>>,
     /// Which peer streams this SPSC ring now (one at a time).
     streaming_to: Option<String>,
+    /// Broadcast rings: one reader per peer, kept across connections.
+    feeds: Vec<BroadcastFeed>,
+}
+
+/// What a broadcast ring sends one peer: a reader of its own (under `Block` it holds the
+/// writer back when the peer is slow, as any reader does), and the records read but not yet
+/// acknowledged, kept for resending. Bounded by the window: the reader stops reading there.
+struct BroadcastFeed {
+    peer: String,
+    reader: BroadcastReader<ShmMemory>,
+    /// (record number, kind, bytes), oldest first.
+    unacked: VecDeque<(u64, u32, Vec<u8>)>,
+    unacked_bytes: u64,
+    /// Index in `unacked` of the next record to send.
+    send_next: usize,
+    /// Records the writer overwrote before the bridge read them (`Lap` rings).
+    lapped: u64,
+    /// Records numbered below this were delivered already (a restarted bridge reads them
+    /// again from the history): skip them.
+    skip_below: u64,
+}
+
+impl BroadcastFeed {
+    /// The number of the first record not yet acknowledged.
+    fn start(&self) -> u64 {
+        self.unacked
+            .front()
+            .map_or(self.reader.record_number().max(self.skip_below), |r| r.0)
+    }
+
+    /// Forgets the records the peer has, below `cursor`.
+    fn acknowledge(&mut self, cursor: u64) {
+        while let Some((number, _, bytes)) = self.unacked.front() {
+            if *number >= cursor {
+                break;
+            }
+            self.unacked_bytes -= bytes.len() as u64;
+            self.unacked.pop_front();
+            self.send_next = self.send_next.saturating_sub(1);
+        }
+        self.skip_below = self.skip_below.max(cursor);
+    }
 }
 
 /// A region version being received: (version, base, parts as (offset, bytes)).
@@ -195,6 +240,7 @@ struct ImportSink {
     local: String,
     segment: Option<Segment>,
     producer: Option<Producer<ShmMemory>>,
+    broadcast: Option<BroadcastWriter<ShmMemory>>,
     region: Option<RegionWriter<ShmRegion>>,
     state: Option<StateStore>,
     /// Records or version delivered through (None: nothing yet).
@@ -383,6 +429,7 @@ impl Bridge {
                     next_open: now,
                     consumer: None,
                     streaming_to: None,
+                    feeds: Vec::new(),
                 })
                 .collect(),
             imports: config
@@ -394,6 +441,7 @@ impl Bridge {
                     local: i.local_name.clone(),
                     segment: None,
                     producer: None,
+                    broadcast: None,
                     region: None,
                     state: None,
                     cursor: None,
@@ -666,6 +714,13 @@ impl Bridge {
     fn conn_down(&mut self, conn: &mut Conn) {
         for stream in conn.exports.drain(..) {
             let source = &mut self.exports[stream.source];
+            if let Some(feed) = source
+                .feeds
+                .iter_mut()
+                .find(|f| Some(&f.peer) == conn.peer.as_ref())
+            {
+                feed.send_next = 0;
+            }
             if stream.kind == SegmentKind::SpscRing
                 && source.streaming_to.as_deref() == conn.peer.as_deref()
             {
@@ -1016,6 +1071,34 @@ impl Bridge {
                     None
                 }
             },
+            SegmentKind::BroadcastRing => {
+                let policy = segment
+                    .policy()
+                    .unwrap_or(shmesh_ring::BroadcastPolicy::Block);
+                offer.kind = wire::OfferKind::Broadcast(policy);
+                offer.history = segment.history_len() as u32;
+                if src.feeds.iter().any(|f| f.peer == peer) {
+                    None
+                } else {
+                    // Join with what the history still holds: records published before this
+                    // peer's first connection are mirrored as far as the history reaches.
+                    match segment.broadcast_reader(Start::History(segment.history_len())) {
+                        Ok(reader) => {
+                            src.feeds.push(BroadcastFeed {
+                                peer: peer.clone(),
+                                reader,
+                                unacked: VecDeque::new(),
+                                unacked_bytes: 0,
+                                send_next: 0,
+                                lapped: 0,
+                                skip_below: 0,
+                            });
+                            None
+                        }
+                        Err(err) => Some(format!("cannot read '{}': {err}", src.name)),
+                    }
+                }
+            }
             SegmentKind::Region => match segment.region_reader() {
                 Ok(reader) => {
                     let shape = *reader.shape();
@@ -1037,7 +1120,8 @@ impl Bridge {
                 Err(err) => Some(format!("cannot read region '{}': {err}", src.name)),
             },
             other => Some(format!(
-                "'{}' is a {other:?} segment: the bridge mirrors SPSC rings and regions",
+                "'{}' is a {other:?} segment: the bridge mirrors SPSC and broadcast rings and \
+                 regions",
                 src.name
             )),
         };
@@ -1056,6 +1140,7 @@ impl Bridge {
             }
         }
         conn.exports[e].far_version = 0;
+        conn.exports[e].last_progress = Instant::now();
         true
     }
 
@@ -1115,6 +1200,14 @@ impl Bridge {
                 let sink = &mut self.imports[i];
                 sink.ready = true;
                 sink.cursor = cursor;
+                // An offer again (ours or its answer was lost): the exporter starts over
+                // from our cursor.
+                sink.queue.clear();
+                sink.queued_bytes = 0;
+                sink.parts = None;
+                sink.parts_bytes = 0;
+                sink.asked_resend = None;
+                sink.start = None;
                 conn.queue_control(
                     FrameType::Ready,
                     stream | FROM_IMPORTER,
@@ -1155,6 +1248,11 @@ impl Bridge {
                 .persist(true);
             match kind {
                 SegmentKind::SpscRing => {}
+                SegmentKind::BroadcastRing => {
+                    if let wire::OfferKind::Broadcast(policy) = offer.kind {
+                        builder = builder.policy(policy).history(offer.history as usize);
+                    }
+                }
                 SegmentKind::Region => {
                     if offer.capacity > MAX_REGION {
                         return Err(format!(
@@ -1167,9 +1265,12 @@ impl Bridge {
                         .chunk_size(offer.chunk_size as usize)
                         .history(offer.history as usize);
                 }
-                other => return Err(format!(
-                    "the offer is a {other:?} segment: this bridge imports SPSC rings and regions"
-                )),
+                other => {
+                    return Err(format!(
+                        "the offer is a {other:?} segment: this bridge imports SPSC and broadcast \
+                         rings and regions"
+                    ))
+                }
             }
             let opener = SegmentBuilder::new(&local).any_kind();
             let segment = match opener.open() {
@@ -1216,27 +1317,29 @@ impl Bridge {
         if sink.state.is_none() {
             sink.state = Some(StateStore::open(&local).map_err(|e| e.to_string())?);
         }
-        let local_now =
-            match kind {
-                SegmentKind::SpscRing => {
-                    if sink.producer.is_none() {
-                        sink.producer =
-                            Some(segment.producer().map_err(|e| {
-                                format!("cannot write the local copy '{local}': {e}")
-                            })?);
-                    }
-                    sink.producer.as_ref().expect("attached").position()
+        let attach = |what: shmesh_ring::AttachError| {
+            format!("cannot write the local copy '{local}': {what}")
+        };
+        let local_now = match kind {
+            SegmentKind::SpscRing => {
+                if sink.producer.is_none() {
+                    sink.producer = Some(segment.producer().map_err(attach)?);
                 }
-                _ => {
-                    if sink.region.is_none() {
-                        sink.region =
-                            Some(segment.region_writer().map_err(|e| {
-                                format!("cannot write the local copy '{local}': {e}")
-                            })?);
-                    }
-                    sink.region.as_ref().expect("attached").version()
+                sink.producer.as_ref().expect("attached").position()
+            }
+            SegmentKind::BroadcastRing => {
+                if sink.broadcast.is_none() {
+                    sink.broadcast = Some(segment.broadcast_writer().map_err(attach)?);
                 }
-            };
+                sink.broadcast.as_ref().expect("attached").published()
+            }
+            _ => {
+                if sink.region.is_none() {
+                    sink.region = Some(segment.region_writer().map_err(attach)?);
+                }
+                sink.region.as_ref().expect("attached").version()
+            }
+        };
         sink.state
             .as_ref()
             .expect("open")
@@ -1302,6 +1405,18 @@ impl Bridge {
                     None
                 }
             }
+            SegmentKind::BroadcastRing => {
+                let feed = source
+                    .feeds
+                    .iter_mut()
+                    .find(|f| f.peer == peer)
+                    .expect("offered broadcast has a feed");
+                if has {
+                    feed.acknowledge(cursor);
+                }
+                feed.send_next = 0;
+                None
+            }
             _ => {
                 export.far_version = if has { cursor } else { 0 };
                 export.in_flight = None;
@@ -1318,13 +1433,23 @@ impl Bridge {
             self.refuse(conn, &peer, stream, &name, reason);
             return;
         }
-        if export.kind == SegmentKind::SpscRing {
-            // Tell the importer where the stream starts (it accepts only the frame there).
-            let start = source
-                .consumer
-                .as_ref()
-                .expect("consumer")
-                .released_position();
+        // Tell a ring's importer where the stream starts (it accepts only the frame there).
+        let start = match export.kind {
+            SegmentKind::SpscRing => Some(
+                source
+                    .consumer
+                    .as_ref()
+                    .expect("consumer")
+                    .released_position(),
+            ),
+            SegmentKind::BroadcastRing => source
+                .feeds
+                .iter()
+                .find(|f| f.peer == peer)
+                .map(BroadcastFeed::start),
+            _ => None,
+        };
+        if let Some(start) = start {
             conn.queue_control(FrameType::Ready, stream, start, 1, &[]);
         }
         conn.exports[e].ready = true;
@@ -1341,7 +1466,25 @@ impl Bridge {
         let Some(i) = Self::import_index(conn, stream) else {
             return;
         };
+        let peer = Self::peer_of(conn);
         let sink = &mut self.imports[i];
+        if let (Some(cursor), Some(_)) = (sink.cursor, &sink.broadcast) {
+            if before(cursor, start) && sink.queue.is_empty() {
+                // The exporter's history no longer holds the records from our cursor on (its
+                // bridge was down while the writer went on): say so, and go on from there.
+                sink.cursor = Some(start);
+                self.events.push(Event::StreamRefused {
+                    peer,
+                    name: sink.name.clone(),
+                    reason: format!(
+                        "{} records were lost: the exporting bridge's reader missed them (it \
+                         was down or lapped); mirroring goes on from record {start}",
+                        start - cursor
+                    ),
+                });
+            }
+            return;
+        }
         if sink.cursor.is_none() && sink.queue.is_empty() {
             sink.cursor = None;
             sink.asked_resend = None;
@@ -1365,7 +1508,7 @@ impl Bridge {
         };
         let window = self.window as usize;
         let sink = &mut self.imports[i];
-        if !sink.ready || sink.producer.is_none() {
+        if !sink.ready || (sink.producer.is_none() && sink.broadcast.is_none()) {
             return Ok(());
         }
         let Some(next) = sink
@@ -1406,6 +1549,7 @@ impl Bridge {
     }
 
     fn on_ack(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
+        let peer = Self::peer_of(conn);
         let Some(e) = Self::export_index(conn, stream) else {
             return;
         };
@@ -1414,6 +1558,18 @@ impl Bridge {
             return;
         }
         match export.kind {
+            SegmentKind::BroadcastRing => {
+                if let Some(feed) = self.exports[export.source]
+                    .feeds
+                    .iter_mut()
+                    .find(|f| f.peer == peer)
+                {
+                    if feed.unacked.front().is_some_and(|r| r.0 < cursor) {
+                        export.last_progress = now;
+                    }
+                    feed.acknowledge(cursor);
+                }
+            }
             SegmentKind::SpscRing => {
                 let Some(k) = export.sent_ends.iter().position(|&end| end == cursor) else {
                     return; // an old or repeated acknowledgement
@@ -1438,6 +1594,7 @@ impl Bridge {
     }
 
     fn on_resend(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
+        let peer = Self::peer_of(conn);
         let Some(e) = Self::export_index(conn, stream) else {
             return;
         };
@@ -1448,6 +1605,16 @@ impl Bridge {
         self.stats.resends += 1;
         export.last_progress = now;
         match export.kind {
+            SegmentKind::BroadcastRing => {
+                if let Some(feed) = self.exports[export.source]
+                    .feeds
+                    .iter_mut()
+                    .find(|f| f.peer == peer)
+                {
+                    feed.acknowledge(cursor);
+                    feed.send_next = 0;
+                }
+            }
             SegmentKind::SpscRing => {
                 let consumer = self.exports[export.source]
                     .consumer
@@ -1625,6 +1792,33 @@ impl Bridge {
                     }
                 }
             }
+            if let (Some(writer), Some(state)) = (&mut sink.broadcast, &mut sink.state) {
+                while let Some((to, kind, bytes)) = sink.queue.front() {
+                    let cursor_before = sink.cursor.or(sink.start).expect("a start");
+                    let local_before = writer.published();
+                    let Ok(mut grant) = writer.try_claim(bytes.len()) else {
+                        break; // full: a local reader is slow (backpressure)
+                    };
+                    grant.copy_from_slice(bytes);
+                    if *kind != u32::MAX {
+                        grant.set_kind(*kind);
+                    }
+                    // One record per publication: its intent first.
+                    state.record(Intent {
+                        cursor_before,
+                        cursor_after: *to,
+                        local_before,
+                        local_after: local_before + 1,
+                    });
+                    grant.commit(bytes.len());
+                    sink.cursor = Some(*to);
+                    sink.queued_bytes -= bytes.len();
+                    sink.queue.pop_front();
+                    sink.ack_due = true;
+                    self.stats.records_delivered += 1;
+                    work += 1;
+                }
+            }
             if sink.ack_due {
                 if let Some(cursor) = sink.cursor {
                     conn.queue_control(FrameType::Ack, stream | FROM_IMPORTER, cursor, 0, &[]);
@@ -1654,6 +1848,15 @@ impl Bridge {
                 continue;
             }
             if !conn.exports[e].ready {
+                // Offered, no answer: the offer or the answer was lost (a faulty link); offer
+                // again (the importer answers every offer).
+                if now.duration_since(conn.exports[e].last_progress) > RESEND_TIMEOUT {
+                    conn.exports[e].last_progress = now;
+                    if !self.offer(conn, e) {
+                        conn.exports.remove(e);
+                        continue;
+                    }
+                }
                 e += 1;
                 continue;
             }
@@ -1663,6 +1866,7 @@ impl Bridge {
             }
             work += match conn.exports[e].kind {
                 SegmentKind::SpscRing => self.pump_ring(conn, e, now)?,
+                SegmentKind::BroadcastRing => self.pump_broadcast(conn, e, now)?,
                 _ => self.pump_region(conn, e, now)?,
             };
             e += 1;
@@ -1741,6 +1945,80 @@ impl Bridge {
                 export.pending = Some(scratch.clone());
                 break;
             }
+        }
+        Ok(work)
+    }
+
+    fn pump_broadcast(
+        &mut self,
+        conn: &mut Conn,
+        e: usize,
+        now: Instant,
+    ) -> Result<usize, LinkError> {
+        let window = self.window;
+        let peer = Self::peer_of(conn);
+        let export = &mut conn.exports[e];
+        let Some(feed) = self.exports[export.source]
+            .feeds
+            .iter_mut()
+            .find(|f| f.peer == peer)
+        else {
+            return Ok(0);
+        };
+        if feed.send_next > 0 && now.duration_since(export.last_progress) > RESEND_TIMEOUT {
+            // No acknowledgement for a while: send the unacknowledged records again, and
+            // where the stream starts.
+            feed.send_next = 0;
+            export.last_progress = now;
+            self.stats.resends += 1;
+            let mut frame = Vec::new();
+            if wire::encode(
+                &mut frame,
+                FrameType::Ready,
+                export.stream,
+                feed.start(),
+                1,
+                &[],
+            )
+            .is_ok()
+                && !conn.link.send(&frame)?
+            {
+                return Ok(0);
+            }
+        }
+        let mut work = 0;
+        // Read what the window allows into the resend buffer.
+        while feed.unacked_bytes < window {
+            let (number, kind, bytes) = match feed.reader.try_read() {
+                Ok(record) => (record.number(), record.kind(), record.to_vec()),
+                Err(BroadcastReadError::Lapped { lost }) => {
+                    feed.lapped += lost;
+                    continue;
+                }
+                Err(_) => break,
+            };
+            if number < feed.skip_below {
+                continue;
+            }
+            feed.unacked_bytes += bytes.len() as u64;
+            feed.unacked.push_back((number, kind, bytes));
+        }
+        let scratch = &mut conn.scratch;
+        while let Some((number, kind, bytes)) = feed.unacked.get(feed.send_next) {
+            scratch.clear();
+            if wire::encode_data(scratch, export.stream, *number, number + 1, *kind, bytes).is_err()
+            {
+                break;
+            }
+            if !conn.link.send(scratch)? {
+                break;
+            }
+            if feed.send_next == 0 {
+                export.last_progress = now;
+            }
+            feed.send_next += 1;
+            self.stats.records_sent += 1;
+            work += 1;
         }
         Ok(work)
     }

@@ -508,3 +508,59 @@ fn a_peer_from_another_ca_gets_nothing_and_writes_nothing() {
     drop(bridges);
     assert_eq!(seg.consumer().unwrap().try_read().unwrap()[0], 7);
 }
+
+#[test]
+fn a_broadcast_ring_is_mirrored_in_order_through_faulty_links() {
+    use shmesh_ring::broadcast::Start;
+    let src = unique("bcast");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .kind(SegmentKind::BroadcastRing)
+        .capacity(1 << 14)
+        .history(16)
+        .create()
+        .unwrap();
+    let mut tx = seg.broadcast_writer().unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let plan = FaultPlan {
+        drop: 0.03,
+        duplicate: 0.03,
+        reorder: 0.03,
+        corrupt: 0.02,
+        truncate: 0.02,
+        delay: None,
+        seed: 7,
+    };
+    let pair = Pair::start_with(&a, &b, Some((plan, Path::new("."))));
+    // Join the copy before anything is written, so every record reaches this reader.
+    let copy_seg = open_when_there(&copy);
+    assert_eq!(copy_seg.kind(), SegmentKind::BroadcastRing);
+    assert_eq!(copy_seg.history_len(), 16);
+    let mut rx = copy_seg.broadcast_reader(Start::Latest).unwrap();
+    const N: u32 = 2_000;
+    let writer = thread::spawn(move || {
+        for i in 0..N {
+            let len = 4 + (i as usize * 7) % 300;
+            let mut grant = tx.claim_timeout(len, DEADLINE).expect("claim");
+            grant[..4].copy_from_slice(&i.to_le_bytes());
+            grant.commit(len);
+        }
+        tx
+    });
+    for i in 0..N {
+        let record = rx.read_timeout(DEADLINE).expect("record");
+        assert_eq!(record.len(), 4 + (i as usize * 7) % 300, "record {i}");
+        assert_eq!(u32::from_le_bytes(record[..4].try_into().unwrap()), i);
+        assert_eq!(record.number(), u64::from(i), "numbers match the source's");
+    }
+    assert!(
+        rx.read_timeout(Duration::from_millis(300)).is_err(),
+        "a record twice"
+    );
+    let _tx = writer.join().unwrap();
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, N as u64);
+    drop((rx, copy_seg));
+    cleanup(&[&copy]);
+}
