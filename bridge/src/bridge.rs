@@ -1605,14 +1605,17 @@ impl Bridge {
         self.stats.resends += 1;
         export.last_progress = now;
         match export.kind {
+            // The importer is at `cursor` (records before it are queued or delivered there,
+            // not necessarily acknowledged: release nothing) and missed what came next.
             SegmentKind::BroadcastRing => {
                 if let Some(feed) = self.exports[export.source]
                     .feeds
                     .iter_mut()
                     .find(|f| f.peer == peer)
                 {
-                    feed.acknowledge(cursor);
-                    feed.send_next = 0;
+                    if let Some(k) = feed.unacked.iter().position(|r| r.0 == cursor) {
+                        feed.send_next = feed.send_next.min(k);
+                    }
                 }
             }
             SegmentKind::SpscRing => {
@@ -1620,13 +1623,11 @@ impl Bridge {
                     .consumer
                     .as_mut()
                     .expect("consumer");
-                if let Some(k) = export.sent_ends.iter().position(|&end| end == cursor) {
-                    export.sent_ends.drain(..=k);
-                    let _ = consumer.release_to(cursor);
-                }
-                if cursor == consumer.released_position() {
-                    consumer.rewind();
-                    export.sent_ends.clear();
+                let sent = export.sent_ends.iter().position(|&end| end == cursor);
+                if (cursor == consumer.released_position() || sent.is_some())
+                    && consumer.rewind_to(cursor).is_ok()
+                {
+                    export.sent_ends.truncate(sent.map_or(0, |k| k + 1));
                     export.pending = None;
                 }
             }

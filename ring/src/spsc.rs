@@ -1217,6 +1217,28 @@ impl<M: RingMemory> Consumer<M> {
         self.head = self.released;
     }
 
+    /// Moves the read position back to `pos`, a record end between the
+    /// [released](Self::released_position) and the [read](Self::read_position) positions:
+    /// the records from there on are read again, and nothing is released (the far side has
+    /// the records before `pos` but has not confirmed them yet).
+    ///
+    /// # Errors
+    ///
+    /// [`ReleaseError`] when `pos` is not 16-aligned or lies outside that span; the read
+    /// position stays.
+    pub fn rewind_to(&mut self, pos: u64) -> Result<(), ReleaseError> {
+        let held = self.head.wrapping_sub(self.released);
+        if pos % RECORD_ALIGN != 0 || pos.wrapping_sub(self.released) > held {
+            return Err(ReleaseError {
+                pos,
+                released: self.released,
+                read: self.head,
+            });
+        }
+        self.head = pos;
+        Ok(())
+    }
+
     /// Starts a batch: records read through it are released together, with one index store,
     /// when the batch is dropped.
     pub fn batch(&mut self) -> ReadBatch<'_, M> {

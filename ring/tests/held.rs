@@ -20,6 +20,8 @@ enum Op {
     /// Release up to the end of the n-th held record read (if that many were read).
     Release(usize),
     Rewind,
+    /// Rewind to the end of the n-th held record read (if that many were read).
+    RewindTo(usize),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -28,6 +30,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => Just(Op::Read),
         1 => (0usize..6).prop_map(Op::Release),
         1 => Just(Op::Rewind),
+        1 => (0usize..6).prop_map(Op::RewindTo),
     ]
 }
 
@@ -78,6 +81,16 @@ proptest! {
                 Op::Rewind => {
                     rx.rewind();
                     cursor = 0;
+                }
+                Op::RewindTo(n) => {
+                    if n < cursor {
+                        let end = held[n].1.unwrap();
+                        rx.rewind_to(end).unwrap();
+                        prop_assert_eq!(rx.read_position(), end);
+                        cursor = n + 1;
+                    } else {
+                        prop_assert!(rx.rewind_to(rx.read_position() + 16).is_err());
+                    }
                 }
             }
             prop_assert_eq!(rx.read_position().wrapping_sub(rx.released_position()) > 0, cursor > 0);
