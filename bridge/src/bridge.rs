@@ -57,6 +57,8 @@ const REOPEN_INTERVAL: Duration = Duration::from_millis(100);
 /// `Refuse`): stream ids are numbered by each importer, so both directions may use the same
 /// number.
 const FROM_IMPORTER: u32 = 1 << 31;
+/// Control frames queued before acknowledgements and pongs wait for the link.
+const CONTROL_BACKLOG: usize = 64;
 /// Largest region a bridge mirrors (a version is buffered whole on the importing side).
 const MAX_REGION: u64 = 1 << 30;
 
@@ -810,7 +812,7 @@ impl Bridge {
             return Err(format!("no frame from the peer for {:?}", self.liveness));
         }
         if conn.hello_received {
-            if now.duration_since(conn.last_ping) > self.liveness / 4 {
+            if now.duration_since(conn.last_ping) > self.liveness / 4 && conn.control.is_empty() {
                 conn.last_ping = now;
                 conn.queue_control(FrameType::Ping, 0, 0, 0, &[]);
             }
@@ -923,7 +925,10 @@ impl Bridge {
                 Ok(())
             }
             FrameType::Ping => {
-                conn.queue_control(FrameType::Pong, 0, h.seq, 0, &[]);
+                // A peer flooding pings into a backed-up link gets no more answers.
+                if conn.control.len() < CONTROL_BACKLOG {
+                    conn.queue_control(FrameType::Pong, 0, h.seq, 0, &[]);
+                }
                 Ok(())
             }
             FrameType::Pong => Ok(()),
@@ -1820,7 +1825,9 @@ impl Bridge {
                     work += 1;
                 }
             }
-            if sink.ack_due {
+            // Acknowledgements wait while the link is backed up (they are cumulative: the
+            // next one says it all), so the control queue stays small.
+            if sink.ack_due && conn.control.len() < CONTROL_BACKLOG {
                 if let Some(cursor) = sink.cursor {
                     conn.queue_control(FrameType::Ack, stream | FROM_IMPORTER, cursor, 0, &[]);
                 }
