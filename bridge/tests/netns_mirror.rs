@@ -74,10 +74,22 @@ fn stamped_chunks(v: u64) -> [usize; 3] {
     [0, 1, 2].map(|k| ((v * 7 + k * 5 + 1) % n) as usize)
 }
 
+/// Whether version `v` rewrites the whole region (every tenth, from 1): its delta from any
+/// base is as large as the region.
+fn rewrites_all(v: u64) -> bool {
+    v % 10 == 1
+}
+
 /// Writes version `v`'s changes into `put` (offset, bytes).
 fn region_changes(v: u64, mut put: impl FnMut(usize, &[u8])) {
     put(0, &v.to_le_bytes());
-    for chunk in stamped_chunks(v) {
+    let all: Vec<usize> = (0..REGION_SIZE / CHUNK).collect();
+    let chunks = if rewrites_all(v) {
+        all
+    } else {
+        stamped_chunks(v).to_vec()
+    };
+    for chunk in chunks {
         put(chunk * CHUNK + 8, &v.to_le_bytes());
         // Some more bytes that depend on the version, over most of the chunk.
         let fill = [(v % 251) as u8; 64];
@@ -91,7 +103,9 @@ fn region_changes(v: u64, mut put: impl FnMut(usize, &[u8])) {
 fn region_expected(v: u64) -> Vec<u8> {
     let mut bytes = vec![0u8; REGION_SIZE];
     for u in 1..=v {
-        region_changes(u, |at, data| bytes[at..at + data.len()].copy_from_slice(data));
+        region_changes(u, |at, data| {
+            bytes[at..at + data.len()].copy_from_slice(data)
+        });
     }
     bytes
 }
@@ -293,7 +307,10 @@ fn sink(args: &Args) {
                 }
                 for chunk in 0..REGION_SIZE / CHUNK {
                     let s = stamp_at(&bytes, chunk * CHUNK + 8);
-                    assert!(s <= stamp, "torn copy: version {stamp}, chunk {chunk} is from {s}");
+                    assert!(
+                        s <= stamp,
+                        "torn copy: version {stamp}, chunk {chunk} is from {s}"
+                    );
                 }
             }
             progress |= stamp > last_stamp;
@@ -603,7 +620,12 @@ impl Setup {
     #[track_caller]
     fn wait_log(&self, d: usize, needle: &str, from: usize) {
         let start = Instant::now();
-        while !self.daemons[d].log().get(from..).unwrap_or("").contains(needle) {
+        while !self.daemons[d]
+            .log()
+            .get(from..)
+            .unwrap_or("")
+            .contains(needle)
+        {
             if start.elapsed() > DEADLINE {
                 panic!(
                     "{}: no '{needle}' in the log of {} within {DEADLINE:?}\n{}",
@@ -620,8 +642,16 @@ impl Setup {
     /// "mirroring" after the given log marks.
     #[track_caller]
     fn wait_mirroring(&self, name: &str, from_a: usize, from_b: usize) {
-        self.wait_log(0, &format!("export '{name}' with host-b: mirroring"), from_a);
-        self.wait_log(1, &format!("import '{name}' with host-a: mirroring"), from_b);
+        self.wait_log(
+            0,
+            &format!("export '{name}' with host-b: mirroring"),
+            from_a,
+        );
+        self.wait_log(
+            1,
+            &format!("import '{name}' with host-a: mirroring"),
+            from_b,
+        );
     }
 
     /// Stops every daemon with SIGTERM (each must exit cleanly).
@@ -676,11 +706,47 @@ fn traffic(source: &mut Proc, records: u64, versions: u64) -> (u64, u64) {
     (sent, at)
 }
 
-/// Waits for the sink to have everything, stops the bridges, and checks nothing more came.
+/// What a bridge says when its peer broke the protocol (bridge.rs): between two honest
+/// bridges, whatever the network does, none of these may ever be logged.
+const VIOLATIONS: [&str; 10] = [
+    "before its hello",
+    "second hello",
+    "bad hello",
+    "calls itself",
+    "bad data frame",
+    "more than its window",
+    "bad region part",
+    "lies outside",
+    "more bytes for a region version",
+    "rejected:",
+];
+
+/// Fails if a bridge accused its (honest) peer of breaking the protocol.
+#[track_caller]
+fn assert_no_violations(s: &Setup) {
+    for d in &s.daemons {
+        let log = d.log();
+        if let Some(line) = log
+            .lines()
+            .find(|l| VIOLATIONS.iter().any(|v| l.contains(v)))
+        {
+            panic!(
+                "{}: {} accused an honest peer of breaking the protocol:\n{line}\n{}",
+                s.test,
+                d.name,
+                s.logs()
+            );
+        }
+    }
+}
+
+/// Waits for the sink to have everything, stops the bridges, checks nothing more came and
+/// that no bridge saw a protocol violation.
 fn finish(s: &mut Setup, sink: &mut Proc, records: u64, version: u64) {
     assert_eq!(sink.expect("ring_ok"), records.to_string());
     assert_eq!(sink.expect("region_ok"), version.to_string());
     s.stop_all();
+    assert_no_violations(s);
     sink.close_stdin();
     assert_eq!(sink.expect("no_extra"), records.to_string());
     sink.wait_success();
@@ -705,6 +771,17 @@ fn typed_ring_a_to_b() {
         "the bridges ran without TLS:\n{}",
         s.logs()
     );
+    // Both ends log the connection, the dialing one too (as the daemon's docs say).
+    for (d, peer) in [(0, "host-b"), (1, "host-a")] {
+        assert!(
+            s.daemons[d]
+                .log()
+                .contains(&format!("connected to {peer}\n")),
+            "{} never logged 'connected to {peer}':\n{}",
+            s.daemons[d].name,
+            s.logs()
+        );
+    }
     s.done();
 }
 
@@ -715,7 +792,10 @@ fn region_a_to_b_converges() {
     }
     const VERSIONS: u64 = 400;
     let (mut s, mut source) = pair("region_a_to_b_converges", "3s", 1 << 16, 0);
-    let mut sink = s.net.host(1).spawn("sink", &[&RING, &REGION, &0, &VERSIONS, &0]);
+    let mut sink = s
+        .net
+        .host(1)
+        .spawn("sink", &[&RING, &REGION, &0, &VERSIONS, &0]);
     // In steps, so that the copy sees versions while the writer is still publishing.
     let mut at = 0;
     for _ in 0..8 {
@@ -741,7 +821,10 @@ fn faulted(test: &'static str, fault: impl FnOnce(&mut Setup, &mut dyn FnMut()))
         traffic(&mut source, PHASE_RECORDS, PHASE_VERSIONS);
         phases += 1;
     });
-    assert_eq!(phases, 2, "the fault must run the middle traffic phase once");
+    assert_eq!(
+        phases, 2,
+        "the fault must run the middle traffic phase once"
+    );
     let (sent, at) = traffic(&mut source, PHASE_RECORDS, PHASE_VERSIONS);
     assert_eq!((sent, at), (n, v));
     finish(&mut s, &mut sink, n, v);
@@ -785,6 +868,40 @@ fn partition_longer_than_liveness() {
         "the import did not resume:\n{}",
         s.logs()
     );
+    s.done();
+}
+
+/// A stall shorter than the liveness timeout while one region version is in flight: the
+/// exporter sends it again every resend timeout (500 ms), so the importer gets several copies
+/// of the same version once the link recovers. It must apply it once and drop the copies,
+/// without dropping the connection.
+#[test]
+fn region_version_resent_during_a_short_stall() {
+    if !root_or_skip("region_version_resent_during_a_short_stall") {
+        return;
+    }
+    let (mut s, mut source) = pair(
+        "region_version_resent_during_a_short_stall",
+        "3s",
+        1 << 16,
+        0,
+    );
+    // Converge on version 10 first, so that only the next version is in flight in the stall.
+    let mut sink = s.net.host(1).spawn("sink", &[&RING, &REGION, &0, &10, &0]);
+    traffic(&mut source, 0, 10);
+    assert_eq!(sink.expect("ring_ok"), "0");
+    assert_eq!(sink.expect("region_ok"), "10");
+    sink.close_stdin();
+    sink.expect("no_extra");
+    sink.wait_success();
+    s.net.partition(0, 1).expect("partition");
+    // Version 11 rewrites the whole region: each copy carries all of its bytes.
+    assert!(rewrites_all(11));
+    traffic(&mut source, 0, 1);
+    thread::sleep(Duration::from_millis(1300));
+    s.net.heal(0, 1).expect("heal");
+    let mut sink = s.net.host(1).spawn("sink", &[&RING, &REGION, &0, &11, &0]);
+    finish(&mut s, &mut sink, 0, 11);
     s.done();
 }
 
@@ -922,6 +1039,7 @@ fn tbf_squeeze_fills_the_ring_and_bounds_memory() {
     }
     eprintln!("writer saw its ring full {full} times (first at record {first_full})");
     s.stop_all();
+    assert_no_violations(&s);
     sink.close_stdin();
     assert_eq!(sink.expect("no_extra"), N.to_string());
     sink.wait_success();
@@ -1040,6 +1158,7 @@ fn intruders_are_refused_and_b_mirrors_on() {
         "A's log does not name host-d when refusing it:\n{log_a}"
     );
     s.stop_all();
+    assert_no_violations(&s);
     sink.close_stdin();
     assert_eq!(sink.expect("no_extra"), N.to_string());
     sink.wait_success();
@@ -1057,7 +1176,10 @@ fn schema_mismatch_refuses_one_stream_and_the_other_mirrors() {
     const CAPACITY: u64 = 1 << 16;
     const RING2: &str = "nt-ring-2";
     const REGION2: &str = "nt-region-2";
-    let mut s = Setup::new("schema_mismatch_refuses_one_stream_and_the_other_mirrors", 2);
+    let mut s = Setup::new(
+        "schema_mismatch_refuses_one_stream_and_the_other_mirrors",
+        2,
+    );
     let a_host = s.net.host(0);
     let mut source = a_host.spawn("source", &[&RING, &REGION, &CAPACITY, &0]);
     let mut source2 = a_host.spawn("source", &[&RING2, &REGION2, &CAPACITY, &0]);
@@ -1094,6 +1216,7 @@ fn schema_mismatch_refuses_one_stream_and_the_other_mirrors() {
     );
     assert_eq!(sink.expect("region_ok"), "0");
     s.stop_all();
+    assert_no_violations(&s);
     squatter.close_stdin();
     squatter.expect("untouched");
     squatter.wait_success();
