@@ -1448,7 +1448,17 @@ impl Bridge {
                 part.bytes.len()
             ));
         }
-        if sink.parts.as_ref().is_none_or(|p| p.0 != version || p.1 != base) {
+        if sink.cursor.is_some_and(|have| version <= have) {
+            // A copy of a version already applied (the exporter sent it again after its
+            // resend timeout while our acknowledgement was on its way): nothing to keep.
+            return Ok(());
+        }
+        // A new version, or this one sent again from its first part: the parts of an earlier
+        // copy are not added to the new one.
+        let again = |p: &(u64, u64, Vec<(u64, Vec<u8>)>)| {
+            p.0 != version || p.1 != base || p.2.iter().any(|(o, _)| *o == part.offset)
+        };
+        if sink.parts.as_ref().is_none_or(again) {
             sink.parts = Some((version, base, Vec::new()));
             sink.parts_bytes = 0;
         }
@@ -1480,6 +1490,8 @@ impl Bridge {
         if version <= have && sink.cursor.is_some() {
             self.stats.duplicates += 1;
             sink.ack_due = true;
+            sink.parts = None;
+            sink.parts_bytes = 0;
             return;
         }
         let parts = sink.parts.take().filter(|p| p.0 == version && p.1 == base);
