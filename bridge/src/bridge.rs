@@ -247,6 +247,8 @@ struct Conn {
     scratch: Vec<u8>,
     /// Frames that must go out before anything else (acks, offers, refusals); small.
     control: VecDeque<Vec<u8>>,
+    /// `Event::Connected` was reported (and the connection counted).
+    announced: bool,
 }
 
 impl Conn {
@@ -264,6 +266,7 @@ impl Conn {
             frame: Vec::new(),
             scratch: Vec::new(),
             control: VecDeque::new(),
+            announced: false,
         }
     }
 
@@ -474,6 +477,15 @@ impl Bridge {
             match self.drive(&mut conn, now) {
                 Ok(w) => {
                     work += w;
+                    if conn.hello_received && !conn.announced {
+                        // A connection this bridge dialed (accepted ones are announced by
+                        // `adopt`).
+                        conn.announced = true;
+                        self.events.push(Event::Connected {
+                            peer: self.peers[p].name.clone(),
+                        });
+                        self.stats.connections += 1;
+                    }
                     self.peers[p].conn = Some(conn);
                 }
                 Err(reason) => {
@@ -625,6 +637,8 @@ impl Bridge {
         }
         self.events.push(Event::Connected { peer: name });
         self.stats.connections += 1;
+        let mut conn = conn;
+        conn.announced = true;
         self.peers[p].conn = Some(conn);
     }
 
