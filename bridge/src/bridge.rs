@@ -47,8 +47,13 @@ use crate::tls::TlsIdentity;
 use crate::wire::{self, FrameType};
 
 /// How long an exporter waits for an acknowledgement before sending again what is
-/// unacknowledged.
+/// unacknowledged; doubled after each resend without progress (up to 32 times as long), so
+/// a stalled link (a partition, a squeezed bandwidth) is not flooded with copies.
 const RESEND_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn resend_timeout(backoff: u32) -> Duration {
+    RESEND_TIMEOUT * (1 << backoff.min(5))
+}
 /// Bytes of region data per `RegionPart` frame.
 const REGION_PART: usize = 1 << 20;
 /// How often a missing export segment is looked for again.
@@ -275,6 +280,8 @@ struct ExportStream {
     /// Ring: a frame read from the ring that the link did not take yet.
     pending: Option<Vec<u8>>,
     last_progress: Instant,
+    /// Resends since the last progress (see [`RESEND_TIMEOUT`]).
+    backoff: u32,
     /// Region: the reader, the version the importer has, and the version in flight.
     region: Option<RegionReader<ShmRegion>>,
     far_version: u64,
@@ -298,6 +305,8 @@ struct Conn {
     scratch: Vec<u8>,
     /// Frames that must go out before anything else (acks, offers, refusals); small.
     control: VecDeque<Vec<u8>>,
+    /// `Event::Connected` was reported (and the connection counted).
+    announced: bool,
 }
 
 impl Conn {
@@ -315,6 +324,7 @@ impl Conn {
             frame: Vec::new(),
             scratch: Vec::new(),
             control: VecDeque::new(),
+            announced: false,
         }
     }
 
@@ -557,6 +567,15 @@ impl Bridge {
             match self.drive(&mut conn, now) {
                 Ok(w) => {
                     work += w;
+                    if conn.hello_received && !conn.announced {
+                        // A connection this bridge dialed (accepted ones are announced by
+                        // `adopt`).
+                        conn.announced = true;
+                        self.events.push(Event::Connected {
+                            peer: self.peers[p].name.clone(),
+                        });
+                        self.stats.connections += 1;
+                    }
                     self.peers[p].conn = Some(conn);
                 }
                 Err(reason) => {
@@ -709,6 +728,8 @@ impl Bridge {
         }
         self.events.push(Event::Connected { peer: name });
         self.stats.connections += 1;
+        let mut conn = conn;
+        conn.announced = true;
         self.peers[p].conn = Some(conn);
     }
 
@@ -1035,6 +1056,7 @@ impl Bridge {
             sent_ends: VecDeque::new(),
             pending: None,
             last_progress: Instant::now(),
+            backoff: 0,
             region: None,
             far_version: 0,
             in_flight: None,
@@ -1367,6 +1389,7 @@ impl Bridge {
         let source = &mut self.exports[export.source];
         let name = source.name.clone();
         export.last_progress = now;
+        export.backoff = 0;
         export.sent_ends.clear();
         export.pending = None;
         let refusal = match export.kind {
@@ -1571,6 +1594,7 @@ impl Bridge {
                 {
                     if feed.unacked.front().is_some_and(|r| r.0 < cursor) {
                         export.last_progress = now;
+                        export.backoff = 0;
                     }
                     feed.acknowledge(cursor);
                 }
@@ -1586,6 +1610,7 @@ impl Bridge {
                     .expect("consumer");
                 if consumer.release_to(cursor).is_ok() {
                     export.last_progress = now;
+                    export.backoff = 0;
                 }
             }
             _ => {
@@ -1593,6 +1618,7 @@ impl Bridge {
                     export.far_version = cursor;
                     export.in_flight = None;
                     export.last_progress = now;
+                    export.backoff = 0;
                 }
             }
         }
@@ -1609,6 +1635,7 @@ impl Bridge {
         }
         self.stats.resends += 1;
         export.last_progress = now;
+        export.backoff = 0;
         match export.kind {
             // The importer is at `cursor` (records before it are queued or delivered there,
             // not necessarily acknowledged: release nothing) and missed what came next.
@@ -1675,11 +1702,17 @@ impl Bridge {
                 part.bytes.len()
             ));
         }
-        if sink
-            .parts
-            .as_ref()
-            .is_none_or(|p| p.0 != version || p.1 != base)
-        {
+        if sink.cursor.is_some_and(|have| version <= have) {
+            // A copy of a version already applied (the exporter sent it again after its
+            // resend timeout while our acknowledgement was on its way): nothing to keep.
+            return Ok(());
+        }
+        // A new version, or this one sent again from its first part: the parts of an earlier
+        // copy are not added to the new one.
+        let again = |p: &PendingVersion| {
+            p.0 != version || p.1 != base || p.2.iter().any(|(o, _)| *o == part.offset)
+        };
+        if sink.parts.as_ref().is_none_or(again) {
             sink.parts = Some((version, base, Vec::new()));
             sink.parts_bytes = 0;
         }
@@ -1718,6 +1751,8 @@ impl Bridge {
         if version <= have && sink.cursor.is_some() {
             self.stats.duplicates += 1;
             sink.ack_due = true;
+            sink.parts = None;
+            sink.parts_bytes = 0;
             return;
         }
         let parts = sink.parts.take().filter(|p| p.0 == version && p.1 == base);
@@ -1858,8 +1893,11 @@ impl Bridge {
             if !conn.exports[e].ready {
                 // Offered, no answer: the offer or the answer was lost (a faulty link); offer
                 // again (the importer answers every offer).
-                if now.duration_since(conn.exports[e].last_progress) > RESEND_TIMEOUT {
+                if now.duration_since(conn.exports[e].last_progress)
+                    > resend_timeout(conn.exports[e].backoff)
+                {
                     conn.exports[e].last_progress = now;
+                    conn.exports[e].backoff += 1;
                     if !self.offer(conn, e) {
                         conn.exports.remove(e);
                         continue;
@@ -1889,7 +1927,8 @@ impl Bridge {
             .consumer
             .as_mut()
             .expect("SPSC export has a consumer");
-        if !export.sent_ends.is_empty() && now.duration_since(export.last_progress) > RESEND_TIMEOUT
+        if !export.sent_ends.is_empty()
+            && now.duration_since(export.last_progress) > resend_timeout(export.backoff)
         {
             // No acknowledgement for a while: frames or acknowledgements were lost. Send
             // everything unacknowledged again, and where the stream starts.
@@ -1897,6 +1936,7 @@ impl Bridge {
             export.sent_ends.clear();
             export.pending = None;
             export.last_progress = now;
+            export.backoff += 1;
             self.stats.resends += 1;
             let start = consumer.released_position();
             let mut frame = Vec::new();
@@ -1973,11 +2013,14 @@ impl Bridge {
         else {
             return Ok(0);
         };
-        if feed.send_next > 0 && now.duration_since(export.last_progress) > RESEND_TIMEOUT {
+        if feed.send_next > 0
+            && now.duration_since(export.last_progress) > resend_timeout(export.backoff)
+        {
             // No acknowledgement for a while: send the unacknowledged records again, and
             // where the stream starts.
             feed.send_next = 0;
             export.last_progress = now;
+            export.backoff += 1;
             self.stats.resends += 1;
             let mut frame = Vec::new();
             if wire::encode(
@@ -2042,7 +2085,8 @@ impl Bridge {
             work += 1;
         }
         if export.in_flight.is_some() {
-            if now.duration_since(export.last_progress) > RESEND_TIMEOUT {
+            if now.duration_since(export.last_progress) > resend_timeout(export.backoff) {
+                export.backoff += 1;
                 export.in_flight = None; // lost: send again below
                 self.stats.resends += 1;
             } else {
