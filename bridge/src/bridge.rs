@@ -62,6 +62,8 @@ const REOPEN_INTERVAL: Duration = Duration::from_millis(100);
 /// `Refuse`): stream ids are numbered by each importer, so both directions may use the same
 /// number.
 const FROM_IMPORTER: u32 = 1 << 31;
+/// `ExportStream::far_version` of a stream not offered yet (its segment is not there yet).
+const NOT_OFFERED: u64 = u64::MAX;
 /// Control frames queued before acknowledgements and pongs wait for the link.
 const CONTROL_BACKLOG: usize = 64;
 /// Largest region a bridge mirrors (a version is buffered whole on the importing side).
@@ -282,6 +284,8 @@ struct ExportStream {
     last_progress: Instant,
     /// Resends since the last progress (see [`RESEND_TIMEOUT`]).
     backoff: u32,
+    /// Why the stream cannot go on (its local segment is corrupt): refused after this pump.
+    broken: Option<String>,
     /// Region: the reader, the version the importer has, and the version in flight.
     region: Option<RegionReader<ShmRegion>>,
     far_version: u64,
@@ -1057,16 +1061,13 @@ impl Bridge {
             pending: None,
             last_progress: Instant::now(),
             backoff: 0,
+            broken: None,
             region: None,
-            far_version: 0,
+            far_version: NOT_OFFERED,
             in_flight: None,
             region_frames: VecDeque::new(),
         });
         // Offered by `pump_exports` once the segment is open.
-        let last = conn.exports.len() - 1;
-        conn.exports[last].ready = false;
-        conn.exports[last].in_flight = None;
-        conn.exports[last].far_version = u64::MAX; // "not offered yet"
     }
 
     /// Sends the offer of an export stream whose segment is open. Returns false if refused.
@@ -1383,7 +1384,7 @@ impl Bridge {
             return;
         };
         let export = &mut conn.exports[e];
-        if export.far_version == u64::MAX {
+        if export.far_version == NOT_OFFERED {
             return; // not offered: a confused peer; ignore
         }
         let source = &mut self.exports[export.source];
@@ -1879,7 +1880,7 @@ impl Bridge {
         let mut work = 0;
         let mut e = 0;
         while e < conn.exports.len() {
-            if conn.exports[e].far_version == u64::MAX {
+            if conn.exports[e].far_version == NOT_OFFERED {
                 if self.exports[conn.exports[e].source].segment.is_some() {
                     if !self.offer(conn, e) {
                         conn.exports.remove(e);
@@ -1915,6 +1916,13 @@ impl Bridge {
                 SegmentKind::BroadcastRing => self.pump_broadcast(conn, e, now)?,
                 _ => self.pump_region(conn, e, now)?,
             };
+            if let Some(reason) = conn.exports[e].broken.take() {
+                let export = conn.exports.remove(e);
+                let peer = Self::peer_of(conn);
+                let name = self.exports[export.source].name.clone();
+                self.refuse(conn, &peer, export.stream, &name, reason);
+                continue;
+            }
             e += 1;
         }
         Ok(work)
@@ -1977,8 +1985,8 @@ impl Bridge {
                 }
                 Err(TryReadError::Empty | TryReadError::PeerGone) => break,
                 Err(TryReadError::Corrupt(c)) => {
-                    // Nothing more can be read from this ring; keep the link for the others.
-                    let _ = c;
+                    // Nothing more can be read from this ring; the other streams go on.
+                    export.broken = Some(format!("the exported ring is corrupt: {c}"));
                     break;
                 }
             }
@@ -2108,7 +2116,10 @@ impl Bridge {
             match reader.read_changes(base) {
                 Ok(delta) => Some(delta),
                 Err(ChangesError::TooOld { .. } | ChangesError::Ahead { .. }) => None,
-                Err(ChangesError::Corrupt(_)) => return Ok(work),
+                Err(ChangesError::Corrupt(c)) => {
+                    export.broken = Some(format!("the exported region is corrupt: {c}"));
+                    return Ok(work);
+                }
             }
         } else {
             None
@@ -2163,8 +2174,12 @@ impl Bridge {
                 (version, base)
             }
             None => {
-                let Ok((version, bytes)) = reader.snapshot() else {
-                    return Ok(work);
+                let (version, bytes) = match reader.snapshot() {
+                    Ok(snapshot) => snapshot,
+                    Err(c) => {
+                        export.broken = Some(format!("the exported region is corrupt: {c}"));
+                        return Ok(work);
+                    }
                 };
                 push(0, &bytes, version, 0);
                 (version, 0)
