@@ -108,11 +108,15 @@ pub struct BridgeArgs {
     pub tls: Tls,
     /// Measured round trips (pingpong) or messages (throughput) per transport and size, after
     /// a 10% warm-up. Default: as `shmesh bench pingpong`/`throughput` give TCP.
+    ///
+    /// The bridge delivers records in batches, so a throughput over fewer messages than the
+    /// ring holds (1 MiB ring: about 14 000 of 64 bytes) measures one batch, not a rate.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
-    /// How the benchmark's own ends of the rings wait (the bridges always spin). With few
-    /// cores, spinning ends compete with the spinning bridges: yield is the default.
-    #[arg(long, value_enum, default_value_t = Wait::Yield)]
+    /// How the benchmark's own ends of the rings wait (the bridges always spin). futex, the
+    /// default, leaves the cores to the spinning bridges while an end waits; spin and yield
+    /// compete with them for cores, which on a machine with few cores costs milliseconds.
+    #[arg(long, value_enum, default_value_t = Wait::Futex)]
     pub wait: Wait,
     /// One JSON object per line on stdout instead of a table.
     #[arg(long)]
@@ -143,7 +147,7 @@ pub struct BridgePeerArgs {
     #[arg(long)]
     pub tcp: Option<SocketAddr>,
     /// How the ring ends wait.
-    #[arg(long, value_enum, default_value_t = Wait::Yield)]
+    #[arg(long, value_enum, default_value_t = Wait::Futex)]
     pub wait: Wait,
     /// The CPU to pin to (probe).
     #[arg(long)]
