@@ -47,7 +47,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, LazyLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -62,6 +64,10 @@ use super::transport::{check, fill, ring_capacity};
 use super::{
     measure_cl as median_cl, new_histogram, parse_size, report, warmup, Bench, Transport, Wait,
 };
+
+/// Set by the signal thread on SIGINT, SIGTERM or SIGHUP: the run stops at its next wait and
+/// unwinds, so the bridges are stopped and the namespaces removed.
+static INTERRUPTED: LazyLock<Arc<AtomicBool>> = LazyLock::new(Arc::default);
 
 /// The ring host A writes and host B reads.
 pub const RING_AB: &str = "bench-ab";
@@ -462,6 +468,11 @@ impl Procs {
                 Err(RecvTimeoutError::Disconnected) => return Err(self.peers[i].failure()),
             }
             self.check_all()?;
+            if INTERRUPTED.load(Ordering::Relaxed) {
+                return Err(BenchError::Usage(
+                    "interrupted by a signal: bridges stopped, test hosts removed".into(),
+                ));
+            }
             if start.elapsed() > timeout {
                 return Err(BenchError::Timeout {
                     what,
@@ -513,6 +524,7 @@ pub fn run(args: &BridgeArgs) -> Result<(), BenchError> {
         "finding the path of the running shmesh executable",
     ))?;
     let bridge_exe = find_bridge(&exe)?;
+    stop_on_signal()?;
     let dir = TempDir::new()?;
     let tls = args.tls == Tls::On;
     if tls {
@@ -695,6 +707,21 @@ pub fn run(args: &BridgeArgs) -> Result<(), BenchError> {
     drop(procs);
     net.close()
         .map_err(BenchError::io("removing the two network namespaces"))?;
+    Ok(())
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP set [`INTERRUPTED`] instead of killing the process, so
+/// that the run unwinds and cleans up. Handlers (not a blocked mask) so that the bridges and
+/// the host processes, which inherit the mask but not the handlers, still stop on SIGTERM.
+fn stop_on_signal() -> Result<(), BenchError> {
+    for signal in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(signal, Arc::clone(&INTERRUPTED))
+            .map_err(BenchError::io(format!("handling signal {signal}")))?;
+    }
     Ok(())
 }
 
