@@ -5,6 +5,7 @@ use std::error::Error;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use shmesh::bench::bridge::BridgePeerArgs;
 use shmesh::bench::{self, BenchCommand, PeerArgs, SnapshotPeerArgs};
 use shmesh::tools::{self, GcArgs, InspectArgs, LsArgs, RmArgs, StatArgs};
 
@@ -38,6 +39,9 @@ enum Command {
     /// The writer process of `shmesh bench snapshot` (started by it; not for direct use).
     #[command(name = "__bench-snapshot-peer", hide = true)]
     BenchSnapshotPeer(SnapshotPeerArgs),
+    /// A process of `shmesh bench bridge` in a test host (started by it; not for direct use).
+    #[command(name = "__bench-bridge-peer", hide = true)]
+    BenchBridgePeer(BridgePeerArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Command::Bench(command) => bench::run(command).map_err(Into::into),
         Command::BenchPeer(args) => bench::run_peer(&args).map_err(Into::into),
         Command::BenchSnapshotPeer(args) => bench::run_snapshot_peer(&args).map_err(Into::into),
+        Command::BenchBridgePeer(args) => bench::bridge::run_peer(&args).map_err(Into::into),
         Command::Ls(args) => tools::ls(&args, out).map_err(Into::into),
         Command::Inspect(args) => tools::inspect(&args, out).map_err(Into::into),
         Command::Stat(args) => tools::stat(&args, out).map_err(Into::into),

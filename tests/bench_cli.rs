@@ -1074,3 +1074,82 @@ fn bad_snapshot_options_fail_with_a_message() {
         assert!(out.stdout.is_empty(), "{args:?}: nothing is measured");
     }
 }
+
+/// The `shmesh-bridge` binary next to the `shmesh` under test, built first if missing (it is
+/// another package of the workspace, which `cargo test -p shmesh` does not build).
+fn bridge_binary() -> std::path::PathBuf {
+    let shmesh = std::path::Path::new(env!("CARGO_BIN_EXE_shmesh"));
+    let bridge = shmesh.with_file_name("shmesh-bridge");
+    if !bridge.is_file() {
+        let profile_dir = shmesh.parent().expect("the binary's directory");
+        let target_dir = profile_dir.parent().expect("the target directory");
+        let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cargo
+            .args(["build", "-p", "shmesh-bridge", "--target-dir"])
+            .arg(target_dir);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cargo.arg("--release");
+        }
+        let status = cargo.status().expect("run cargo build -p shmesh-bridge");
+        assert!(status.success(), "cargo build -p shmesh-bridge failed");
+    }
+    assert!(bridge.is_file(), "{} is missing", bridge.display());
+    bridge
+}
+
+#[test]
+fn bridge_bench_measures_the_bridge_and_tcp_between_two_hosts() {
+    if !shmesh_testkit::netns::root_or_skip("bridge_bench_measures_the_bridge_and_tcp") {
+        return;
+    }
+    bridge_binary();
+    let _serial = serial();
+    for tls in ["off", "on"] {
+        let lines = json_lines(&[
+            "bench", "bridge", "--size", "64", "--iters", "200", "--tls", tls, "--json",
+        ]);
+        let want = |bench: &str, transport: &str| {
+            let found: Vec<&Value> = lines
+                .iter()
+                .filter(|v| v["bench"] == bench && v["transport"] == transport)
+                .collect();
+            assert_eq!(found.len(), 1, "one {bench} {transport} line in {lines:?}");
+            let v = found[0];
+            assert_eq!(v["size"], 64, "{v}");
+            assert_eq!(v["tls"], tls == "on", "{v}");
+            assert_eq!(v["idle"], "spin", "{v}");
+            positive(v, "cl_ns");
+            v
+        };
+        for transport in ["bridge", "tcp"] {
+            let t = want("throughput", transport);
+            let expected: BTreeSet<&str> = [
+                "bench",
+                "transport",
+                "size",
+                "wait",
+                "touch",
+                "cl_ns",
+                "msgs_per_s",
+                "bytes_per_s",
+                "tls",
+                "idle",
+            ]
+            .into();
+            assert_eq!(keys(t), expected, "{t}");
+            // Both are rounded from the same rate.
+            let (m, b) = (positive(t, "msgs_per_s"), positive(t, "bytes_per_s"));
+            assert!(b.abs_diff(m * 64) <= 64, "{t}");
+            let p = want("pingpong", transport);
+            assert_eq!(uint(p, "samples"), 200, "{p}");
+            let (p50, p99, p999, max) = (
+                positive(p, "p50_ns"),
+                positive(p, "p99_ns"),
+                positive(p, "p999_ns"),
+                positive(p, "max_ns"),
+            );
+            assert!(p50 <= p99 && p99 <= p999 && p999 <= max, "{p}");
+        }
+        assert_eq!(lines.len(), 4, "{lines:?}");
+    }
+}

@@ -74,6 +74,7 @@
 //! makes no progress for [`STALL`], which ends any wait of the parent. The peer dies with its
 //! parent (`PR_SET_PDEATHSIG`).
 
+pub mod bridge;
 mod error;
 mod fanout;
 #[cfg(feature = "peers")]
@@ -320,6 +321,15 @@ pub enum BenchCommand {
     /// The title gives this machine's CPU and kernel (or --machine) and the median cl_ns of
     /// the input.
     Plot(plot::PlotArgs),
+    /// A ring mirrored between two hosts by shmesh-bridge, against raw TCP (needs root).
+    ///
+    /// Makes two network namespaces (hosts) with private /dev/shm, starts shmesh-bridge
+    /// (found next to this executable) in each with --idle spin (two cores busy for the whole
+    /// run), TLS on or off; host A exports ring bench-ab, host B bench-ba. Per size:
+    /// throughput A to B and ping-pong latency over the bridged rings, then over a raw TCP
+    /// connection between the same hosts (length-prefixed, TCP_NODELAY), every message's
+    /// sequence number checked; JSON lines carry "transport":"bridge"|"tcp" and "tls".
+    Bridge(bridge::BridgeArgs),
 }
 
 /// Options of `shmesh bench pingpong` and `shmesh bench throughput`.
@@ -578,6 +588,7 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Memcpy(args) => run_memcpy(&args),
         BenchCommand::Snapshot(args) => snapshot::run(&args),
         BenchCommand::Plot(args) => plot::run(&args),
+        BenchCommand::Bridge(args) => bridge::run(&args),
     }
 }
 
