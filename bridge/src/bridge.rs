@@ -242,6 +242,23 @@ impl BroadcastFeed {
 /// A region version being received: (version, base, parts as (offset, bytes)).
 type PendingVersion = (u64, u64, Vec<(u64, Vec<u8>)>);
 
+/// A ring record accepted by an importer, not yet written: the frame it came in (kept whole,
+/// so the record is copied once, from the frame into the ring).
+struct Queued {
+    /// The cursor after it.
+    to: u64,
+    kind: u32,
+    frame: Vec<u8>,
+    /// Where the record's bytes lie in `frame`.
+    bytes: std::ops::Range<usize>,
+}
+
+impl Queued {
+    fn bytes(&self) -> &[u8] {
+        &self.frame[self.bytes.clone()]
+    }
+}
+
 /// A segment mirrored from a peer.
 struct ImportSink {
     peer: String,
@@ -255,7 +272,7 @@ struct ImportSink {
     /// Records or version delivered through (None: nothing yet).
     cursor: Option<u64>,
     /// Ring records accepted, not yet written: (cursor after, kind, bytes).
-    queue: VecDeque<(u64, u32, Vec<u8>)>,
+    queue: VecDeque<Queued>,
     queued_bytes: usize,
     /// A region version being received: (version, base, parts).
     parts: Option<PendingVersion>,
@@ -279,8 +296,6 @@ struct ExportStream {
     ready: bool,
     /// Ring: ends of the records sent and not yet acknowledged, oldest first.
     sent_ends: VecDeque<u64>,
-    /// Ring: a frame read from the ring that the link did not take yet.
-    pending: Option<Vec<u8>>,
     last_progress: Instant,
     /// Resends since the last progress (see [`RESEND_TIMEOUT`]).
     backoff: u32,
@@ -829,7 +844,7 @@ impl Bridge {
             }
             conn.last_rx = now;
             work += 1;
-            let handled = self.handle_frame(conn, &frame, now);
+            let handled = self.handle_frame(conn, &mut frame, now);
             conn.frame = frame;
             handled?;
         }
@@ -892,7 +907,13 @@ impl Bridge {
             .unwrap_or_else(|| "an unidentified peer".into())
     }
 
-    fn handle_frame(&mut self, conn: &mut Conn, bytes: &[u8], now: Instant) -> Result<(), String> {
+    /// Handles one received frame; may take `bytes` (a data frame waiting to be written).
+    fn handle_frame(
+        &mut self,
+        conn: &mut Conn,
+        bytes: &mut Vec<u8>,
+        now: Instant,
+    ) -> Result<(), String> {
         let frame = match wire::decode(bytes) {
             Ok(frame) => frame,
             Err(e) => {
@@ -933,7 +954,17 @@ impl Bridge {
                 Ok(())
             }
             FrameType::Data => {
-                self.on_data(conn, stream, h.seq, h.aux, frame.payload)?;
+                let (kind, range) = match wire::DataPayload::decode(frame.payload) {
+                    Ok(data) => {
+                        let start = data.bytes.as_ptr() as usize - bytes.as_ptr() as usize;
+                        (data.record_kind, start..start + data.bytes.len())
+                    }
+                    Err(e) => {
+                        self.stats.damaged += 1;
+                        return Err(format!("bad data frame: {e}"));
+                    }
+                };
+                self.on_data(conn, stream, (h.seq, h.aux), kind, bytes, range)?;
                 Ok(())
             }
             FrameType::Ack => {
@@ -1058,7 +1089,6 @@ impl Bridge {
             kind: SegmentKind::SpscRing,
             ready: false,
             sent_ends: VecDeque::new(),
-            pending: None,
             last_progress: Instant::now(),
             backoff: 0,
             broken: None,
@@ -1392,7 +1422,6 @@ impl Bridge {
         export.last_progress = now;
         export.backoff = 0;
         export.sent_ends.clear();
-        export.pending = None;
         let refusal = match export.kind {
             SegmentKind::SpscRing => {
                 let consumer = source
@@ -1524,13 +1553,15 @@ impl Bridge {
         }
     }
 
+    /// A ring record spanning cursors `from..to`, at `range` in `frame`.
     fn on_data(
         &mut self,
         conn: &mut Conn,
         stream: u32,
-        from: u64,
-        to: u64,
-        payload: &[u8],
+        (from, to): (u64, u64),
+        kind: u32,
+        frame: &mut Vec<u8>,
+        range: std::ops::Range<usize>,
     ) -> Result<(), String> {
         let Some(i) = Self::import_index(conn, stream) else {
             return Ok(());
@@ -1543,28 +1574,25 @@ impl Bridge {
         let Some(next) = sink
             .queue
             .back()
-            .map(|q| q.0)
+            .map(|q| q.to)
             .or(sink.cursor)
             .or(sink.start)
         else {
             return Ok(()); // the start was not announced yet (or got lost): it will be resent
         };
         if from == next {
-            let data = match wire::DataPayload::decode(payload) {
-                Ok(data) => data,
-                Err(e) => {
-                    self.stats.damaged += 1;
-                    return Err(format!("bad data frame: {e}"));
-                }
-            };
-            sink.queued_bytes += data.bytes.len();
+            sink.queued_bytes += range.len();
             if sink.queued_bytes > 2 * window + (wire::MAX_PAYLOAD as usize) {
                 return Err(format!(
                     "the peer sent more than its window ({window} bytes) unacknowledged"
                 ));
             }
-            sink.queue
-                .push_back((to, data.record_kind, data.bytes.to_vec()));
+            sink.queue.push_back(Queued {
+                to,
+                kind,
+                frame: std::mem::take(frame),
+                bytes: range,
+            });
             sink.asked_resend = None;
         } else if before(from, next) {
             self.stats.duplicates += 1;
@@ -1661,7 +1689,6 @@ impl Bridge {
                     && consumer.rewind_to(cursor).is_ok()
                 {
                     export.sent_ends.truncate(sent.map_or(0, |k| k + 1));
-                    export.pending = None;
                 }
             }
             _ => {
@@ -1802,7 +1829,8 @@ impl Bridge {
                     let local_before = batch.position();
                     let mut written = 0;
                     let mut cursor_after = cursor_before;
-                    for (to, kind, bytes) in &sink.queue {
+                    for queued in &sink.queue {
+                        let (to, kind, bytes) = (&queued.to, &queued.kind, queued.bytes());
                         let Ok(mut grant) = batch.try_claim(bytes.len()) else {
                             break; // full: the local reader is slow (backpressure)
                         };
@@ -1823,8 +1851,8 @@ impl Bridge {
                         });
                         batch.publish();
                         for _ in 0..written {
-                            if let Some((_, _, bytes)) = sink.queue.pop_front() {
-                                sink.queued_bytes -= bytes.len();
+                            if let Some(queued) = sink.queue.pop_front() {
+                                sink.queued_bytes -= queued.bytes.len();
                             }
                         }
                         sink.cursor = Some(cursor_after);
@@ -1835,7 +1863,8 @@ impl Bridge {
                 }
             }
             if let (Some(writer), Some(state)) = (&mut sink.broadcast, &mut sink.state) {
-                while let Some((to, kind, bytes)) = sink.queue.front() {
+                while let Some(queued) = sink.queue.front() {
+                    let (to, kind, bytes) = (&queued.to, &queued.kind, queued.bytes());
                     let cursor_before = sink.cursor.or(sink.start).expect("a start");
                     let local_before = writer.published();
                     let Ok(mut grant) = writer.try_claim(bytes.len()) else {
@@ -1942,7 +1971,6 @@ impl Bridge {
             // everything unacknowledged again, and where the stream starts.
             consumer.rewind();
             export.sent_ends.clear();
-            export.pending = None;
             export.last_progress = now;
             export.backoff += 1;
             self.stats.resends += 1;
@@ -1956,12 +1984,6 @@ impl Bridge {
         }
         let mut work = 0;
         for _ in 0..4096 {
-            if let Some(frame) = export.pending.take() {
-                if !conn.link.send(&frame)? {
-                    export.pending = Some(frame);
-                    break;
-                }
-            }
             if consumer
                 .read_position()
                 .wrapping_sub(consumer.released_position())
@@ -1970,15 +1992,20 @@ impl Bridge {
                 break;
             }
             let from = consumer.read_position();
-            let scratch = &mut conn.scratch;
+            let stream = export.stream;
             match consumer.try_read() {
                 Ok(record) => {
-                    scratch.clear();
                     let to = record.end_position();
-                    // A record always fits a frame (rings are smaller than frames may be).
-                    if wire::encode_data(scratch, export.stream, from, to, record.kind(), &record)
-                        .is_err()
-                    {
+                    let len = wire::HEADER_LEN + 4 + record.len() + wire::TRAILER_LEN;
+                    // Encoded straight into the link's send queue. A record always fits a
+                    // frame (rings are smaller than frames may be).
+                    let mut encoded = true;
+                    let sent = conn.link.send_with(len, &mut |out| {
+                        encoded = wire::encode_data(out, stream, from, to, record.kind(), &record)
+                            .is_ok();
+                    })?;
+                    if !(sent && encoded) {
+                        // The link is full: the record stays in the ring for the next poll.
                         record.keep();
                         break;
                     }
@@ -1997,10 +2024,6 @@ impl Bridge {
             export.sent_ends.push_back(to);
             self.stats.records_sent += 1;
             work += 1;
-            if !conn.link.send(scratch)? {
-                export.pending = Some(scratch.clone());
-                break;
-            }
         }
         Ok(work)
     }

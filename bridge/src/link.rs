@@ -53,6 +53,25 @@ pub trait Link {
     /// [`LinkError`]: the link is dead.
     fn send(&mut self, frame: &[u8]) -> Result<bool, LinkError>;
 
+    /// Queues one frame of `len` bytes that `encode` appends to the buffer it is given: the
+    /// link's own send queue where it has one, so a large record is copied once, from where it
+    /// lies into the queue. Returns `Ok(false)` without calling `encode` when the queue cannot
+    /// take `len` more bytes now (as [`send`](Self::send)). The default encodes into a
+    /// temporary buffer and calls `send`.
+    ///
+    /// # Errors
+    ///
+    /// [`LinkError`]: the link is dead.
+    fn send_with(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Result<bool, LinkError> {
+        let mut frame = Vec::with_capacity(len);
+        encode(&mut frame);
+        self.send(&frame)
+    }
+
     /// Moves bytes: writes queued frames to the peer and reads what arrived. Returns whether
     /// anything moved (for the caller's idle strategy).
     ///
@@ -89,6 +108,13 @@ pub trait Link {
 impl<L: Link + ?Sized> Link for Box<L> {
     fn send(&mut self, frame: &[u8]) -> Result<bool, LinkError> {
         (**self).send(frame)
+    }
+    fn send_with(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Result<bool, LinkError> {
+        (**self).send_with(len, encode)
     }
     fn poll(&mut self) -> Result<bool, LinkError> {
         (**self).poll()

@@ -303,6 +303,18 @@ impl Link for StreamLink {
         Ok(true)
     }
 
+    fn send_with(
+        &mut self,
+        len: usize,
+        encode: &mut dyn FnMut(&mut Vec<u8>),
+    ) -> Result<bool, LinkError> {
+        if self.queued() > 0 && self.queued() + len > SEND_QUEUE_LIMIT {
+            return Ok(false);
+        }
+        encode(&mut self.out);
+        Ok(true)
+    }
+
     fn poll(&mut self) -> Result<bool, LinkError> {
         if !self.finish_connect()? {
             return Ok(false);

@@ -218,7 +218,9 @@ fn source(args: &Args) {
     }
 }
 
-/// `sink <ring> <region> <records> <version> <pad>`: waits for the copies (a count of 0 skips
+/// `sink <ring> <region> <records> <version> <pad> [<phase records> <phase version>]`: with
+/// the phase, says `phase_one` once that many records and that version arrived. Waits for the
+/// copies (a count of 0 skips
 /// one), reads records 0 .. records from the ring checking each arrives once, in order and
 /// intact, and watches the region until it shows `version` with the writer's bytes, checking
 /// that it never goes back and never shows a torn version. Says `ring_ok` and `region_ok`,
@@ -227,6 +229,7 @@ fn source(args: &Args) {
 fn sink(args: &Args) {
     let (ring, region) = (args.s(0), args.s(1));
     let (records, version, pad): (u64, u64, usize) = (args.get(2), args.get(3), args.get(4));
+    let mut phase: Option<(u64, u64)> = (args.0.len() > 6).then(|| (args.get(5), args.get(6)));
     let start = Instant::now();
     let deadline = |what: &str| {
         assert!(
@@ -321,6 +324,12 @@ fn sink(args: &Args) {
                     "the copy shows version {version} with other bytes than the writer's"
                 );
                 region_done = true;
+            }
+        }
+        if let Some((n, v)) = phase {
+            if next >= n && last_stamp >= v {
+                say("phase_one", next);
+                phase = None;
             }
         }
         if next == records && region_done {
@@ -814,8 +823,13 @@ fn region_a_to_b_converges() {
 fn faulted(test: &'static str, fault: impl FnOnce(&mut Setup, &mut dyn FnMut())) -> Setup {
     let (mut s, mut source) = pair(test, "2s", 1 << 20, 0);
     let (n, v) = (3 * PHASE_RECORDS, 3 * PHASE_VERSIONS);
-    let mut sink = s.net.host(1).spawn("sink", &[&RING, &REGION, &n, &v, &0]);
+    let mut sink = s.net.host(1).spawn(
+        "sink",
+        &[&RING, &REGION, &n, &v, &0, &PHASE_RECORDS, &PHASE_VERSIONS],
+    );
     traffic(&mut source, PHASE_RECORDS, PHASE_VERSIONS);
+    // The fault strikes a stream that has delivered: it must resume, not start.
+    sink.expect("phase_one");
     let mut phases = 1;
     fault(&mut s, &mut || {
         traffic(&mut source, PHASE_RECORDS, PHASE_VERSIONS);
