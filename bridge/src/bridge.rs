@@ -547,6 +547,43 @@ impl Bridge {
             .collect()
     }
 
+    /// Sleeps until a link has bytes to read (or, with bytes queued, room to write), a peer
+    /// dials in, or `timeout` passed: the idle step of a caller that does not want to spin.
+    /// Local rings and regions cannot wake it (they have no file descriptor): `timeout` bounds
+    /// how late their news is seen, so keep it short (the daemon backs off from 10 µs to 1 ms).
+    ///
+    /// # Errors
+    ///
+    /// What `poll(2)` returns, `EINTR` (a signal) included.
+    pub fn wait(&self, timeout: Duration) -> std::io::Result<()> {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use std::os::fd::AsFd;
+        let mut fds: Vec<PollFd<'_>> = Vec::new();
+        if let Some(listener) = &self.listener {
+            fds.push(PollFd::from_borrowed_fd(listener.as_fd(), PollFlags::IN));
+        }
+        let conns = self
+            .incoming
+            .iter()
+            .chain(self.peers.iter().filter_map(|p| p.conn.as_ref()));
+        for conn in conns {
+            if let Some(fd) = conn.link.fd() {
+                let mut flags = PollFlags::IN;
+                if conn.link.queued() > 0 {
+                    flags |= PollFlags::OUT;
+                }
+                fds.push(PollFd::from_borrowed_fd(fd, flags));
+            }
+        }
+        let timeout = Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        poll(&mut fds, Some(&timeout))
+            .map(drop)
+            .map_err(std::io::Error::from)
+    }
+
     /// Does what can be done now without blocking: accepts and dials connections, moves
     /// frames, reads local rings and regions into frames and frames into local copies. Returns
     /// how much work it did (0: idle, the caller may back off).

@@ -267,6 +267,10 @@ impl<L: Link> Link for FaultyLink<L> {
         self.inner.send(frame)
     }
 
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        self.inner.fd()
+    }
+
     fn poll(&mut self) -> Result<bool, LinkError> {
         self.inner.poll()
     }

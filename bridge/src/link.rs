@@ -12,6 +12,7 @@
 //! duplicates a record.
 
 use std::io;
+use std::os::fd::BorrowedFd;
 
 /// Why a link stopped working. Every variant ends the connection: the bridge drops the link
 /// and dials again (or waits for the peer to).
@@ -98,6 +99,13 @@ pub trait Link {
         true
     }
 
+    /// A file descriptor that becomes readable when frames arrive (writable when queued bytes
+    /// can move), for a caller that sleeps in `poll(2)` while idle
+    /// ([`Bridge::wait`](crate::Bridge::wait)); `None` when the link has none.
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+
     /// The authenticated name of the peer, once known (the name its certificate was checked
     /// against; the name it claims in its hello on a plaintext link).
     fn peer_name(&self) -> Option<&str> {
@@ -130,5 +138,8 @@ impl<L: Link + ?Sized> Link for Box<L> {
     }
     fn peer_name(&self) -> Option<&str> {
         (**self).peer_name()
+    }
+    fn fd(&self) -> Option<BorrowedFd<'_>> {
+        (**self).fd()
     }
 }

@@ -357,4 +357,9 @@ impl Link for StreamLink {
     fn peer_name(&self) -> Option<&str> {
         self.peer_name.as_deref()
     }
+
+    fn fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.socket.as_fd())
+    }
 }

@@ -5,9 +5,10 @@
 //!
 //! The two hosts are network namespaces, each with a private `/dev/shm`
 //! (`shmesh_testkit::netns::Net`, which needs root), joined by a veth pair. In each runs a
-//! `shmesh-bridge` (found next to the running `shmesh` executable) with `--idle spin`: each
-//! bridge busy-polls, so two cores are busy for the whole run, and the figures are what the
-//! bridge does at its lowest latency. Host A exports the ring `bench-ab` (A to B) and imports
+//! `shmesh-bridge` (found next to the running `shmesh` executable) with `--idle backoff` (the
+//! default: spin 50 µs after work, then sleep in poll(2) on the sockets) or `--idle spin`
+//! (each bridge busy-polls a core, which on a machine with few cores takes them from the ring
+//! ends). Host A exports the ring `bench-ab` (A to B) and imports
 //! `bench-ba`; host B the reverse. TLS 1.3 with certificates made by `shmesh-bridge gen-certs`
 //! (`--tls on`, the default) or plaintext (`--tls off`).
 //!
@@ -119,14 +120,37 @@ pub struct BridgeArgs {
     /// ring holds (1 MiB ring: about 14 000 of 64 bytes) measures one batch, not a rate.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub iters: Option<u64>,
-    /// How the benchmark's own ends of the rings wait (the bridges always spin). futex, the
-    /// default, leaves the cores to the spinning bridges while an end waits; spin and yield
-    /// compete with them for cores, which on a machine with few cores costs milliseconds.
+    /// How the benchmark's own ends of the rings wait. futex, the default, leaves the cores
+    /// to the bridges while an end waits; spin and yield compete with them for cores, which on
+    /// a machine with few cores costs milliseconds.
     #[arg(long, value_enum, default_value_t = Wait::Futex)]
     pub wait: Wait,
+    /// The bridges' idle strategy (`shmesh-bridge --idle`): backoff (spin 50 µs after work,
+    /// then sleep in poll(2) on the sockets) or spin (each bridge busy-polls a core).
+    #[arg(long, value_enum, default_value_t = BridgeIdle::Backoff)]
+    pub idle: BridgeIdle,
     /// One JSON object per line on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+/// How the bridges wait when idle (`shmesh-bridge --idle`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BridgeIdle {
+    /// Spin briefly after work, then sleep in poll(2) on the sockets.
+    Backoff,
+    /// Busy-poll a core each.
+    Spin,
+}
+
+impl BridgeIdle {
+    /// The name `shmesh-bridge --idle` takes, also the JSON value.
+    pub fn name(self) -> &'static str {
+        match self {
+            BridgeIdle::Backoff => "backoff",
+            BridgeIdle::Spin => "spin",
+        }
+    }
 }
 
 /// The role of a `shmesh __bench-bridge-peer` process.
@@ -169,6 +193,8 @@ pub struct BridgeRow {
     pub transport: &'static str,
     /// Whether the bridges talked TLS (reported on the TCP rows too: same run).
     pub tls: bool,
+    /// The bridges' idle strategy.
+    pub idle: BridgeIdle,
     /// Message size in bytes.
     pub size: usize,
     /// How the benchmark's ring ends waited.
@@ -185,7 +211,7 @@ pub struct BridgeRow {
 
 impl BridgeRow {
     /// The row as one line of JSON: the keys of `shmesh bench throughput` or `pingpong`, then
-    /// `"tls"` and `"idle":"spin"` (the bridges' idle strategy).
+    /// `"tls"` and `"idle"` (the bridges' idle strategy).
     pub fn to_json(&self) -> String {
         let head = format!(
             "{{\"bench\":\"{}\",\"transport\":\"{}\",\"size\":{},\"wait\":\"{}\",\
@@ -208,7 +234,11 @@ impl BridgeRow {
                 )
             }
         };
-        format!("{head}{body},\"tls\":{},\"idle\":\"spin\"}}", self.tls)
+        format!(
+            "{head}{body},\"tls\":{},\"idle\":\"{}\"}}",
+            self.tls,
+            self.idle.name()
+        )
     }
 
     /// The row as a table line, aligned with [`TABLE_HEADER`].
@@ -548,8 +578,13 @@ pub fn run(args: &BridgeArgs) -> Result<(), BenchError> {
     }
     let cpus = process::allowed_cpus()?;
     let note = format!(
-        "bridges: shmesh-bridge --idle spin in each host (each busy-polls a core: 2 cores busy \
-         for the whole run), TLS {}; {} CPUs available{}",
+        "bridges: shmesh-bridge --idle {} in each host{}, TLS {}; {} CPUs available{}",
+        args.idle.name(),
+        if args.idle == BridgeIdle::Spin {
+            " (each busy-polls a core: 2 cores busy for the whole run)"
+        } else {
+            ""
+        },
         if tls { "on" } else { "off" },
         cpus.len(),
         if cpus.len() < 6 {
@@ -582,7 +617,9 @@ pub fn run(args: &BridgeArgs) -> Result<(), BenchError> {
     let capacity = ring_capacity(sizes.iter().copied().max().unwrap_or(MIN_SIZE));
     let bridge_cmd = |host: &shmesh_testkit::netns::Host, config: &Path| {
         let mut cmd = host.command(&bridge_exe);
-        cmd.arg("--config").arg(config).args(["--idle", "spin"]);
+        cmd.arg("--config")
+            .arg(config)
+            .args(["--idle", args.idle.name()]);
         cmd
     };
     let peer_cmd = |host: &shmesh_testkit::netns::Host, role: &str| {
@@ -666,6 +703,7 @@ pub fn run(args: &BridgeArgs) -> Result<(), BenchError> {
                         bench,
                         transport,
                         tls,
+                        idle: args.idle,
                         size,
                         wait: args.wait,
                         cl_ns,
@@ -1079,6 +1117,7 @@ mod tests {
             bench: Bench::Throughput,
             transport: "bridge",
             tls: true,
+            idle: BridgeIdle::Spin,
             size: 64,
             wait: Wait::Yield,
             cl_ns: 50,
@@ -1096,6 +1135,7 @@ mod tests {
             bench: Bench::PingPong,
             transport: "tcp",
             tls: false,
+            idle: BridgeIdle::Spin,
             latency: [1, 2, 3, 4],
             ..row
         };

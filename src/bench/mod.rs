@@ -324,11 +324,11 @@ pub enum BenchCommand {
     /// A ring mirrored between two hosts by shmesh-bridge, against raw TCP (needs root).
     ///
     /// Makes two network namespaces (hosts) with private /dev/shm, starts shmesh-bridge
-    /// (found next to this executable) in each with --idle spin (two cores busy for the whole
-    /// run), TLS on or off; host A exports ring bench-ab, host B bench-ba. Per size:
+    /// (found next to this executable) in each (--idle backoff or spin), TLS on or off; host A
+    /// exports ring bench-ab, host B bench-ba. Per size:
     /// throughput A to B and ping-pong latency over the bridged rings, then over a raw TCP
     /// connection between the same hosts (length-prefixed, TCP_NODELAY), every message's
-    /// sequence number checked; JSON lines carry "transport":"bridge"|"tcp" and "tls".
+    /// sequence number checked; JSON lines carry "transport":"bridge"|"tcp", "tls" and "idle".
     Bridge(bridge::BridgeArgs),
 }
 
