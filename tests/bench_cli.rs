@@ -1117,7 +1117,7 @@ fn bridge_bench_measures_the_bridge_and_tcp_between_two_hosts() {
             let v = found[0];
             assert_eq!(v["size"], 64, "{v}");
             assert_eq!(v["tls"], tls == "on", "{v}");
-            assert_eq!(v["idle"], "spin", "{v}");
+            assert_eq!(v["idle"], "backoff", "{v}");
             positive(v, "cl_ns");
             v
         };
