@@ -40,7 +40,7 @@ proptest! {
     /// Model: the ring holds the records not yet released; the consumer reads them from a
     /// cursor into that list; releases drop a prefix; a rewind puts the cursor back to 0.
     #[test]
-    fn held_reads_match_the_model(ops in proptest::collection::vec(op(), 1..120)) {
+    fn held_reads_match_the_model(ops in proptest::collection::vec(op(), 1..if cfg!(miri) { 40 } else { 120 })) {
         let (mut tx, mut rx) = spsc::channel(1024).unwrap();
         rx.hold_reads(true);
         let mut next_value = 0u32;
