@@ -25,6 +25,9 @@
 //! drops, repeats, reorders, corrupts and truncates frames, for tests), [`wire`] (frames),
 //! [`tls`] and [`certs`] (identities, `gen-certs`), [`state`] (crash-safe delivery state).
 //!
+//! Feature `net` (default): everything but `wire`, `link` and `fault`, which build without it
+//! (the fuzz target does, to stay clear of the TLS stack).
+//!
 //! # Examples
 //!
 //! Two bridges in one process on loopback, mirroring a ring (plaintext here; the daemon's
@@ -96,15 +99,22 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "net")]
 pub mod bridge;
+#[cfg(feature = "net")]
 pub mod certs;
+#[cfg(feature = "net")]
 pub mod config;
 pub mod fault;
 pub mod link;
+#[cfg(feature = "net")]
 pub mod state;
+#[cfg(feature = "net")]
 pub mod tcp;
+#[cfg(feature = "net")]
 pub mod tls;
 pub mod wire;
 
+#[cfg(feature = "net")]
 pub use bridge::{Bridge, BridgeError, Event, LinkWrapper, Stats};
 pub use link::{Link, LinkError};
