@@ -57,6 +57,10 @@ enum Command {
     },
 }
 
+/// How long the `backoff` idle strategy spins after the last work before it sleeps: long
+/// enough to catch the next message of a request/reply exchange without a wake-up.
+const SPIN_AFTER_WORK: Duration = Duration::from_micros(50);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match (&cli.command, &cli.config) {
@@ -132,7 +136,7 @@ fn run(path: &std::path::Path, idle: Idle) -> Result<(), String> {
             Idle::Spin => std::hint::spin_loop(),
             Idle::Backoff => {
                 let since = *idle_since.get_or_insert_with(Instant::now);
-                if since.elapsed() < Duration::from_micros(50) {
+                if since.elapsed() < SPIN_AFTER_WORK {
                     std::hint::spin_loop();
                 } else {
                     // EINTR (SIGTERM) ends the wait early: the loop then sees `stop`.
