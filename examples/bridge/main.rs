@@ -21,7 +21,8 @@
 //! so that a restarted bridge resumes where it left off).
 //!
 //! `examples/bridge/host-a.toml`, `host-b.toml` and `netns.sh` run the same on two hosts (or
-//! two network namespaces) by hand.
+//! two network namespaces) by hand: `bridge write` on host A sends the ticks and versions into
+//! `demo.ticks` and `demo.board`, `bridge read` on host B reads them from its copies.
 
 use std::error::Error;
 use std::fs;
@@ -60,7 +61,21 @@ const PLAYERS: [&str; 4] = ["ada", "bob", "cy", "dee"];
 const PATIENCE: Duration = Duration::from_secs(20);
 
 fn main() -> ExitCode {
-    match run() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        [] => run(),
+        ["write"] => write_a(),
+        ["read"] => read_b(),
+        _ => Err("usage: bridge            (both hosts on loopback)\n       \
+                  bridge write|read (host A's or host B's half, by hand: see netns.sh)"
+            .into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bridge: {e}");
@@ -391,11 +406,91 @@ fn wait_for<T, E: std::fmt::Display>(
             Ok(value) => return Ok(value),
             Err(e) if Instant::now() >= deadline => {
                 return Err(format!(
-                    "{what} did not appear within {PATIENCE:?} (last: {e}); the bridges' logs \
-                     follow"
+                    "{what} did not appear within {PATIENCE:?} (last: {e}): are both bridges \
+                     running and connected?"
                 ))
             }
             Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Host A's half by hand: creates `demo.ticks` and `demo.board`, sends [`TICKS`] ticks and
+/// publishes [`ROUNDS`] versions, then keeps both until Enter (their creator removes them).
+fn write_a() -> Result<(), Box<dyn Error>> {
+    let ticks = Channel::<Tick>::builder("demo.ticks")
+        .capacity(1 << 20)
+        .create()?;
+    let mut tx = ticks.sender()?;
+    let mut board = Board {
+        round: 0,
+        leader: "nobody yet".into(),
+        scores: vec![0; PLAYERS.len()],
+    };
+    let region = TypedRegion::<Board>::builder("demo.board")
+        .capacity(16 << 10)
+        .chunk_size(256)
+        .create(&board)?;
+    let mut writer = region.writer()?;
+    let start = Instant::now();
+    for seq in 0..TICKS {
+        let tick = Tick {
+            seq,
+            sent_ns: start.elapsed().as_nanos() as u64,
+            label: format!("tick {seq} from host-a"),
+        };
+        // Without a bridge draining it the ring fills up: then this waits (backpressure).
+        tx.send_timeout(&tick, PATIENCE)
+            .map_err(|e| format!("{e} (is the bridge running?)"))?;
+    }
+    println!("A: sent {TICKS} ticks into demo.ticks");
+    for round in 1..=ROUNDS {
+        board.round = round;
+        board.scores[round as usize % PLAYERS.len()] += round as u32;
+        board.leader = PLAYERS[round as usize % PLAYERS.len()].to_string();
+        let version = writer.publish(&board)?;
+        println!("A: demo.board version {version}: round {round}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    println!("A: press Enter to remove demo.ticks and demo.board and exit");
+    std::io::stdin().read_line(&mut String::new())?;
+    Ok(())
+}
+
+/// Host B's half by hand: reads the [`TICKS`] ticks from its copy of `demo.ticks` and waits
+/// for round [`ROUNDS`] on its copy of `demo.board`. The copies stay (the bridge keeps them).
+fn read_b() -> Result<(), Box<dyn Error>> {
+    let deadline = Instant::now() + PATIENCE;
+    let ticks = wait_for("demo.ticks", deadline, || {
+        Channel::<Tick>::open("demo.ticks")
+    })?;
+    let mut rx = ticks.receiver()?;
+    for seq in 0..TICKS {
+        let tick = rx.recv_timeout(PATIENCE)?;
+        if tick.seq != seq {
+            return Err(format!("expected tick {seq}, got tick {}", tick.seq).into());
+        }
+        if seq == 0 || seq + 1 == TICKS {
+            println!("B: \"{}\"", tick.label);
+        }
+    }
+    println!("B: read {TICKS} ticks in order from demo.ticks");
+    let board = wait_for("demo.board", deadline, || {
+        TypedRegion::<Board>::open("demo.board")
+    })?;
+    let mut reader = board.reader();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let snapshot = reader.next(Some(left))?;
+        let scores: Vec<u32> = snapshot.scores.iter().map(|s| s.to_native()).collect();
+        println!(
+            "B: demo.board version {}: round {}, scores {scores:?}, leader {}",
+            snapshot.version(),
+            snapshot.round,
+            snapshot.leader
+        );
+        if snapshot.round.to_native() >= ROUNDS {
+            return Ok(());
         }
     }
 }
