@@ -24,7 +24,14 @@ fn example(name: &str) -> PathBuf {
         .and_then(|deps| deps.parent())
         .expect("tests run from target/<profile>/deps");
     let path = profile_dir.join("examples").join(name);
-    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("examples/{name}.rs"));
+    // `examples/NAME.rs`, or `examples/NAME/main.rs` for an example with files of its own.
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let single = examples.join(format!("{name}.rs"));
+    let source = if single.exists() {
+        single
+    } else {
+        examples.join(name).join("main.rs")
+    };
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&path).is_none() || modified(&path) < modified(&source) {
         build(name, profile_dir);
@@ -40,6 +47,12 @@ fn example(name: &str) -> PathBuf {
 
 /// Builds example `name` into `profile_dir` with the cargo that runs this test, if any.
 fn build(name: &str, profile_dir: &Path) {
+    cargo_build(&["--example", name], profile_dir);
+}
+
+/// Runs `cargo build ARGS` for the profile of `profile_dir` with the cargo that runs this test,
+/// if any.
+fn cargo_build(args: &[&str], profile_dir: &Path) {
     let (Ok(cargo), Some(target_dir), Some(profile)) = (
         std::env::var("CARGO"),
         profile_dir.parent(),
@@ -48,7 +61,9 @@ fn build(name: &str, profile_dir: &Path) {
         return;
     };
     let build = Command::new(cargo)
-        .args(["build", "--example", name, "--profile"])
+        .arg("build")
+        .args(args)
+        .arg("--profile")
         .arg(if profile == "debug" { "dev" } else { profile })
         .arg("--target-dir")
         .arg(target_dir)
@@ -58,7 +73,7 @@ fn build(name: &str, profile_dir: &Path) {
         // A build can take minutes, but not forever (a cargo that holds the build lock while
         // it runs tests would block this one).
         let status = wait(&mut build, Duration::from_secs(600));
-        eprintln!("built example {name}: {status:?}");
+        eprintln!("built {args:?}: {status:?}");
     }
 }
 
@@ -251,4 +266,95 @@ fn region_readers_follow_the_writers_versions_and_every_snapshot_is_whole() {
     }
     assert_eq!(run.stderr, "", "{output}");
     assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}
+
+/// The newest modification time of the files under `dir`.
+fn newest(dir: &Path) -> Option<std::time::SystemTime> {
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let meta = e.metadata().ok()?;
+            if meta.is_dir() {
+                newest(&e.path())
+            } else {
+                meta.modified().ok()
+            }
+        })
+        .max()
+}
+
+/// The `shmesh-bridge` daemon of this build profile, `target/<profile>/shmesh-bridge`, where the
+/// bridge example looks for it. `cargo test --workspace` builds it (the bridge crate has
+/// integration tests); with a filter such as `--test examples` it is built here when missing or
+/// older than the bridge's sources.
+fn bridge_daemon() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("tests run from target/<profile>/deps");
+    let path = profile_dir.join("shmesh-bridge");
+    let sources = newest(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bridge/src"));
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    if modified(&path).is_none() || modified(&path) < sources {
+        cargo_build(
+            &["-p", "shmesh-bridge", "--bin", "shmesh-bridge"],
+            profile_dir,
+        );
+    }
+    assert!(
+        modified(&path).is_some() && modified(&path) >= sources,
+        "{} is missing or older than bridge/src: build it with `cargo build --release -p \
+         shmesh-bridge` (without --release for a debug test)",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn bridge_mirrors_a_channel_and_a_region_between_two_daemons_and_cleans_up() {
+    let _daemon = bridge_daemon();
+    let (run, output) = run_ok("bridge");
+    let pid = run.pid;
+    // Every tick crossed both bridges in order, and each one-at-a-time trip was timed.
+    let line = format!(
+        "B: read 1000 ticks in order from demo-{pid}.ticks.mirror, the last \"tick 999 from \
+         host-a\""
+    );
+    assert!(run.stdout.contains(&line), "missing {line:?}\n{output}");
+    let median = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("A -> B through both bridges, one tick at a time: median "))
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_else(|| panic!("no trip-time line\n{output}"));
+    assert!(
+        median.starts_with(|c: char| c.is_ascii_digit()) && median.ends_with('s'),
+        "a duration: {median:?}\n{output}"
+    );
+    // Each region version A published showed up whole on the copy, in order.
+    let versions: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("B: demo-{pid}.board.mirror version ")))
+        .collect();
+    assert_eq!(versions.len(), 5, "{output}");
+    for (k, line) in versions.iter().enumerate() {
+        let round = format!(": round {}, scores [", k + 1);
+        assert!(
+            line.contains(&round),
+            "missing {round:?} in {line:?}\n{output}"
+        );
+    }
+    assert!(
+        run.stdout
+            .contains("bridge: both bridges stopped, their copies and state removed"),
+        "{output}"
+    );
+    assert_eq!(run.stderr, "", "{output}");
+    // The exports, the copies and the bridge's delivery state are all gone.
+    assert_eq!(leftovers(pid), Vec::<String>::new(), "{output}");
+    let dir = std::env::temp_dir().join(format!("shmesh-bridge-example-{pid}"));
+    assert!(!dir.exists(), "{} is left\n{output}", dir.display());
 }
