@@ -64,6 +64,8 @@ const REOPEN_INTERVAL: Duration = Duration::from_millis(100);
 const FROM_IMPORTER: u32 = 1 << 31;
 /// `ExportStream::far_version` of a stream not offered yet (its segment is not there yet).
 const NOT_OFFERED: u64 = u64::MAX;
+/// Control frames queued (answers the peer has not read) before its connection is dropped.
+const MAX_CONTROL_QUEUE: usize = 4096;
 /// Control frames queued before acknowledgements and pongs wait for the link.
 const CONTROL_BACKLOG: usize = 64;
 /// Largest region a bridge mirrors (a version is buffered whole on the importing side).
@@ -194,7 +196,7 @@ struct ExportSource {
     /// sees its reader gone while a link is down), with held reads.
     consumer: Option<Consumer<ShmMemory>>,
     /// Which peer streams this SPSC ring now (one at a time).
-    streaming_to: Option<String>,
+    streaming_to: Option<(String, u64)>,
     /// Broadcast rings: one reader per peer, kept across connections.
     feeds: Vec<BroadcastFeed>,
 }
@@ -285,6 +287,8 @@ struct ImportSink {
     ack_due: bool,
     /// The stream was refused (until the next connection).
     refused: bool,
+    /// The connection that made it ready; frames from any other are ignored.
+    owner: Option<u64>,
     ready: bool,
 }
 
@@ -310,6 +314,10 @@ struct ExportStream {
 }
 
 struct Conn {
+    /// Unique in this bridge: what streams it owns are marked with.
+    id: u64,
+    /// This bridge dialed it (else it was accepted).
+    dialed: bool,
     link: Box<dyn Link + Send>,
     /// The peer (known once authenticated and hello received).
     peer: Option<String>,
@@ -329,9 +337,12 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(link: Box<dyn Link + Send>) -> Self {
+    fn new(link: Box<dyn Link + Send>, dialed: bool) -> Self {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let now = Instant::now();
         Conn {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            dialed,
             link,
             peer: None,
             hello_sent: false,
@@ -484,6 +495,7 @@ impl Bridge {
                     asked_resend: None,
                     ack_due: false,
                     refused: false,
+                    owner: None,
                     ready: false,
                 })
                 .collect(),
@@ -676,7 +688,7 @@ impl Bridge {
                     match StreamLink::accepted(socket, security) {
                         Ok(link) => {
                             let link = self.wrapped(Box::new(link));
-                            self.incoming.push(Conn::new(link));
+                            self.incoming.push(Conn::new(link, false));
                             work += 1;
                         }
                         Err(e) => self.events.push(Event::Disconnected {
@@ -740,7 +752,7 @@ impl Bridge {
             };
             match StreamLink::dial(addr, security) {
                 Ok(link) => {
-                    let mut conn = Conn::new(self.wrapped(Box::new(link)));
+                    let mut conn = Conn::new(self.wrapped(Box::new(link)), true);
                     conn.peer = Some(self.peers[p].name.clone());
                     self.peers[p].conn = Some(conn);
                 }
@@ -769,8 +781,9 @@ impl Bridge {
         };
         if let Some(mut old) = self.peers[p].conn.take() {
             // Both sides dialed: the connection dialed by the bridge with the smaller name
-            // wins, so both sides keep the same one.
-            if old.hello_received && self.name < name {
+            // wins, so both sides keep the same one (decided by who dialed, which both sides
+            // know alike, not by timing).
+            if old.dialed && self.name < name {
                 let mut conn = conn;
                 self.conn_down(&mut conn);
                 self.peers[p].conn = Some(old);
@@ -801,7 +814,7 @@ impl Bridge {
                 feed.send_next = 0;
             }
             if stream.kind == SegmentKind::SpscRing
-                && source.streaming_to.as_deref() == conn.peer.as_deref()
+                && source.streaming_to.as_ref().is_some_and(|s| s.1 == conn.id)
             {
                 if let Some(consumer) = &mut source.consumer {
                     consumer.rewind();
@@ -811,6 +824,11 @@ impl Bridge {
         }
         for (_, i) in conn.import_ids.drain(..) {
             let sink = &mut self.imports[i];
+            // Another connection from the same peer may own it now (see `adopt`).
+            if sink.owner != Some(conn.id) {
+                continue;
+            }
+            sink.owner = None;
             sink.ready = false;
             sink.queue.clear();
             sink.queued_bytes = 0;
@@ -887,6 +905,13 @@ impl Bridge {
         }
         if now.duration_since(conn.last_rx) > self.liveness {
             return Err(format!("no frame from the peer for {:?}", self.liveness));
+        }
+        if conn.control.len() > MAX_CONTROL_QUEUE {
+            // Each offer, refusal or incomplete region version queues an answer: a peer that
+            // sends them faster than it reads the answers would grow this without end.
+            return Err(format!(
+                "the peer asked for more than {MAX_CONTROL_QUEUE} answers without reading them"
+            ));
         }
         if conn.hello_received {
             if now.duration_since(conn.last_ping) > self.liveness / 4 && conn.control.is_empty() {
@@ -1157,12 +1182,12 @@ impl Bridge {
         let kind = segment.kind();
         let refusal = match kind {
             SegmentKind::SpscRing => match &src.streaming_to {
-                Some(other) if *other != peer => Some(format!(
+                Some((other, id)) if *id != conn.id => Some(format!(
                     "'{}' is an SPSC ring already mirrored to '{other}': a ring has one reader",
                     src.name
                 )),
                 _ => {
-                    src.streaming_to = Some(peer.clone());
+                    src.streaming_to = Some((peer.clone(), conn.id));
                     None
                 }
             },
@@ -1258,7 +1283,8 @@ impl Bridge {
             };
             let export = conn.exports.remove(e);
             let source = &mut self.exports[export.source];
-            if export.kind == SegmentKind::SpscRing && source.streaming_to.as_deref() == Some(&peer)
+            if export.kind == SegmentKind::SpscRing
+                && source.streaming_to.as_ref().is_some_and(|s| s.1 == conn.id)
             {
                 source.streaming_to = None;
                 if let Some(consumer) = &mut source.consumer {
@@ -1294,6 +1320,7 @@ impl Bridge {
             Ok(cursor) => {
                 let sink = &mut self.imports[i];
                 sink.ready = true;
+                sink.owner = Some(conn.id);
                 sink.cursor = cursor;
                 // An offer again (ours or its answer was lost): the exporter starts over
                 // from our cursor.
@@ -1520,10 +1547,12 @@ impl Bridge {
             }
         };
         if let Some(reason) = refusal {
-            if let Some(consumer) = &mut source.consumer {
-                consumer.rewind();
+            if source.streaming_to.as_ref().is_some_and(|s| s.1 == conn.id) {
+                if let Some(consumer) = &mut source.consumer {
+                    consumer.rewind();
+                }
+                source.streaming_to = None;
             }
-            source.streaming_to = None;
             conn.exports.remove(e);
             self.refuse(conn, &peer, stream, &name, reason);
             return;
@@ -1563,6 +1592,9 @@ impl Bridge {
         };
         let peer = Self::peer_of(conn);
         let sink = &mut self.imports[i];
+        if sink.owner != Some(conn.id) {
+            return;
+        }
         if let (Some(cursor), Some(_)) = (sink.cursor, &sink.broadcast) {
             if before(cursor, start) && sink.queue.is_empty() {
                 // The exporter's history no longer holds the records from our cursor on (its
@@ -1574,7 +1606,7 @@ impl Bridge {
                     reason: format!(
                         "{} records were lost: the exporting bridge's reader missed them (it \
                          was down or lapped); mirroring goes on from record {start}",
-                        start - cursor
+                        start.wrapping_sub(cursor)
                     ),
                 });
             }
@@ -1605,7 +1637,10 @@ impl Bridge {
         };
         let window = self.window as usize;
         let sink = &mut self.imports[i];
-        if !sink.ready || (sink.producer.is_none() && sink.broadcast.is_none()) {
+        if !sink.ready
+            || sink.owner != Some(conn.id)
+            || (sink.producer.is_none() && sink.broadcast.is_none())
+        {
             return Ok(());
         }
         let Some(next) = sink
@@ -1748,6 +1783,9 @@ impl Bridge {
             return Ok(());
         };
         let sink = &mut self.imports[i];
+        if sink.owner != Some(conn.id) {
+            return Ok(());
+        }
         let Some(writer) = &sink.region else {
             return Ok(());
         };
@@ -1802,6 +1840,9 @@ impl Bridge {
             return;
         };
         let sink = &mut self.imports[i];
+        if sink.owner != Some(conn.id) {
+            return;
+        }
         let (Some(writer), Some(state)) = (&mut sink.region, &mut sink.state) else {
             return;
         };
@@ -1859,6 +1900,9 @@ impl Bridge {
         for k in 0..conn.import_ids.len() {
             let (stream, i) = conn.import_ids[k];
             let sink = &mut self.imports[i];
+            if sink.owner != Some(conn.id) {
+                continue;
+            }
             if let (Some(producer), Some(state)) = (&mut sink.producer, &mut sink.state) {
                 if !sink.queue.is_empty() {
                     let cursor_before = sink.cursor.or(sink.start).expect("a start");
@@ -2028,7 +2072,13 @@ impl Bridge {
             {
                 break;
             }
-            let from = consumer.read_position();
+            // Where the last record sent ended (a padding record may lie between it and the
+            // read position, if a record was kept after the padding was skipped).
+            let from = export
+                .sent_ends
+                .back()
+                .copied()
+                .unwrap_or(consumer.released_position());
             let stream = export.stream;
             match consumer.try_read() {
                 Ok(record) => {
@@ -2041,7 +2091,17 @@ impl Bridge {
                         encoded = wire::encode_data(out, stream, from, to, record.kind(), &record)
                             .is_ok();
                     })?;
-                    if !(sent && encoded) {
+                    if sent && !encoded {
+                        let len = record.len();
+                        record.keep();
+                        export.broken = Some(format!(
+                            "a record of {len} bytes is larger than a bridge frame carries \
+                             ({} bytes): mirror this ring with smaller records",
+                            wire::MAX_RECORD
+                        ));
+                        break;
+                    }
+                    if !sent {
                         // The link is full: the record stays in the ring for the next poll.
                         record.keep();
                         break;
@@ -2127,6 +2187,12 @@ impl Bridge {
             scratch.clear();
             if wire::encode_data(scratch, export.stream, *number, number + 1, *kind, bytes).is_err()
             {
+                export.broken = Some(format!(
+                    "a record of {} bytes is larger than a bridge frame carries ({} bytes): \
+                     mirror this ring with smaller records",
+                    bytes.len(),
+                    wire::MAX_RECORD
+                ));
                 break;
             }
             if !conn.link.send(scratch)? {

@@ -3,7 +3,8 @@
 //! namespaces. The local copies get other names (`local_name`), since both "hosts" share
 //! /dev/shm here.
 
-use std::net::TcpListener;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use shmesh_bridge::config::Config;
 use shmesh_bridge::fault::{FaultPlan, FaultyLink};
-use shmesh_bridge::Bridge;
+use shmesh_bridge::{wire, Bridge};
 use shmesh_ring::{Segment, SegmentBuilder, SegmentKind};
 
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -563,4 +564,111 @@ fn a_broadcast_ring_is_mirrored_in_order_through_faulty_links() {
     assert_eq!(bridges[1].stats().records_delivered, N as u64);
     drop((rx, copy_seg));
     cleanup(&[&copy]);
+}
+
+/// A second connection from a peer (both sides dialing at once, or the peer redialing while
+/// the first still stands) is dropped without disturbing the streams of the first.
+#[test]
+fn a_second_connection_from_the_same_peer_leaves_the_live_one_mirroring() {
+    let src = unique("second-conn");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 16)
+        .create()
+        .unwrap();
+    let mut tx = seg.producer().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    // host-a dials (the smaller name): its connection is the one both sides keep.
+    let a = format!(
+        r#"
+name = "host-a"
+listen = "127.0.0.1:{pa}"
+reconnect_interval = "50ms"
+liveness_timeout = "20s"
+[tls]
+enabled = false
+[[peers]]
+name = "host-b"
+address = "127.0.0.1:{pb}"
+[[import]]
+peer = "host-b"
+name = "{src}"
+local_name = "{copy}"
+"#
+    );
+    let b = format!(
+        r#"
+name = "host-b"
+listen = "127.0.0.1:{pb}"
+liveness_timeout = "20s"
+[tls]
+enabled = false
+[[peers]]
+name = "host-a"
+[[export]]
+name = "{src}"
+"#
+    );
+    let mut ba = Bridge::new(&Config::parse(&a, Path::new("./t.toml")).unwrap()).unwrap();
+    let mut bb = Bridge::new(&Config::parse(&b, Path::new("./t.toml")).unwrap()).unwrap();
+    let write = |tx: &mut shmesh_ring::Producer<_>, from: u32, n: u32| {
+        for i in from..from + n {
+            let mut g = tx.try_claim(4).unwrap();
+            g.copy_from_slice(&i.to_le_bytes());
+            g.commit(4);
+        }
+    };
+    let run = |ba: &mut Bridge, bb: &mut Bridge, want: u64, secs: u64| {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            ba.poll();
+            bb.poll();
+            for e in ba.take_events() {
+                eprintln!("[a] {e}");
+            }
+            for e in bb.take_events() {
+                eprintln!("[b] {e}");
+            }
+            if ba.stats().records_delivered >= want {
+                return true;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        false
+    };
+    write(&mut tx, 0, 100);
+    assert!(run(&mut ba, &mut bb, 100, 5));
+    // A second connection claiming to be host-b (plaintext; with TLS: host-b redialing while
+    // host-a still holds the first connection, or both sides dialing at once).
+    let mut s = TcpStream::connect(("127.0.0.1", pa)).unwrap();
+    let hello = wire::Hello {
+        version: wire::PROTOCOL_VERSION,
+        name: "host-b".into(),
+        imports: vec![],
+    };
+    let mut f = Vec::new();
+    wire::encode(
+        &mut f,
+        wire::FrameType::Hello,
+        0,
+        0,
+        0,
+        &hello.encode().unwrap(),
+    )
+    .unwrap();
+    s.write_all(&f).unwrap();
+    run(&mut ba, &mut bb, u64::MAX, 1);
+    drop(s);
+    write(&mut tx, 100, 100);
+    let ok = run(&mut ba, &mut bb, 200, 8);
+    eprintln!(
+        "delivered {} a={:?} b={:?} peers={:?}",
+        ba.stats().records_delivered,
+        ba.stats(),
+        bb.stats(),
+        ba.connected_peers()
+    );
+    cleanup(&[&src, &copy]);
+    assert!(ok, "the live connection's import stalled");
 }
