@@ -313,6 +313,14 @@ struct ExportStream {
     region_frames: VecDeque<Vec<u8>>,
 }
 
+impl ExportStream {
+    /// The peer confirmed something: the resend timer starts over, without back-off.
+    fn progressed(&mut self, now: Instant) {
+        self.last_progress = now;
+        self.backoff = 0;
+    }
+}
+
 struct Conn {
     /// Unique in this bridge: what streams it owns are marked with.
     id: u64,
@@ -1483,8 +1491,7 @@ impl Bridge {
         }
         let source = &mut self.exports[export.source];
         let name = source.name.clone();
-        export.last_progress = now;
-        export.backoff = 0;
+        export.progressed(now);
         export.sent_ends.clear();
         let refusal = match export.kind {
             SegmentKind::SpscRing => {
@@ -1678,7 +1685,8 @@ impl Bridge {
     }
 
     fn on_ack(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
-        let peer = Self::peer_of(conn);
+        // Borrowed, not cloned: these run for every acknowledgement and every poll.
+        let peer = conn.peer.as_deref().unwrap_or_default();
         let Some(e) = Self::export_index(conn, stream) else {
             return;
         };
@@ -1694,8 +1702,7 @@ impl Bridge {
                     .find(|f| f.peer == peer)
                 {
                     if feed.unacked.front().is_some_and(|r| r.0 < cursor) {
-                        export.last_progress = now;
-                        export.backoff = 0;
+                        export.progressed(now);
                     }
                     feed.acknowledge(cursor);
                 }
@@ -1710,23 +1717,22 @@ impl Bridge {
                     .as_mut()
                     .expect("consumer");
                 if consumer.release_to(cursor).is_ok() {
-                    export.last_progress = now;
-                    export.backoff = 0;
+                    export.progressed(now);
                 }
             }
             _ => {
                 if export.in_flight == Some(cursor) {
                     export.far_version = cursor;
                     export.in_flight = None;
-                    export.last_progress = now;
-                    export.backoff = 0;
+                    export.progressed(now);
                 }
             }
         }
     }
 
     fn on_resend(&mut self, conn: &mut Conn, stream: u32, cursor: u64, now: Instant) {
-        let peer = Self::peer_of(conn);
+        // Borrowed, not cloned: these run for every acknowledgement and every poll.
+        let peer = conn.peer.as_deref().unwrap_or_default();
         let Some(e) = Self::export_index(conn, stream) else {
             return;
         };
@@ -1735,8 +1741,7 @@ impl Bridge {
             return;
         }
         self.stats.resends += 1;
-        export.last_progress = now;
-        export.backoff = 0;
+        export.progressed(now);
         match export.kind {
             // The importer is at `cursor` (records before it are queued or delivered there,
             // not necessarily acknowledged: release nothing) and missed what came next.
@@ -2132,7 +2137,8 @@ impl Bridge {
         now: Instant,
     ) -> Result<usize, LinkError> {
         let window = self.window;
-        let peer = Self::peer_of(conn);
+        // Borrowed, not cloned: these run for every acknowledgement and every poll.
+        let peer = conn.peer.as_deref().unwrap_or_default();
         let export = &mut conn.exports[e];
         let Some(feed) = self.exports[export.source]
             .feeds
