@@ -199,6 +199,7 @@ fn child_entry() {
         "pong" => role_pong(a.s(0), a.s(1), a.get(2), a.s(3)),
         "claim_and_die" => role_claim_and_die(a.s(0), a.get(1)),
         "produce" => role_produce(a.s(0), a.get(1), a.get(2)),
+        "produce_spread" => role_produce_spread(&args[1..], a.get(0)),
         "hold_record" => role_hold_record(a.s(0)),
         "consume" => role_consume(a.s(0), a.get(1), a.get(2)),
         "try_producer" => role_try_producer(a.s(0)),
@@ -280,6 +281,26 @@ fn role_produce(name: &str, from: u64, count: u64) {
     say("attached", std::process::id());
     for seq in from..from + count {
         send(&mut tx, seq);
+    }
+    say("wrote", count);
+    wait_for_parent();
+}
+
+/// Attaches as producer of every ring named and writes records `0..count` to them in turn
+/// (record `seq` to ring `seq % n`), pausing now and then so that the reader parks.
+fn role_produce_spread(names: &[String], count: u64) {
+    let segs: Vec<Segment> = names.iter().map(|n| open(n)).collect();
+    let mut txs: Vec<_> = segs
+        .iter()
+        .map(|s| s.producer().expect("attach producer"))
+        .collect();
+    say("attached", std::process::id());
+    let n = txs.len() as u64;
+    for seq in 0..count {
+        send(&mut txs[(seq % n) as usize], seq);
+        if seq % 7 == 0 {
+            thread::sleep(Duration::from_micros(300));
+        }
     }
     say("wrote", count);
     wait_for_parent();
@@ -674,6 +695,53 @@ fn ping_pong_with_the_default_futex_strategy() {
 }
 
 // ---- 2. a writer killed between claim and commit ----
+
+/// `select::park` on three rings written by another process: every record arrives, in order
+/// per ring, and every sleep is ended by the writer's wake-up. The sleeps ask for 10 minutes, so
+/// a lost wake-up (or a private futex, which a waker in another process never finds) shows as
+/// the watchdog firing, not as a slow pass.
+#[test]
+#[cfg_attr(miri, ignore = "miri cannot run processes or shm_open")]
+fn select_parks_on_three_rings_written_by_another_process() {
+    use shmesh_ring::select::{self, Interest};
+    let _watchdog = Watchdog::new("select_parks_on_three_rings", TEST_LIMIT);
+    const COUNT: u64 = 3000;
+    let names: Vec<ShmName> = (0..3)
+        .map(|i| ShmName::new(&format!("select-{i}")))
+        .collect();
+    let segs: Vec<Segment> = names.iter().map(|n| create(n, CAP)).collect();
+    let mut rxs: Vec<_> = segs.iter().map(|s| s.consumer().unwrap()).collect();
+    let mut writer = Proc::spawn("produce_spread", &[&COUNT, &names[0], &names[1], &names[2]]);
+    writer.expect("attached");
+    let mut next = [0u64, 1, 2];
+    let mut got = 0;
+    let mut parks = 0;
+    while got < COUNT {
+        let mut progressed = false;
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            match rx.try_read() {
+                Ok(r) => {
+                    assert_eq!(check(&r), next[i], "ring {i}: records out of order");
+                    next[i] += 3;
+                    got += 1;
+                    progressed = true;
+                }
+                Err(TryReadError::Empty) => {}
+                Err(e) => writer.fail(format!("ring {i}: {e}")),
+            }
+        }
+        if !progressed {
+            let mut interests: Vec<Interest<'_, ShmMemory>> =
+                rxs.iter_mut().map(Interest::Record).collect();
+            select::park(&mut interests, Duration::from_secs(600));
+            parks += 1;
+        }
+    }
+    writer.expect("wrote");
+    writer.close_stdin();
+    writer.wait_success();
+    println!("{COUNT} records over 3 rings, {parks} sleeps");
+}
 
 #[test]
 #[cfg_attr(miri, ignore = "miri cannot run processes or shm_open")]
