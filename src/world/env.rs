@@ -17,6 +17,80 @@ pub struct Identity {
     pub size: usize,
     /// Which launcher's variables were read (`shmesh`, `openmpi`, `pmi`, `slurm`, `singleton`).
     pub launcher: &'static str,
+    /// Which host each rank runs on, when the job spans hosts (`shmesh run --hosts`); `None`:
+    /// every rank on this host.
+    pub placement: Option<Placement>,
+}
+
+/// How the ranks of a job spread over hosts: from `SHMESH_HOSTS` (`name:slots,...`, ranks
+/// assigned in order, `slots` to a host) and `SHMESH_HOST` (this rank's host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// Host names and how many ranks each runs, in rank order.
+    pub hosts: Vec<(String, usize)>,
+    /// The host this rank runs on.
+    pub host: String,
+}
+
+impl Placement {
+    /// The host of `rank`, if the hosts' slots reach it.
+    pub fn host_of(&self, rank: usize) -> Option<&str> {
+        let mut first = 0;
+        for (name, slots) in &self.hosts {
+            if rank < first + slots {
+                return Some(name);
+            }
+            first += slots;
+        }
+        None
+    }
+
+    /// Reads `SHMESH_HOSTS` and `SHMESH_HOST`; both or neither must be set.
+    fn read(
+        get: &impl Fn(&str) -> Option<String>,
+        size: usize,
+    ) -> Result<Option<Placement>, WorldError> {
+        let (hosts, host) = match (get("SHMESH_HOSTS"), get("SHMESH_HOST")) {
+            (None, None) => return Ok(None),
+            (Some(hosts), Some(host)) => (hosts, host),
+            _ => {
+                return Err(WorldError::Environment(
+                    "SHMESH_HOSTS and SHMESH_HOST must be set together".into(),
+                ))
+            }
+        };
+        let mut list = Vec::new();
+        for item in hosts.split(',').filter(|i| !i.is_empty()) {
+            let parsed = item
+                .rsplit_once(':')
+                .and_then(|(name, slots)| Some((name.to_owned(), slots.parse::<usize>().ok()?)));
+            match parsed {
+                Some((name, slots)) if !name.is_empty() => list.push((name, slots)),
+                _ => {
+                    return Err(WorldError::Environment(format!(
+                        "SHMESH_HOSTS item {item:?} is not NAME:SLOTS"
+                    )))
+                }
+            }
+        }
+        let placement = Placement { hosts: list, host };
+        if placement.host_of(size - 1).is_none() {
+            return Err(WorldError::Environment(format!(
+                "SHMESH_HOSTS={hosts:?} has fewer slots than the {size} ranks"
+            )));
+        }
+        if !placement
+            .hosts
+            .iter()
+            .any(|(name, _)| *name == placement.host)
+        {
+            return Err(WorldError::Environment(format!(
+                "SHMESH_HOST={:?} is not in SHMESH_HOSTS={hosts:?}",
+                placement.host
+            )));
+        }
+        Ok(Some(placement))
+    }
 }
 
 /// Reads the identity from `get` (the process environment in [`from_env`]).
@@ -54,6 +128,7 @@ pub fn identity(
             rank: 0,
             size: 1,
             launcher: "singleton",
+            placement: None,
         });
     };
     let number = |var: &str| -> Result<usize, WorldError> {
@@ -94,11 +169,22 @@ pub fn identity(
             derive_job("slurm", &format!("{id}.{step}"))
         }
     };
+    let placement = Placement::read(&get, size)?;
+    if let Some(p) = &placement {
+        if p.host_of(rank) != Some(p.host.as_str()) {
+            return Err(WorldError::Environment(format!(
+                "rank {rank} runs on {:?} but SHMESH_HOSTS places it on {:?}",
+                p.host,
+                p.host_of(rank)
+            )));
+        }
+    }
     Ok(Identity {
         job,
         rank,
         size,
         launcher,
+        placement,
     })
 }
 
@@ -219,6 +305,35 @@ mod tests {
         assert_eq!((slurm.job.as_str(), slurm.rank), ("slurm-991-2", 5));
         let forced = id(&[("PMI_RANK", "0"), ("PMI_SIZE", "2"), ("SHMESH_JOB", "mine")]).unwrap();
         assert_eq!(forced.job, "mine");
+    }
+
+    #[test]
+    fn hosts_place_ranks_in_order() {
+        let me = id(&[
+            ("SHMESH_JOB", "j"),
+            ("SHMESH_RANK", "3"),
+            ("SHMESH_SIZE", "5"),
+            ("SHMESH_HOSTS", "a:2,b:3"),
+            ("SHMESH_HOST", "b"),
+        ])
+        .unwrap();
+        let p = me.placement.unwrap();
+        let hosts: Vec<_> = (0..5).map(|r| p.host_of(r).unwrap()).collect();
+        assert_eq!(hosts, ["a", "a", "b", "b", "b"]);
+        for bad in [
+            vec![("SHMESH_HOSTS", "a:2,b:3")],
+            vec![("SHMESH_HOSTS", "a:2,b:1"), ("SHMESH_HOST", "b")],
+            vec![("SHMESH_HOSTS", "a:2,b:3"), ("SHMESH_HOST", "a")],
+            vec![("SHMESH_HOSTS", "a2,b:3"), ("SHMESH_HOST", "b")],
+        ] {
+            let mut vars = vec![
+                ("SHMESH_JOB", "j"),
+                ("SHMESH_RANK", "3"),
+                ("SHMESH_SIZE", "5"),
+            ];
+            vars.extend(bad);
+            assert!(id(&vars).is_err(), "{vars:?}");
+        }
     }
 
     #[test]

@@ -733,8 +733,26 @@ impl World {
     fn join(&mut self, capacity: u64, timeout: Duration) -> Result<(), WorldError> {
         let me = self.id.rank;
         let deadline = Instant::now() + timeout;
-        for from in (0..self.id.size).filter(|&r| r != me) {
-            let name = ring_name(&self.id.job, from, me);
+        // A ring between two ranks of one host is made by its reader. Across hosts it is made
+        // by its writer on the writer's host, and the bridges mirror it to the reader's host,
+        // where the importing bridge makes the copy the reader opens.
+        let local = |r: usize| match &self.id.placement {
+            None => true,
+            Some(p) => p.host_of(r) == p.host_of(me),
+        };
+        let mut make = Vec::new();
+        let mut open = Vec::new();
+        for other in (0..self.id.size).filter(|&r| r != me) {
+            if local(other) {
+                make.push((other, me));
+                open.push((me, other));
+            } else {
+                make.push((me, other));
+                open.push((other, me));
+            }
+        }
+        for (from, to) in make {
+            let name = ring_name(&self.id.job, from, to);
             let segment = SegmentBuilder::new(&name)
                 .capacity(capacity)
                 .create()
@@ -742,15 +760,11 @@ impl World {
                     name: name.clone(),
                     source,
                 })?;
-            let rx = segment
-                .consumer()
-                .map_err(|source| WorldError::Attach { name, source })?;
-            let peer = &mut self.peers[from];
-            peer.rx = Some(rx);
-            peer.segments.push(segment);
+            self.attach(segment, from, to, name)?;
         }
-        for to in (0..self.id.size).filter(|&r| r != me) {
-            let name = ring_name(&self.id.job, me, to);
+        for (from, to) in open {
+            let name = ring_name(&self.id.job, from, to);
+            let other = if from == me { to } else { from };
             let mut pause = Duration::from_micros(200);
             let segment = loop {
                 match SegmentBuilder::new(&name).open() {
@@ -761,7 +775,7 @@ impl World {
                     }
                     Err(SegmentError::NotFound { .. }) => {
                         return Err(WorldError::Rendezvous {
-                            rank: to,
+                            rank: other,
                             job: self.id.job.clone(),
                             waited: timeout,
                         })
@@ -769,12 +783,7 @@ impl World {
                     Err(source) => return Err(WorldError::Segment { name, source }),
                 }
             };
-            let tx = segment
-                .producer()
-                .map_err(|source| WorldError::Attach { name, source })?;
-            let peer = &mut self.peers[to];
-            peer.tx = Some(tx);
-            peer.segments.push(segment);
+            self.attach(segment, from, to, name)?;
         }
         // Every rank attaches all its producers before it enters this barrier, so once it
         // is through, every ring has both ends and a death is seen as one.
@@ -797,6 +806,30 @@ impl World {
                 }
                 e => e,
             })
+    }
+
+    /// Takes this rank's end of the ring `from → to` in `segment`.
+    fn attach(
+        &mut self,
+        segment: Segment,
+        from: usize,
+        to: usize,
+        name: String,
+    ) -> Result<(), WorldError> {
+        if from == self.id.rank {
+            let tx = segment
+                .producer()
+                .map_err(|source| WorldError::Attach { name, source })?;
+            self.peers[to].tx = Some(tx);
+            self.peers[to].segments.push(segment);
+        } else {
+            let rx = segment
+                .consumer()
+                .map_err(|source| WorldError::Attach { name, source })?;
+            self.peers[from].rx = Some(rx);
+            self.peers[from].segments.push(segment);
+        }
+        Ok(())
     }
 
     // ---- point to point ----------------------------------------------------------------------
