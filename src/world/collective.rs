@@ -186,14 +186,9 @@ impl World {
                 continue;
             }
             let space = match send {
-                Some((dest, data)) if !sent => Some((
-                    dest,
-                    if out.started {
-                        super::MIN_FRAGMENT.min(data.len() - out.off)
-                    } else {
-                        super::ENVELOPE + data.len().min(self.fragment)
-                    },
-                )),
+                Some((dest, data)) if !sent => {
+                    Some((dest, super::space_needed(&out, data.len(), self.fragment)))
+                }
                 _ => None,
             };
             let streaming = if inflow.started { src } else { None };

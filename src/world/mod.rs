@@ -262,6 +262,7 @@ impl WorldBuilder {
             hint: 256,
             tmp: Vec::new(),
             deadline: None,
+            next_any: 0,
             id,
         };
         world.join(self.ring_capacity, join_timeout)?;
@@ -436,6 +437,8 @@ pub struct World {
     tmp: Vec<u8>,
     /// When the current wait gives up (joining only).
     deadline: Option<Instant>,
+    /// Where a receive from any source starts looking.
+    next_any: usize,
 }
 
 impl fmt::Debug for World {
@@ -618,6 +621,18 @@ fn fill_record(
     grant.commit(head + n);
     flow.started = true;
     flow.off += n;
+}
+
+/// The claim that lets [`write_some`] go on: the whole message if it fits one record,
+/// otherwise a fragment of at least [`MIN_FRAGMENT`] (or what is left), with the slack its
+/// room computation keeps.
+fn space_needed(flow: &Outflow, len: usize, fragment: usize) -> usize {
+    if !flow.started && len <= fragment {
+        ENVELOPE + len
+    } else {
+        let head = if flow.started { 0 } else { ENVELOPE };
+        head + MIN_FRAGMENT.min(len - flow.off) + 64
+    }
 }
 
 fn claim_error(dest: usize, e: TryClaimError) -> WorldError {
@@ -968,11 +983,7 @@ impl World {
                     return Ok(());
                 }
             }
-            let want = if flow.started {
-                MIN_FRAGMENT.min(data.len() - flow.off)
-            } else {
-                ENVELOPE + data.len().min(self.fragment)
-            };
+            let want = space_needed(&flow, data.len(), self.fragment);
             self.idle(&mut spin, needs, None, Some((dest, want)))?;
         }
     }
@@ -1170,7 +1181,10 @@ impl World {
             let mut progressed = false;
             for src in self.sources(source) {
                 match self.look(src, source, tag)? {
-                    Look::Match(tag) => return Ok(Found::Ring(src, tag)),
+                    Look::Match(tag) => {
+                        self.next_any = src + 1;
+                        return Ok(Found::Ring(src, tag));
+                    }
                     Look::Drained => progressed = true,
                     Look::Empty => {}
                 }
@@ -1200,7 +1214,10 @@ impl World {
             let mut progressed = false;
             for src in self.sources(source) {
                 match self.look_stream(src, source, tag)? {
-                    Look::Match(tag) => return Ok(Err((src, tag))),
+                    Look::Match(tag) => {
+                        self.next_any = src + 1;
+                        return Ok(Err((src, tag)));
+                    }
                     Look::Drained => progressed = true,
                     Look::Empty => {}
                 }
@@ -1211,14 +1228,17 @@ impl World {
         }
     }
 
-    /// The ranks a receive from `source` reads, starting after the last one served.
+    /// The ranks a receive from `source` reads: for any source, all of them starting after
+    /// the one served last, so that a busy sender does not starve the others.
     fn sources(&self, source: Source) -> impl Iterator<Item = usize> + use<> {
-        let (me, size) = (self.id.rank, self.id.size);
+        let (me, size, start) = (self.id.rank, self.id.size, self.next_any);
         let only = match source {
             Source::Rank(r) => Some(r),
             Source::Any => None,
         };
-        (0..size).filter(move |&r| r != me && only.is_none_or(|o| o == r))
+        (0..size)
+            .map(move |i| (start + i) % size)
+            .filter(move |&r| r != me && only.is_none_or(|o| o == r))
     }
 
     /// Looks at the head record of `src`'s ring for a receive of a whole message in place.
@@ -1509,13 +1529,17 @@ impl World {
             spin.iter = self.spins.saturating_sub(8);
             return Ok(());
         }
-        let World { peers, .. } = self;
+        let World {
+            peers, fragment, ..
+        } = self;
         let mut interests: Vec<Interest<'_, ShmMemory>> = Vec::with_capacity(peers.len() + 1);
         for (r, peer) in peers.iter_mut().enumerate() {
             let want = match space {
                 Some((dest, len)) if dest == r => Some(len),
-                _ if !peer.outbox.is_empty() => Some(MIN_FRAGMENT.min(ENVELOPE + 64)),
-                _ => None,
+                _ => peer
+                    .outbox
+                    .front()
+                    .map(|o| space_needed(&o.flow, o.data.len(), *fragment)),
             };
             if let (Some(len), Some(tx)) = (want, peer.tx.as_mut()) {
                 interests.push(Interest::Space(tx, len));
