@@ -17,6 +17,7 @@
 //! | `abort_on_failure_terminates_a_sleeping_rank` | the sleeping rank and its child get SIGTERM, the status is the failed rank's, the processes are gone |
 //! | `sigint_reaches_each_rank_once_as_sigterm` | Ctrl-C at a terminal (SIGINT to the launcher's process group): each rank gets one SIGTERM and no SIGINT, exit 130, every process gone |
 //! | `ranks_ignoring_sigterm_get_sigkill_after_the_grace_period` | SIGTERM to the launcher: 143, SIGKILL after `--grace`, every process gone |
+//! | `what_a_rank_left_running_is_stopped_after_the_grace_period` | a rank that ended while a process it started holds its output: that process gets SIGTERM after `--grace`, the status is the rank's |
 //! | `timeout_stops_the_job_with_124` | `--timeout` |
 //! | `segments_of_the_job_are_removed_afterwards` | segments a rank persisted, one a SIGKILLed rank held, one a rank left by exiting without dropping it, and a fake one are all removed; one held by a live process outside the job is kept and named in a warning; `remove_job_segments` from the library |
 //! | `start_errors_are_clear` | a missing program, `-n 0`, no `-n`, a bad job id, a bad hosts file line, too few slots |
@@ -252,20 +253,31 @@ fn read_pids(file: &Path) -> Vec<i32> {
     }
 }
 
-/// Fails unless every process of `pids` has ended: gone, or a zombie (a process a rank
-/// started is reparented when the rank ends, and its new parent reaps it in its own time).
+/// Fails unless every process of `pids` ends (within [`DEADLINE`]): gone, or a zombie. A
+/// process a rank started may still be on its way out when the launcher ends (it closed its
+/// output, which the launcher waited for, before it became a zombie), and once a zombie it is
+/// reparented and reaped in its new parent's own time.
 #[track_caller]
 fn assert_gone(pids: &[i32]) {
+    let deadline = Instant::now() + DEADLINE;
     for &pid in pids {
-        if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
-            continue;
+        loop {
+            if kill(Pid::from_raw(pid), None) == Err(Errno::ESRCH) {
+                break;
+            }
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit_once(") ")
+                .and_then(|(_, rest)| rest.chars().next());
+            if stat.is_empty() || matches!(state, Some('Z' | 'X')) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "process {pid} of the job is still running after {DEADLINE:?}: {stat}"
+            );
+            thread::sleep(Duration::from_millis(5));
         }
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rsplit_once(") ").map(|(_, rest)| rest.chars().next());
-        assert!(
-            stat.is_empty() || matches!(state, Some(Some('Z' | 'X'))),
-            "process {pid} of the job is still running: {stat}"
-        );
     }
 }
 
@@ -491,6 +503,23 @@ fn ranks_ignoring_sigterm_get_sigkill_after_the_grace_period() {
 }
 
 #[test]
+fn what_a_rank_left_running_is_stopped_after_the_grace_period() {
+    let _w = Watchdog::new("what_a_rank_left_running", TEST_LIMIT);
+    let dir = Dir::new("leftover");
+    // The rank ends at once; the sleep it started holds its stdout open.
+    let script = r#"sleep 1000 & echo "$$ $!" > "$D/tmp.$SHMESH_RANK" && mv "$D/tmp.$SHMESH_RANK" "$D/pids.$SHMESH_RANK""#;
+    let end = run_sh(1, &["--grace", "100ms"], script, &dir);
+    assert_eq!(end.code, Some(0), "{end:?}");
+    assert!(
+        end.stderr
+            .contains("processes they started still hold their output open: SIGTERM to them"),
+        "{}",
+        end.stderr
+    );
+    assert_gone(&read_pids(&dir.path("pids.0")));
+}
+
+#[test]
 fn timeout_stops_the_job_with_124() {
     let _w = Watchdog::new("timeout_stops_the_job", TEST_LIMIT);
     let dir = Dir::new("timeout");
@@ -709,6 +738,11 @@ fn hosts_file_places_ranks_and_starts_them_through_exec() {
 
     let end = shmesh(&["run", "--hosts", hosts, "--", "sh", "-c", script]);
     assert_eq!(end.code, Some(0), "{end:?}");
+    assert!(
+        !end.stderr.contains("warning"),
+        "clean-up through exec: {}",
+        end.stderr
+    );
     let all = "hosts=a:2,b:2,c:1";
     assert_eq!(
         lines(&end),
