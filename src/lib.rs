@@ -20,6 +20,8 @@
 //! - [`bench`](mod@bench): `shmesh bench`, which measures shmesh against the cache-line limit,
 //!   Unix sockets, pipes, TCP (and, with the `peers` feature, iceoryx2 and ipc-channel) between
 //!   two real processes.
+//! - [`run`](mod@run): `shmesh run -n N -- PROGRAM`, the rank launcher of message passing (like
+//!   `mpirun`): the environment contract of a rank, output forwarding, stopping, clean-up.
 //!
 //! # Examples
 //!
@@ -52,6 +54,7 @@
 pub mod bench;
 pub mod channel;
 pub mod region;
+pub mod run;
 pub mod tools;
 pub mod world;
 

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use shmesh::bench::bridge::BridgePeerArgs;
 use shmesh::bench::{self, BenchCommand, PeerArgs, SnapshotPeerArgs};
+use shmesh::run::{self, RunArgs, RunCleanupArgs};
 use shmesh::tools::{self, GcArgs, InspectArgs, LsArgs, RmArgs, StatArgs};
 
 /// shmesh: zero-copy IPC over lock-free shared-memory rings.
@@ -33,6 +34,12 @@ enum Command {
     Rm(RmArgs),
     /// Remove every segment of yours that no live process uses (or list them: --dry-run).
     Gc(GcArgs),
+    /// Start N ranks of a message-passing job (like mpirun), forward their output prefixed
+    /// with the rank, and exit with the first failed rank's status.
+    Run(RunArgs),
+    /// Remove a job's segments on a host of `shmesh run` (started by it; not for direct use).
+    #[command(name = "__run-cleanup", hide = true)]
+    RunCleanup(RunCleanupArgs),
     /// The peer process of `shmesh bench` (started by it; not for direct use).
     #[command(name = "__bench-peer", hide = true)]
     BenchPeer(PeerArgs),
@@ -46,7 +53,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let out = &mut std::io::stdout().lock();
+    // Not locked for the whole run: `shmesh run` forwards its ranks' lines from other threads.
+    let out = &mut std::io::stdout();
+    let mut code = ExitCode::SUCCESS;
     let result: Result<(), Box<dyn Error>> = match cli.command {
         Command::Bench(command) => bench::run(command).map_err(Into::into),
         Command::BenchPeer(args) => bench::run_peer(&args).map_err(Into::into),
@@ -57,9 +66,13 @@ fn main() -> ExitCode {
         Command::Stat(args) => tools::stat(&args, out).map_err(Into::into),
         Command::Rm(args) => tools::rm(&args, out).map_err(Into::into),
         Command::Gc(args) => tools::gc(&args, out).map_err(Into::into),
+        Command::Run(args) => run::run(&args)
+            .map(|outcome| code = ExitCode::from(outcome.exit_code()))
+            .map_err(Into::into),
+        Command::RunCleanup(args) => run::run_cleanup(&args, out),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(()) => code,
         Err(e) => {
             eprintln!("error: {e}");
             let mut source = e.source();
