@@ -98,6 +98,7 @@
 //! # Ok::<(), shmesh::run::RunError>(())
 //! ```
 
+mod bridges;
 pub mod hosts;
 mod output;
 
@@ -173,6 +174,16 @@ pub struct RunArgs {
     /// Stop the job after this long (exit status 124), e.g. 30s, 5m.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// With ranks on several hosts: authenticate the job's bridges with the certificates in
+    /// DIR (`shmesh-bridge gen-certs --out DIR HOST...`; the same path on every host).
+    #[arg(long, value_name = "DIR")]
+    pub bridge_certs: Option<PathBuf>,
+    /// With ranks on several hosts: run the job's bridges without TLS (a trusted network only).
+    #[arg(long)]
+    pub bridge_insecure: bool,
+    /// The `shmesh-bridge` binary (by default the one next to `shmesh`, else on PATH).
+    #[arg(long, value_name = "PATH")]
+    pub bridge_bin: Option<PathBuf>,
     /// The program every rank runs, and its arguments (after `--` when they start with `-`).
     #[arg(required = true, trailing_var_arg = true, value_name = "PROGRAM")]
     pub command: Vec<OsString>,
@@ -603,6 +614,14 @@ pub enum RunError {
         source: io::Error,
         /// What to check.
         fix: &'static str,
+    },
+    /// The bridge of a host could not be set up or started (ranks on several hosts).
+    #[error("the bridge of host {host}: {problem}")]
+    Bridge {
+        /// The host.
+        host: String,
+        /// What went wrong, and what to do.
+        problem: String,
     },
     /// The launcher could not set itself up (signal handlers, threads).
     #[error("cannot {what}: {source}")]
@@ -1250,6 +1269,8 @@ pub fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
         }
         None => fresh_job_id(),
     };
+    // Ranks on several hosts talk through one bridge per host, up before any rank.
+    let mut bridges = bridges::start(&plan, &id, args)?;
     let (tx, events) = mpsc::channel();
     // Before any rank starts, so that no SIGCHLD is missed.
     let signals = SignalWatch::start(tx.clone())?;
@@ -1275,6 +1296,15 @@ pub fn run(args: &RunArgs) -> Result<RunOutcome, RunError> {
     job.drain();
     job.reap();
     drop(signals);
+    if let Some(bridges) = &mut bridges {
+        bridges.stop(args.grace);
+        if job.first_failure.is_some() {
+            eprintln!(
+                "shmesh run: the bridges' logs are in {}",
+                bridges.log_dir().display()
+            );
+        }
+    }
 
     let mut cleanup_errors = Vec::new();
     let segments_removed = match remove_job_segments(&job.id) {
