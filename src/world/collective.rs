@@ -132,7 +132,8 @@ impl World {
         let tag = self.next_collective_tag();
         let result = body(self, tag);
         if let Err(WorldError::PeerGone(r)) = &result {
-            self.broken.get_or_insert(*r);
+            let dead = *self.broken.get_or_insert(*r);
+            self.abort_collectives(tag, dead);
         }
         result
     }
@@ -192,7 +193,11 @@ impl World {
                 _ => None,
             };
             let streaming = if inflow.started { src } else { None };
-            self.idle(&mut spin, Needs::All, streaming, space)?;
+            let needs = Needs::Collective {
+                from: src.filter(|_| !received),
+                to: space.map(|(dest, _)| dest),
+            };
+            self.idle(&mut spin, needs, streaming, space)?;
         }
     }
 

@@ -93,6 +93,9 @@ const KIND_FIRST: u32 = 0x574c_0002;
 const KIND_MORE: u32 = 0x574c_0003;
 /// The last record a rank writes to each ring when it leaves the world in order.
 const KIND_FIN: u32 = 0x574c_0004;
+/// A collective failed on the sender because a rank died: the envelope's length field names
+/// that rank. Makes every rank's collectives fail, not only those of the dead rank's partners.
+const KIND_ABORT: u32 = 0x574c_0005;
 /// Tags with this bit belong to the collectives.
 const COLLECTIVE: u32 = 1 << 31;
 /// The smallest fragment a sender cuts to use a partly free ring.
@@ -391,8 +394,14 @@ enum Needs {
     Rank(usize),
     /// Any source: report each death once.
     AnySource,
-    /// Every rank (a collective).
-    All,
+    /// Every rank's life, and these partners' rings (a step of a collective: the rank it
+    /// receives from and the one it sends to).
+    Collective {
+        /// The rank this step receives from.
+        from: Option<usize>,
+        /// The rank this step still sends to.
+        to: Option<usize>,
+    },
     /// Nothing (a request test).
     Nothing,
 }
@@ -647,11 +656,33 @@ fn claim_error(dest: usize, e: TryClaimError) -> WorldError {
 pub(crate) type Sink<'a> = dyn FnMut(u64, &[u8], u64) -> Result<(), WorldError> + 'a;
 
 /// A receive in progress from one source with one tag, streamed to a sink.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default)]
 struct Inflow {
     started: bool,
     total: u64,
     got: u64,
+    /// The sink refused the message (too long for it, say): the rest of it is still read,
+    /// so that the next message starts where it should, and this is returned at its end.
+    failed: Option<WorldError>,
+}
+
+impl Inflow {
+    /// Hands bytes to the sink unless it failed already; keeps its failure.
+    fn feed(&mut self, sink: &mut Sink<'_>, off: u64, bytes: &[u8], total: u64) {
+        if self.failed.is_none() {
+            if let Err(e) = sink(off, bytes, total) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// The end of the message: the sink's failure, if it had one.
+    fn done(&mut self) -> Result<Step, WorldError> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(Step::Done),
+        }
+    }
 }
 
 /// What one step of a stream did.
@@ -1364,6 +1395,15 @@ impl World {
                 peer.finished = true;
                 Ok(true)
             }
+            (KIND_ABORT, _) => {
+                // (A message in fragments it interrupts was a broken collective's.)
+                let (_, dead) = read_envelope(&record, src)?;
+                drop(record);
+                peer.partial = None;
+                let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
+                self.broken.get_or_insert(dead);
+                Ok(true)
+            }
             (kind, partial) => Err(WorldError::Protocol {
                 rank: src,
                 what: format!(
@@ -1432,6 +1472,14 @@ impl World {
             }
         };
         let kind = record.kind();
+        if flow.started && kind == KIND_ABORT {
+            // The sender's collective broke in the middle of this message.
+            let (_, dead) = read_envelope(&record, src)?;
+            drop(record);
+            let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
+            self.broken.get_or_insert(dead);
+            return Err(WorldError::PeerGone(dead));
+        }
         if flow.started {
             if kind != KIND_MORE || flow.got + record.len() as u64 > flow.total {
                 return Err(WorldError::Protocol {
@@ -1444,13 +1492,26 @@ impl World {
                     ),
                 });
             }
-            sink(flow.got, &record, flow.total)?;
+            let (got, total) = (flow.got, flow.total);
+            flow.feed(sink, got, &record, total);
             flow.got += record.len() as u64;
-            return Ok(if flow.got == flow.total {
-                Step::Done
+            drop(record);
+            return if flow.got == flow.total {
+                flow.done()
             } else {
-                Step::Progress
-            });
+                Ok(Step::Progress)
+            };
+        }
+        if kind == KIND_ABORT {
+            // A collective failed on `src`: this one (and every later one) fails here too.
+            let (_, dead) = read_envelope(&record, src)?;
+            drop(record);
+            let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
+            self.broken.get_or_insert(dead);
+            if tag & COLLECTIVE != 0 {
+                return Err(WorldError::PeerGone(dead));
+            }
+            return Ok(Step::Progress);
         }
         if kind == KIND_WHOLE || kind == KIND_FIRST {
             let (t, total) = read_envelope(&record, src)?;
@@ -1466,17 +1527,19 @@ impl World {
                         ),
                     });
                 }
-                sink(0, body, total)?;
                 *flow = Inflow {
                     started: true,
                     total,
                     got: body.len() as u64,
+                    failed: None,
                 };
-                return Ok(if kind == KIND_WHOLE {
-                    Step::Done
+                flow.feed(sink, 0, body, total);
+                drop(record);
+                return if kind == KIND_WHOLE {
+                    flow.done()
                 } else {
-                    Step::Progress
-                });
+                    Ok(Step::Progress)
+                };
             }
         }
         record.keep();
@@ -1594,9 +1657,22 @@ impl World {
                     _ => Ok(()),
                 }
             }
-            Needs::All => {
+            Needs::Collective { from, to } => {
                 if let Some(r) = self.broken {
                     return Err(WorldError::PeerGone(r));
+                }
+                // A partner that left (even in order) will never send or read what this step
+                // waits for.
+                if let Some(r) = from.filter(|&r| r != self.id.rank) {
+                    if self.gone_and_drained(r, streaming)? {
+                        return Err(WorldError::PeerGone(r));
+                    }
+                }
+                if let Some(r) = to.filter(|&r| r != self.id.rank) {
+                    let tx = self.peers[r].tx.as_ref();
+                    if tx.map(|tx| tx.peer()) == Some(PeerState::Gone) {
+                        return Err(WorldError::PeerGone(r));
+                    }
                 }
                 let me = self.id.rank;
                 for r in (0..self.id.size).filter(|&r| r != me) {
@@ -1636,8 +1712,13 @@ impl World {
                 Err(TryReadError::PeerGone | TryReadError::Empty)
             ));
         }
-        while self.drain_one(r)? {}
-        Ok(true)
+        // What it sent before going is still delivered: gone only once nothing was left,
+        // so the caller looks at what this moved to the unexpected queue first.
+        let mut drained = false;
+        while self.drain_one(r)? {
+            drained = true;
+        }
+        Ok(!drained)
     }
 
     // ---- queued sends ----------------------------------------------------------------------
@@ -1678,6 +1759,23 @@ impl World {
         for dest in 0..self.id.size {
             if !self.peers[dest].outbox.is_empty() {
                 self.push_outbox(dest);
+            }
+        }
+    }
+
+    /// Tells every other rank that a collective failed because `dead` is gone, so that ranks
+    /// waiting in it for a rank that is alive, but out of it now, fail too. Best effort: a
+    /// full ring, or one in the middle of a queued message, is skipped.
+    pub(crate) fn abort_collectives(&mut self, tag: u32, dead: usize) {
+        let me = self.id.rank;
+        for (r, peer) in self.peers.iter_mut().enumerate() {
+            if r == me || r == dead || peer.outbox.front().is_some_and(|o| o.flow.started) {
+                continue;
+            }
+            if let Some(Ok(mut grant)) = peer.tx.as_mut().map(|tx| tx.try_claim(ENVELOPE)) {
+                grant[..ENVELOPE].copy_from_slice(&envelope(tag, dead as u64));
+                grant.set_kind(KIND_ABORT);
+                grant.commit(ENVELOPE);
             }
         }
     }
