@@ -1560,14 +1560,15 @@ fn rank_sent_then_left(world: &mut World, how: &str, source: &str) {
         "any" => Source::Any,
         _ => Source::Rank(1),
     };
+    let what = if how == "left" { "left" } else { "was killed" };
     say("waiting", 0);
     match world.recv::<Note>(from, Tag::Is(1)) {
         Ok(got) => check_note(&got, 1, 1, 0),
-        Err(e) => panic!("{source}: the note rank 1 sent before it was {how}: {e}"),
+        Err(e) => panic!("source {source}: the note rank 1 sent before it {what}: {e}"),
     }
     match world.recv::<Note>(from, Tag::Is(1)) {
         Err(WorldError::PeerGone(1)) => {}
-        other => panic!("{source}: a receive after rank 1 was {how}: {other:?}"),
+        other => panic!("source {source}: a receive after rank 1 {what}: {other:?}"),
     }
 }
 
