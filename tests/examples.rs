@@ -7,8 +7,11 @@
 //! `--test examples` cargo does not build them, and the test builds the one it runs.
 
 use std::io::Read;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// The longest an example may run before the test kills it.
@@ -100,15 +103,23 @@ struct Run {
     stderr: String,
 }
 
-/// Runs `path`, killing it after `WATCHDOG`.
-fn run(path: &Path) -> Run {
+/// A process started by [`start`], its pipes read on threads.
+struct Running {
+    child: Child,
+    out: JoinHandle<std::io::Result<String>>,
+    err: JoinHandle<std::io::Result<String>>,
+}
+
+/// Starts `path` with `args` and the environment variables `env`.
+fn start(path: &Path, args: &[&str], env: &[(&str, String)]) -> Running {
     let mut child = Command::new(path)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", path.display()));
-    let pid = child.id();
     // Read the pipes on threads, so a chatty child never blocks on a full pipe.
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -120,16 +131,29 @@ fn run(path: &Path) -> Run {
         let mut s = String::new();
         stderr.read_to_string(&mut s).map(|_| s)
     });
-    let Some(status) = wait(&mut child, WATCHDOG) else {
-        // Not waiting for the readers: a process the example started may hold the pipes.
-        panic!("{} ran for more than {WATCHDOG:?}: killed", path.display());
-    };
-    Run {
+    Running { child, out, err }
+}
+
+/// Waits for a process [`start`]ed, killing it at `deadline`; `None` if it was killed.
+fn finish(mut running: Running, deadline: Instant) -> Option<Run> {
+    let pid = running.child.id();
+    // Not waiting for the readers of a killed one: a process it started may hold the pipes.
+    let status = wait(
+        &mut running.child,
+        deadline.saturating_duration_since(Instant::now()),
+    )?;
+    Some(Run {
         pid,
         status,
-        stdout: out.join().unwrap().expect("stdout is UTF-8"),
-        stderr: err.join().unwrap().expect("stderr is UTF-8"),
-    }
+        stdout: running.out.join().unwrap().expect("stdout is UTF-8"),
+        stderr: running.err.join().unwrap().expect("stderr is UTF-8"),
+    })
+}
+
+/// Runs `path`, killing it after `WATCHDOG`.
+fn run(path: &Path) -> Run {
+    finish(start(path, &[], &[]), Instant::now() + WATCHDOG)
+        .unwrap_or_else(|| panic!("{} ran for more than {WATCHDOG:?}: killed", path.display()))
 }
 
 /// Shared-memory objects left whose name contains `pid`.
@@ -357,4 +381,243 @@ fn bridge_mirrors_a_channel_and_a_region_between_two_daemons_and_cleans_up() {
     assert_eq!(leftovers(pid), Vec::<String>::new(), "{output}");
     let dir = std::env::temp_dir().join(format!("shmesh-bridge-example-{pid}"));
     assert!(!dir.exists(), "{} is left\n{output}", dir.display());
+}
+
+// ---- MPI-style examples: ranks of one world ----
+
+/// The ranks of one run of a world example, and the job they shared.
+struct World {
+    job: String,
+    ranks: Vec<Run>,
+}
+
+impl World {
+    /// Everything the ranks printed, for failure messages.
+    fn output(&self) -> String {
+        let mut out = format!("job {}\n", self.job);
+        for (r, run) in self.ranks.iter().enumerate() {
+            out.push_str(&format!(
+                "--- rank {r}: {}\n--- stdout\n{}--- stderr\n{}",
+                run.status, run.stdout, run.stderr
+            ));
+        }
+        out
+    }
+
+    /// The names (without `shmesh.`) of the job's rings left in `/dev/shm`, sorted.
+    fn rings_left(&self) -> Vec<String> {
+        let head = format!("shmesh.world.{}.", self.job);
+        let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
+            .expect("read /dev/shm")
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&head))
+            .map(|n| n["shmesh.".len()..].to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// Runs example `name` as `size` ranks of one job, each with `args`, started the way a
+/// launcher such as `shmesh run` starts them: with `SHMESH_JOB`, `SHMESH_RANK` and
+/// `SHMESH_SIZE` set. Kills them all after `WATCHDOG`.
+fn run_world(name: &str, size: usize, args: &[&str]) -> World {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let job = format!(
+        "ex-{}-{name}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
+    let path = example(name);
+    let started: Vec<Running> = (0..size)
+        .map(|rank| {
+            let env = [
+                ("SHMESH_JOB", job.clone()),
+                ("SHMESH_RANK", rank.to_string()),
+                ("SHMESH_SIZE", size.to_string()),
+            ];
+            start(&path, args, &env)
+        })
+        .collect();
+    let deadline = Instant::now() + WATCHDOG;
+    let mut ranks = Vec::new();
+    let mut rest = started.into_iter();
+    while let Some(running) = rest.next() {
+        match finish(running, deadline) {
+            Some(run) => ranks.push(run),
+            None => {
+                for mut other in rest {
+                    let _ = other.child.kill();
+                    let _ = other.child.wait();
+                }
+                panic!(
+                    "rank {} of {name} ran for more than {WATCHDOG:?}: killed all",
+                    ranks.len()
+                );
+            }
+        }
+    }
+    World { job, ranks }
+}
+
+impl Drop for World {
+    /// Removes what the job left (the tests check it first), also when a test fails.
+    fn drop(&mut self) {
+        for name in self.rings_left() {
+            let _ = shmesh_ring::Segment::remove(&name);
+        }
+    }
+}
+
+/// Asserts every rank of `world` exited 0 with nothing on stderr, and left no ring.
+#[track_caller]
+fn assert_clean_success(world: &World, left: &[String]) {
+    let output = world.output();
+    for (r, run) in world.ranks.iter().enumerate() {
+        assert!(run.status.success(), "rank {r} failed\n{output}");
+        assert_eq!(run.stderr, "", "rank {r}'s stderr\n{output}");
+    }
+    assert_eq!(left, Vec::<String>::new(), "rings left\n{output}");
+}
+
+#[test]
+fn allreduce_sums_across_ranks_alone_and_with_three_ranks() {
+    // Alone: a world of one, without any launcher variable.
+    let (run, output) = run_ok("allreduce");
+    for len in [1, 1000, 300_000] {
+        let line = format!("all_reduce of {len} u64 over 1 ranks: correct");
+        assert!(run.stdout.contains(&line), "missing {line:?}\n{output}");
+    }
+    assert_eq!(run.stderr, "", "{output}");
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+
+    let world = run_world("allreduce", 3, &[]);
+    let left = world.rings_left();
+    assert_clean_success(&world, &left);
+    let output = world.output();
+    let rank0 = &world.ranks[0].stdout;
+    for len in [1, 1000, 300_000] {
+        let line = format!("all_reduce of {len} u64 over 3 ranks: correct");
+        assert!(rank0.contains(&line), "missing {line:?}\n{output}");
+    }
+    for (bytes, rounds) in [(8, 10_000), (1 << 20, 200)] {
+        let head = format!("all_reduce of {bytes} bytes over 3 ranks: ");
+        let tail = format!(" each ({rounds} rounds)");
+        assert!(
+            rank0
+                .lines()
+                .any(|l| l.starts_with(&head) && l.ends_with(&tail)),
+            "missing {head:?}...{tail:?}\n{output}"
+        );
+    }
+    for r in [1, 2] {
+        assert_eq!(
+            world.ranks[r].stdout, "",
+            "rank {r} prints nothing\n{output}"
+        );
+    }
+}
+
+/// The task farm's summary lines: tasks done per worker (by rank), and the check line.
+fn farm_counts(stdout: &str, workers: usize) -> Vec<u32> {
+    (1..=workers)
+        .map(|w| {
+            let head = format!("farm: worker {w} did ");
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(head.as_str()))
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("no line {head:?} in\n{stdout}"))
+        })
+        .collect()
+}
+
+/// The known count of primes below 2,000,000 and the largest of them.
+const PRIMES_LINE: &str =
+    "farm: 148933 primes below 2000000, the largest 1999993: matches the sieve";
+
+#[test]
+fn task_farm_alone_does_every_task_on_rank_0() {
+    let (run, output) = run_ok("task_farm");
+    for line in [
+        "farm: 100 tasks of 20000 numbers below 2000000 for 0 workers",
+        "farm: rank 0 did 100 tasks itself",
+        PRIMES_LINE,
+    ] {
+        assert!(run.stdout.contains(line), "missing {line:?}\n{output}");
+    }
+    assert_eq!(run.stderr, "", "{output}");
+    assert_eq!(leftovers(run.pid), Vec::<String>::new(), "{output}");
+}
+
+#[test]
+fn task_farm_with_three_workers_shares_the_tasks_and_checks_the_total() {
+    let world = run_world("task_farm", 4, &[]);
+    let left = world.rings_left();
+    assert_clean_success(&world, &left);
+    let output = world.output();
+    let rank0 = &world.ranks[0].stdout;
+    assert!(
+        rank0.contains("farm: 100 tasks of 20000 numbers below 2000000 for 3 workers"),
+        "{output}"
+    );
+    assert!(rank0.contains(PRIMES_LINE), "{output}");
+    assert!(
+        !rank0.contains("itself"),
+        "the workers did every task\n{output}"
+    );
+    let counts = farm_counts(rank0, 3);
+    assert_eq!(counts.iter().sum::<u32>(), 100, "{counts:?}\n{output}");
+    for (w, n) in counts.iter().enumerate() {
+        // Each worker says what it did, and stopped when told to.
+        let line = format!("worker {}: {n} tasks, stopped\n", w + 1);
+        assert_eq!(world.ranks[w + 1].stdout, line, "{output}");
+    }
+}
+
+#[test]
+fn task_farm_hands_a_dead_workers_task_to_another_and_finishes() {
+    let world = run_world("task_farm", 4, &["--kill-worker", "2"]);
+    let output = world.output();
+    assert_eq!(
+        world.ranks[2].status.signal(),
+        Some(9),
+        "worker 2 killed itself with SIGKILL\n{output}"
+    );
+    let line = world.ranks[2].stdout.trim_end();
+    let held = line
+        .strip_prefix("worker 2: got task ")
+        .and_then(|rest| rest.strip_suffix(", and dies now (--kill-worker)"))
+        .unwrap_or_else(|| panic!("worker 2's last words: {line:?}\n{output}"));
+    for r in [0, 1, 3] {
+        let run = &world.ranks[r];
+        assert!(run.status.success(), "rank {r} failed\n{output}");
+        assert_eq!(run.stderr, "", "rank {r}'s stderr\n{output}");
+    }
+    let rank0 = &world.ranks[0].stdout;
+    // Rank 0 saw the death, put the task worker 2 held back into play, and finished.
+    let gone = format!("farm: worker 2 is gone with task {held} (");
+    assert!(rank0.contains(&gone), "missing {gone:?}\n{output}");
+    assert!(
+        rank0.contains("farm: worker 2 did 2 tasks, then died"),
+        "{output}"
+    );
+    assert!(rank0.contains(PRIMES_LINE), "{output}");
+    let counts = farm_counts(rank0, 3);
+    assert_eq!(counts.iter().sum::<u32>(), 100, "{counts:?}\n{output}");
+    // Left: only the rings into the dead worker (their creator died), which gc removes.
+    let want: Vec<String> = [0, 1, 3]
+        .iter()
+        .map(|from| format!("world.{}.{from}.2", world.job))
+        .collect();
+    assert_eq!(world.rings_left(), want, "{output}");
+    for name in &want {
+        assert!(
+            matches!(shmesh_ring::Segment::remove_unused(name), Ok(true)),
+            "gc of {name}\n{output}"
+        );
+    }
+    assert_eq!(world.rings_left(), Vec::<String>::new(), "{output}");
 }

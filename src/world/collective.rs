@@ -446,8 +446,8 @@ impl World {
     }
 
     /// Combines every rank's `buf` with `op`, element by element, into `buf` on every rank,
-    /// bit-identical everywhere. Recursive doubling up to
-    /// [`ALL_REDUCE_RING_ABOVE`] bytes, ring reduce-scatter + all-gather above.
+    /// bit-identical everywhere. Recursive doubling up to 64 KiB (`ALL_REDUCE_RING_ABOVE`),
+    /// ring reduce-scatter + all-gather above.
     ///
     /// # Errors
     ///
