@@ -8,9 +8,7 @@
 //! result itself against a sequential reference (the inputs are a function of rank, index and
 //! seed, so every rank can compute every other rank's), reports protocol lines, and ends with
 //! `done <rank>`. A rank that panics exits at once without leaving the world in order, so the
-//! others see it die (`PeerGone`) instead of waiting for it. The scenarios where every rank
-//! lives end with a barrier, so that no rank leaves while another waits for its messages (the
-//! ignored tests below show why). Every wait of the parent has a deadline, every test a
+//! others see it die (`PeerGone`) instead of waiting for it. Every wait of the parent has a deadline, every test a
 //! watchdog, every job a unique id.
 //!
 //! | test | what it shows |
@@ -21,7 +19,7 @@
 //! | `p2p_any_*` | `Source::Any`/`Tag::Any` from three senders: each message once, in order per (source, tag) |
 //! | `p2p_tags_*` | a receive by tag takes later messages first, the others wait in order; `Tag::Any` takes them in send order; reserved tags and unknown ranks are refused |
 //! | `p2p_larger_than_the_ring_*` | 5 MiB messages through a 1 MiB ring: `recv_vec`, `recv_slice_into` (exact and larger buffer), typed, and one held while a later message is received |
-//! | `truncated_*` | a too-small buffer gets `Truncated` and the message is consumed (whole, held, and — ignored, a bug — in fragments); `Misfit` |
+//! | `truncated_*` | a too-small buffer gets `Truncated` and the message is consumed (whole, held, and in fragments: the rest of it is read too); `Misfit` |
 //! | `self_send_*` | a rank sends to itself: typed, slices, non-blocking, found by `Source::Any` |
 //! | `nonblocking_many_*` | hundreds of `isend`s (more than the ring holds) and `irecv`s posted out of order, completed by `wait`, `test`, `wait_any` and `wait_all`, each with its own message |
 //! | `nonblocking_test_*` | `test` is false until the message is sent, then `wait` returns it; `wait_any` of nothing is an error |
@@ -30,10 +28,10 @@
 //! | `blocked_receive_*` | a rank blocked in `recv` for a second uses a small part of a second of CPU (it sleeps on the futex), with 2 and with 8 ranks |
 //! | `rank_killing_itself_*`, `rank_killed_mid_*` | SIGKILL of rank 2 of 4 while the others loop on all-reduce: each gets `PeerGone(2)` (and every later collective too), then the survivors exchange messages; the dead rank's rings are the only ones left, and gc removes them |
 //! | `receive_from_a_killed_rank_*` | what a killed rank sent is delivered, then `PeerGone`, for `recv`, `irecv` and a send larger than the ring; `Source::Any` reports the death once and goes on |
-//! | `receive_gets_the_message_of_a_sender_that_left_*` | (ignored: a bug) a receive waiting when its sender commits the message and leaves or dies gets `PeerGone`, not the message |
-//! | `nonblocking_receives_from_ranks_that_sent_everything_*` | (ignored: a bug, statistical) the same for requests, whose message is then lost |
-//! | `nonblocking_receive_from_any_source_fails_*` | (ignored: a bug) `wait` on an `irecv(Source::Any)` hangs when every other rank is dead |
-//! | `rank_that_left_*` | (ignored: a bug) a collective whose data would come from a rank that left the world in order hangs instead of failing |
+//! | `receive_gets_the_message_of_a_sender_that_left_*` | a receive waiting when its sender commits the message and leaves or dies gets the message (then `PeerGone`) |
+//! | `nonblocking_receives_from_ranks_that_sent_everything_*` | the same for requests: every message is delivered |
+//! | `nonblocking_receive_from_any_source_fails_*` | `wait` on an `irecv(Source::Any)` fails with `PeerGone` when every other rank is dead |
+//! | `rank_that_left_*` | a collective whose data would come from a rank that left the world in order fails with `PeerGone` on every rank |
 //! | `rank_that_never_starts_*` | `join_timeout` ends in `Rendezvous` naming the missing rank; nothing is left |
 //! | `open_mpi_*` | ranks launched by Open MPI's `mpirun` meet (job id from the launcher) and reduce |
 
@@ -1725,9 +1723,6 @@ fn truncated_and_misfit_receives_consume_the_message() {
 }
 
 #[test]
-#[ignore = "bug: a Truncated receive of a message in fragments leaves the fragments after the \
-            first in the ring, and the next receive fails with Protocol (src/world/mod.rs, \
-            recv_slice_into's sink fails on the first fragment and stream_in returns)"]
 fn truncated_receive_of_a_message_in_fragments_consumes_it() {
     let _watchdog = Watchdog::new("truncated_fragments", TEST_LIMIT);
     run_job("trunc-frag", 2, "truncated_fragments", &[]);
@@ -1843,9 +1838,6 @@ fn receive_from_a_killed_rank_delivers_what_it_sent_then_peer_gone() {
 }
 
 #[test]
-#[ignore = "bug: a receive parked when its sender commits the message and leaves (or dies) \
-            returns PeerGone instead of the message (src/world/mod.rs: check_needs drains the \
-            gone rank's ring into the unexpected queue, then fails; find does not look there)"]
 fn receive_gets_the_message_of_a_sender_that_left_while_it_waited() {
     let _watchdog = Watchdog::new("sent_then_left", TEST_LIMIT);
     for how in ["left", "killed"] {
@@ -1876,9 +1868,6 @@ fn receive_gets_the_message_of_a_sender_that_left_while_it_waited() {
 }
 
 #[test]
-#[ignore = "bug: a non-blocking receive can lose its message when the sender leaves: \
-            check_request (src/world/request.rs) drains the gone rank's ring, which hands the \
-            message to the request, then marks the request Failed(PeerGone); statistical"]
 fn nonblocking_receives_from_ranks_that_sent_everything_and_left_get_every_message() {
     let _watchdog = Watchdog::new("nb_leave", TEST_LIMIT);
     for _ in 0..5 {
@@ -1888,9 +1877,6 @@ fn nonblocking_receives_from_ranks_that_sent_everything_and_left_get_every_messa
 }
 
 #[test]
-#[ignore = "bug: wait on an irecv(Source::Any) never fails when every other rank is dead: \
-            check_request (src/world/request.rs) checks only Source::Rank receives, and \
-            wait_any idles with Needs::Nothing"]
 fn nonblocking_receive_from_any_source_fails_when_every_other_rank_is_dead() {
     let _watchdog = Watchdog::new("irecv_any_dead", TEST_LIMIT);
     let job = Job::new("irecvany");
@@ -1899,8 +1885,6 @@ fn nonblocking_receive_from_any_source_fails_when_every_other_rank_is_dead() {
 }
 
 #[test]
-#[ignore = "bug: a collective that needs data from a rank that left the world in order waits \
-            forever (src/world/mod.rs, check_needs, Needs::All skips finished ranks)"]
 fn rank_that_left_the_world_fails_the_collectives_that_need_it() {
     let _watchdog = Watchdog::new("left_early", TEST_LIMIT);
     run_job("left", 3, "left_early", &[]);

@@ -266,6 +266,7 @@ impl WorldBuilder {
             tmp: Vec::new(),
             deadline: None,
             next_any: 0,
+            moved: false,
             id,
         };
         world.join(self.ring_capacity, join_timeout)?;
@@ -448,6 +449,8 @@ pub struct World {
     deadline: Option<Instant>,
     /// Where a receive from any source starts looking.
     next_any: usize,
+    /// A record was moved out of a ring since this was last cleared (see `idle`).
+    moved: bool,
 }
 
 impl fmt::Debug for World {
@@ -1330,6 +1333,12 @@ impl World {
     /// delivered (to a posted receive or the queue), fragments are assembled. `Ok(false)`: the
     /// ring is empty.
     fn drain_one(&mut self, src: usize) -> Result<bool, WorldError> {
+        let moved = self.drain_record(src)?;
+        self.moved |= moved;
+        Ok(moved)
+    }
+
+    fn drain_record(&mut self, src: usize) -> Result<bool, WorldError> {
         let peer = &mut self.peers[src];
         let rx = peer.rx.as_mut().expect("rings from other ranks");
         let record = match rx.try_read() {
@@ -1587,8 +1596,16 @@ impl World {
                 }
             }
         }
-        self.check_needs(needs, streaming)?;
         if drained {
+            // What was drained may be what the caller waits for: let it look before any
+            // liveness verdict (a rank that sent and left is gone only once nothing is left).
+            spin.iter = self.spins.saturating_sub(8);
+            return Ok(());
+        }
+        self.moved = false;
+        self.check_needs(needs, streaming)?;
+        if self.moved {
+            // The check drained a gone rank's ring: the caller looks first.
             spin.iter = self.spins.saturating_sub(8);
             return Ok(());
         }
@@ -1613,9 +1630,9 @@ impl World {
         }
         select::park(&mut interests, PARK_SLICE);
         drop(interests);
+        // Liveness is checked before the next sleep, after the caller looked at what woke us.
         spin.iter = self.spins.saturating_sub(8);
-        self.check_deadline(Instant::now())?;
-        self.check_needs(needs, streaming)
+        self.check_deadline(Instant::now())
     }
 
     fn check_deadline(&self, now: Instant) -> Result<(), WorldError> {

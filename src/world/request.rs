@@ -1,5 +1,7 @@
 //! Non-blocking point-to-point: [`World::isend`], [`World::irecv`] and their requests.
 
+use std::time::Instant;
+
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 use rkyv::Archived;
@@ -229,14 +231,38 @@ impl World {
         Ok(())
     }
 
-    /// Fails the pending request `id` if the rank it needs is gone.
+    /// Fails the pending request `id` if the rank it needs is gone (for a receive from any
+    /// source: if every other rank is). What those ranks sent before is delivered first.
     fn check_request(&mut self, id: u64) -> Result<(), WorldError> {
-        let need = match self.inbox.requests.get(&id) {
-            Some(ReqState::Receiving(Source::Rank(r))) => Needs::Rank(*r),
-            Some(ReqState::Sending(dest)) => Needs::Rank(*dest),
-            _ => return Ok(()),
+        let failure = match self.inbox.requests.get(&id) {
+            Some(ReqState::Receiving(Source::Rank(r))) => {
+                let r = *r;
+                self.gone_and_drained(r, None)?
+                    .then_some(WorldError::PeerGone(r))
+            }
+            Some(ReqState::Receiving(Source::Any)) => {
+                let me = self.id.rank;
+                let mut first = None;
+                let mut all = true;
+                for r in (0..self.id.size).filter(|&r| r != me) {
+                    if self.gone_and_drained(r, None)? {
+                        first.get_or_insert(r);
+                    } else {
+                        all = false;
+                    }
+                }
+                first.filter(|_| all).map(WorldError::PeerGone)
+            }
+            // A queued send fails when its ring is full and its reader gone (`push_outbox`),
+            // as a blocking send would.
+            _ => None,
         };
-        if let Err(e) = self.check_needs(need, None) {
+        // The drains above may have completed the request: only a pending one fails.
+        let pending = matches!(
+            self.inbox.requests.get(&id),
+            Some(ReqState::Receiving(_) | ReqState::Sending(_))
+        );
+        if let (Some(e), true) = (failure, pending) {
             if let Some(i) = self.inbox.posted.iter().position(|p| p.request == id) {
                 self.inbox.posted.remove(i);
             }
@@ -357,11 +383,19 @@ impl World {
             return Err(WorldError::UnknownRequest(r.id));
         }
         let mut spin = Spin::new();
+        // Liveness costs a system call per rank: look every millisecond, not every poll.
+        let mut next_check = Instant::now();
         loop {
             self.progress()?;
+            let check = Instant::now() >= next_check;
+            if check {
+                next_check = Instant::now() + super::LIVENESS_EVERY;
+            }
             for i in 0..requests.len() {
                 let id = requests[i].id;
-                self.check_request(id)?;
+                if check {
+                    self.check_request(id)?;
+                }
                 if let Some(outcome) = self.finish(id) {
                     drop(requests.remove(i));
                     return Ok((i, outcome));
