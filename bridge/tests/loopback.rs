@@ -1,7 +1,8 @@
 //! Two bridges in one process on loopback, driven by `poll` from two threads: the mirroring
 //! protocol end to end over real TCP (plaintext here; TLS in `tls_mirror.rs`), without
 //! namespaces. The local copies get other names (`local_name`), since both "hosts" share
-//! /dev/shm here.
+//! /dev/shm here. Writers and readers that are killed run as child processes (this binary
+//! again, see `shmesh_testkit`).
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use shmesh_bridge::config::Config;
 use shmesh_bridge::fault::{FaultPlan, FaultyLink};
 use shmesh_bridge::{wire, Bridge};
-use shmesh_ring::{Segment, SegmentBuilder, SegmentKind};
+use shmesh_ring::{
+    ClaimError, Consumer, Producer, ReadError, Segment, SegmentBuilder, SegmentKind, ShmMemory,
+};
+use shmesh_testkit::{child_role, say, wait_for_parent, Proc};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -671,4 +675,266 @@ name = "{src}"
     );
     cleanup(&[&src, &copy]);
     assert!(ok, "the live connection's import stalled");
+}
+
+// ---- the lifecycle of a mirrored SPSC ring's ends ----
+
+#[test]
+fn child_entry() {
+    let Some((role, args)) = child_role() else {
+        return;
+    };
+    match role.as_str() {
+        // `writer <ring> <from> <to>`: writes records `from..to`, says `wrote <to>`, and holds
+        // the producer until killed.
+        "writer" => {
+            let seg = SegmentBuilder::new(args.s(0))
+                .open()
+                .expect("open the ring");
+            let mut tx = seg.producer().expect("producer");
+            write_range(&mut tx, args.get(1)..args.get(2)).expect("write");
+            say("wrote", args.s(2));
+            wait_for_parent();
+        }
+        // `reader <copy> <from> <to>`: reads records `from..to` from the copy, says
+        // `read <to>`, and holds the consumer until killed.
+        "reader" => {
+            let seg = open_when_there(args.s(0));
+            let mut rx = seg.consumer().expect("consumer");
+            read_range(&mut rx, args.get(1)..args.get(2));
+            say("read", args.s(2));
+            wait_for_parent();
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+fn record_len(i: u32) -> usize {
+    4 + (i as usize * 7) % 300
+}
+
+/// Writes records `range` (each starts with its number) into `tx`; stops at the first record
+/// it cannot write, returning its number and why.
+fn write_range(
+    tx: &mut Producer<ShmMemory>,
+    range: std::ops::Range<u32>,
+) -> Result<(), (u32, ClaimError)> {
+    for i in range {
+        let len = record_len(i);
+        let mut grant = tx.claim_timeout(len, DEADLINE).map_err(|e| (i, e))?;
+        grant[..4].copy_from_slice(&i.to_le_bytes());
+        grant.commit(len);
+    }
+    Ok(())
+}
+
+/// Reads records `range` from `rx`: each once, in order.
+fn read_range(rx: &mut Consumer<ShmMemory>, range: std::ops::Range<u32>) {
+    for i in range {
+        let record = rx.read_timeout(DEADLINE).expect("record");
+        assert_eq!(record.len(), record_len(i), "record {i}");
+        assert_eq!(u32::from_le_bytes(record[..4].try_into().unwrap()), i);
+    }
+}
+
+/// The copy's reader reads everything, then learns that the writer is gone.
+fn expect_writer_gone(rx: &mut Consumer<ShmMemory>) {
+    match rx.read_timeout(DEADLINE) {
+        Err(ReadError::PeerGone) => {}
+        Ok(record) => panic!(
+            "a record the writer did not write: record {}",
+            u32::from_le_bytes(record[..4].try_into().unwrap())
+        ),
+        Err(e) => panic!("the copy's reader should see its writer gone: {e}"),
+    }
+}
+
+/// Waits until the exporting bridge is (or is not) the ring's consumer.
+fn wait_consumer_attached(seg: &Segment, attached: bool) {
+    let start = Instant::now();
+    while (seg.live_endpoints(1..2) == 1) != attached {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the exporting bridge did not {} the ring",
+            if attached { "attach to" } else { "detach from" }
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until the importing bridge is the copy's producer again: until then its reader
+/// sees the writer gone, as a local reader does until a new writer takes over.
+fn wait_producer_attached(copy: &Segment) {
+    let start = Instant::now();
+    while copy.live_endpoints(0..1) == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the importing bridge did not attach to the copy again"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A writer that detaches, then one that takes over and detaches too: the copy's reader reads
+/// every record once, in order, and sees its writer gone each time, as with a local ring.
+#[test]
+fn a_writer_that_detaches_is_mirrored_and_a_new_writer_resumes() {
+    let src = unique("writer-detach");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    // Small rings: the writer outruns the link, so records are still in flight when it goes.
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    const FIRST: u32 = 1_000;
+    const SECOND: u32 = 1_500;
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || {
+        write_range(&mut tx, 0..FIRST).expect("write");
+        // Dropped: detached (a clean exit of the writer).
+    });
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-a]", &src, "the writer is gone"]);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+
+    // A new writer takes the ring over: mirroring goes on, into the same reader.
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, FIRST..SECOND).expect("write"));
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "a writer is back"]);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(SECOND));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// A writer process killed with SIGKILL, with every record it wrote still on the exporting
+/// side: the copy's reader reads them all, then sees its writer gone; a new writer resumes.
+#[test]
+fn a_killed_writer_process_is_mirrored_after_its_last_record() {
+    let src = unique("writer-kill");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    // Large enough for all the killed writer's records: it is killed before any is read.
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 17)
+        .create()
+        .unwrap();
+    const FIRST: u32 = 600;
+    const SECOND: u32 = 900;
+    let mut child = Proc::spawn("writer", &[&src, &0, &FIRST]);
+    child.expect("wrote");
+    child.kill();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+
+    let mut tx = seg.producer().unwrap();
+    write_range(&mut tx, FIRST..SECOND).expect("write");
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    // The new writer is alive: nothing more, but no PeerGone either.
+    assert!(matches!(
+        rx.read_timeout(Duration::from_millis(300)),
+        Err(ReadError::Timeout)
+    ));
+    drop(tx);
+    expect_writer_gone(&mut rx);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(SECOND));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// The copy's reader goes (killed, then detached): each time the writer on the exporting side
+/// gets PeerGone once its ring is full; a new reader resumes where the last one stopped, and
+/// every record is read once, in order.
+#[test]
+fn a_reader_that_goes_makes_the_far_writer_see_it_and_a_new_reader_resumes() {
+    use std::sync::mpsc;
+    let src = unique("reader-gone");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    const N: u32 = 3_000;
+    const K1: u32 = 400;
+    const K2: u32 = 1_200;
+    // The writer: on PeerGone it says where it stopped and waits for a go.
+    let (gone_tx, gone_rx) = mpsc::channel::<u32>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || {
+        let mut from = 0;
+        loop {
+            match write_range(&mut tx, from..N) {
+                Ok(()) => return tx,
+                Err((i, ClaimError::PeerGone)) => {
+                    gone_tx.send(i).unwrap();
+                    go_rx.recv_timeout(DEADLINE).expect("a go");
+                    from = i;
+                }
+                Err((i, e)) => panic!("record {i}: {e}"),
+            }
+        }
+    });
+
+    // A reader process reads the first records, and is killed.
+    let mut child = Proc::spawn("reader", &[&copy, &0, &K1]);
+    child.expect("read");
+    child.kill();
+    let stopped = gone_rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer sees PeerGone");
+    assert!(stopped > K1, "the writer stopped at {stopped}");
+    pair.wait_logged(&["[host-b]", &src, "the copy's reader is gone"]);
+    pair.wait_logged(&["[host-a]", &src, "detached from the ring"]);
+    wait_consumer_attached(&seg, false);
+
+    // A new reader: the exporting bridge attaches again, and the writer goes on.
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    wait_consumer_attached(&seg, true);
+    go_tx.send(()).unwrap();
+    read_range(&mut rx, K1..K2);
+    // This one detaches.
+    drop(rx);
+    let stopped = gone_rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer sees PeerGone again");
+    assert!(stopped > K2, "the writer stopped at {stopped}");
+    wait_consumer_attached(&seg, false);
+
+    let mut rx = copy_seg.consumer().unwrap();
+    wait_consumer_attached(&seg, true);
+    go_tx.send(()).unwrap();
+    read_range(&mut rx, K2..N);
+    let _tx = writer.join().unwrap();
+    assert!(
+        rx.read_timeout(Duration::from_millis(300)).is_err(),
+        "a record arrived twice or from nowhere"
+    );
+    pair.wait_logged(&["[host-a]", &src, "a reader of the copy is back"]);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(N));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
 }
