@@ -2291,6 +2291,12 @@ impl Bridge {
                 } else if !sink.writer_detached {
                     // Detached in `import_lifecycle` once everything before it is in the copy.
                     sink.writer_gone_at = Some(cursor);
+                    if sink.cursor.is_none() && sink.start.is_none() && sink.queue.is_empty() {
+                        // Nothing delivered yet, and the exporter's word on where the stream
+                        // starts was lost: everything before `cursor` was acknowledged, so
+                        // the stream starts there.
+                        sink.start = Some(cursor);
+                    }
                 }
             }
         }
@@ -2352,7 +2358,6 @@ impl Bridge {
     /// An imported SPSC stream's ends: detaches from the copy once a writer reported gone
     /// has all its records in it, reports the copy's reader, repeats an unconfirmed report.
     fn import_lifecycle(&mut self, conn: &mut Conn, stream: u32, i: usize, now: Instant) -> usize {
-        let peer = Self::peer_of(conn);
         let sink = &mut self.imports[i];
         let spsc = sink
             .segment
@@ -2376,7 +2381,7 @@ impl Bridge {
                     sink.cursor = Some(at);
                     work += 1;
                     self.events.push(Event::Lifecycle {
-                        peer: peer.clone(),
+                        peer: Self::peer_of(conn),
                         name: sink.name.clone(),
                         direction: "import",
                         end: RingEnd::Writer,
@@ -2409,7 +2414,7 @@ impl Bridge {
                 work += 1;
                 if !attached || previous.is_some() {
                     self.events.push(Event::Lifecycle {
-                        peer,
+                        peer: Self::peer_of(conn),
                         name,
                         direction: "import",
                         end: RingEnd::Reader,
@@ -2435,7 +2440,6 @@ impl Bridge {
     /// again (`None`: attached, the stream must be offered again), reports the writer's
     /// comings and goings, repeats an unconfirmed report.
     fn export_lifecycle(&mut self, conn: &mut Conn, e: usize, now: Instant) -> Option<usize> {
-        let peer = Self::peer_of(conn);
         let export = &mut conn.exports[e];
         let stream = export.stream;
         let source = &mut self.exports[export.source];
@@ -2490,7 +2494,7 @@ impl Bridge {
             send_lifecycle(conn, stream, RingEnd::Writer, &report);
             if gone || previous.is_some_and(|r| !r.attached) {
                 self.events.push(Event::Lifecycle {
-                    peer,
+                    peer: Self::peer_of(conn),
                     name,
                     direction: "export",
                     end: RingEnd::Writer,

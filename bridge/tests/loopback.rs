@@ -762,6 +762,14 @@ fn wait_consumer_attached(seg: &Segment, attached: bool) {
     }
 }
 
+/// How many producers have attached to the ring `name` so far.
+fn producer_attachments(name: &str) -> u64 {
+    let snapshot = shmesh_ring::inspect::SegmentFile::open(name)
+        .and_then(|file| file.snapshot())
+        .expect("inspect");
+    snapshot.decode().endpoints[0].attach_count
+}
+
 /// Waits until the importing bridge is the copy's producer again: until then its reader
 /// sees the writer gone, as a local reader does until a new writer takes over.
 fn wait_producer_attached(copy: &Segment) {
@@ -775,11 +783,34 @@ fn wait_producer_attached(copy: &Segment) {
     }
 }
 
+/// Faults on every link, lifecycle frames included: lost, repeated, reordered, damaged.
+fn lifecycle_faults(seed: u64) -> Option<(FaultPlan, &'static Path)> {
+    let plan = FaultPlan {
+        drop: 0.03,
+        duplicate: 0.03,
+        reorder: 0.03,
+        corrupt: 0.02,
+        truncate: 0.02,
+        delay: None,
+        seed,
+    };
+    Some((plan, Path::new(".")))
+}
+
 /// A writer that detaches, then one that takes over and detaches too: the copy's reader reads
 /// every record once, in order, and sees its writer gone each time, as with a local ring.
 #[test]
 fn a_writer_that_detaches_is_mirrored_and_a_new_writer_resumes() {
-    let src = unique("writer-detach");
+    writer_detaches_then_a_new_one_resumes("writer-detach", None);
+}
+
+#[test]
+fn a_writer_that_detaches_is_mirrored_through_faulty_links() {
+    writer_detaches_then_a_new_one_resumes("writer-detach-faults", lifecycle_faults(11));
+}
+
+fn writer_detaches_then_a_new_one_resumes(test: &str, faults: Option<(FaultPlan, &Path)>) {
+    let src = unique(test);
     let copy = format!("{src}.copy");
     cleanup(&[&src, &copy]);
     // Small rings: the writer outruns the link, so records are still in flight when it goes.
@@ -788,7 +819,7 @@ fn a_writer_that_detaches_is_mirrored_and_a_new_writer_resumes() {
         .create()
         .unwrap();
     let (a, b) = configs(&src, &copy, free_port());
-    let pair = Pair::start(&a, &b);
+    let pair = Pair::start_with(&a, &b, faults);
     const FIRST: u32 = 1_000;
     const SECOND: u32 = 1_500;
     let mut tx = seg.producer().unwrap();
@@ -865,8 +896,17 @@ fn a_killed_writer_process_is_mirrored_after_its_last_record() {
 /// every record is read once, in order.
 #[test]
 fn a_reader_that_goes_makes_the_far_writer_see_it_and_a_new_reader_resumes() {
+    reader_goes_then_a_new_one_resumes("reader-gone", None);
+}
+
+#[test]
+fn a_reader_that_goes_is_mirrored_through_faulty_links() {
+    reader_goes_then_a_new_one_resumes("reader-gone-faults", lifecycle_faults(13));
+}
+
+fn reader_goes_then_a_new_one_resumes(test: &str, faults: Option<(FaultPlan, &Path)>) {
     use std::sync::mpsc;
-    let src = unique("reader-gone");
+    let src = unique(test);
     let copy = format!("{src}.copy");
     cleanup(&[&src, &copy]);
     let seg = SegmentBuilder::new(&src)
@@ -874,7 +914,7 @@ fn a_reader_that_goes_makes_the_far_writer_see_it_and_a_new_reader_resumes() {
         .create()
         .unwrap();
     let (a, b) = configs(&src, &copy, free_port());
-    let pair = Pair::start(&a, &b);
+    let pair = Pair::start_with(&a, &b, faults);
     const N: u32 = 3_000;
     const K1: u32 = 400;
     const K2: u32 = 1_200;
@@ -935,6 +975,63 @@ fn a_reader_that_goes_makes_the_far_writer_see_it_and_a_new_reader_resumes() {
     pair.wait_logged(&["[host-a]", &src, "a reader of the copy is back"]);
     let bridges = pair.stop();
     assert_eq!(bridges[1].stats().records_delivered, u64::from(N));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// Both bridges restart while the writer is gone: the restarted importer does not attach to
+/// the copy again (its readers keep seeing their writer gone), and resumes from its delivery
+/// state when a new writer comes.
+#[test]
+fn restarted_bridges_keep_a_copy_whose_writer_is_gone_without_a_writer() {
+    let src = unique("writer-gone-restart");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    const FIRST: u32 = 500;
+    const SECOND: u32 = 800;
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, 0..FIRST).expect("write"));
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+    drop(pair.stop());
+    assert_eq!(copy_seg.live_endpoints(0..1), 0);
+    let attached_before = producer_attachments(&copy);
+
+    let pair = Pair::start(&a, &b);
+    // The import resumed from its state (a copy is opened, and attached to unless its writer
+    // is known gone, before the stream is up)...
+    pair.wait_logged(&["[host-b]", &src, "mirroring (resumed at"]);
+    // ... and the exporter said the writer is still gone.
+    pair.wait_logged(&["[host-a]", &src, "the writer is gone"]);
+    assert_eq!(
+        producer_attachments(&copy),
+        attached_before,
+        "the restarted importer attached to a copy whose writer is gone"
+    );
+    expect_writer_gone(&mut rx);
+
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, FIRST..SECOND).expect("write"));
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    assert_eq!(producer_attachments(&copy), attached_before + 1);
+    let bridges = pair.stop();
+    assert_eq!(
+        bridges[1].stats().records_delivered,
+        u64::from(SECOND - FIRST)
+    );
     drop((rx, copy_seg));
     cleanup(&[&src, &copy]);
 }
