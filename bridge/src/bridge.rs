@@ -24,6 +24,33 @@
 //!    back; the importer applies a version only when all of it arrived, in one write scope, so
 //!    its copy only ever shows whole versions, in increasing order.
 //! 5. Both sides ping; a connection silent for `liveness_timeout` is dropped and dialed again.
+//! 6. SPSC rings: the ends' lifecycle (`Lifecycle` frames, see [`FrameType::Lifecycle`]). The
+//!    exporter watches the ring's writer, the importer the copy's reader (their liveness
+//!    tokens, every 50 ms), and each tells the other, so that a program on either host sees
+//!    its peer come and go as on a local ring (a rank of `shmesh::world` sees `PeerGone`):
+//!    - *Writer gone* (detached or died): once every record it committed was sent and
+//!      acknowledged, the exporter reports it gone, at the cursor after its last record. The
+//!      importer, once everything before that is in the copy, marks it in the delivery state
+//!      and drops its producer of the copy: local readers read everything, then get
+//!      `PeerGone`. A new writer on the ring (a takeover) is reported before its first record
+//!      goes out; the importer attaches to the copy again (checking that nothing else wrote
+//!      it meanwhile) and mirroring goes on.
+//!    - *Reader gone*: the importer reports it; the exporter rewinds its held reads (those
+//!      records stay in the ring) and drops its consumer, so the local writer's claim on a
+//!      full ring returns `PeerGone`. A reader attaching to the copy is reported; the
+//!      exporter attaches again and offers the stream again, so the importer's `Ready` says
+//!      where delivery stands: what the importer delivered meanwhile is not sent twice, what
+//!      it had queued is sent again.
+//!    - Reports are numbered and repeated until the peer echoes them; a side applies only a
+//!      report numbered above the last one it applied on the connection, and reports its end
+//!      afresh after every `Ready`. Nothing is passed on while the link is down (the writer
+//!      does not see its far reader gone, nor the reader its far writer, until it is back).
+//!    - Restarts: a restarted importer finds the writer-gone mark in the copy's delivery
+//!      state ([`crate::state`]) and stays detached until the exporter reports a writer. A
+//!      restarted exporter attaches to the ring, as at any start (its writer sees a reader
+//!      again), until the importer reports the copy's reader still gone, moments later. An
+//!      importing bridge that dies drops the copy's producer with it: the copy's readers see
+//!      their writer gone until it is back.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
@@ -2205,7 +2232,7 @@ impl Bridge {
             let source = &mut self.exports[export.source];
             if !export.ready
                 || export.kind != SegmentKind::SpscRing
-                || !source.streaming_to.as_ref().is_some_and(|s| s.1 == conn.id)
+                || source.streaming_to.as_ref().is_none_or(|s| s.1 != conn.id)
             {
                 return; // not (yet) this connection's stream: the importer repeats it
             }
@@ -2443,7 +2470,7 @@ impl Bridge {
         let export = &mut conn.exports[e];
         let stream = export.stream;
         let source = &mut self.exports[export.source];
-        if !source.streaming_to.as_ref().is_some_and(|s| s.1 == conn.id) {
+        if source.streaming_to.as_ref().is_none_or(|s| s.1 != conn.id) {
             return Some(0);
         }
         let mut change = None;

@@ -257,3 +257,55 @@ impl StateStore {
         scope.publish();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_gone_mark_is_kept_and_cleared() {
+        let local = format!("bridge-state-test.{}", std::process::id());
+        let _ = Segment::remove(&StateStore::segment_name(&local));
+        let mut store = StateStore::open(&local).unwrap();
+        assert_eq!(store.saved().unwrap(), None);
+        let intent = Intent {
+            cursor_before: 16,
+            cursor_after: 64,
+            local_before: 32,
+            local_after: 96,
+        };
+        store.record(intent);
+        assert_eq!(
+            store.saved().unwrap(),
+            Some(Saved {
+                intent,
+                writer_gone: false
+            })
+        );
+        store.record_writer_gone(64, 96);
+        // A restarted bridge reads it back.
+        drop(store);
+        let mut store = StateStore::open(&local).unwrap();
+        let saved = store.saved().unwrap().unwrap();
+        assert!(saved.writer_gone);
+        assert_eq!(
+            (saved.intent.cursor_before, saved.intent.cursor_after),
+            (64, 64)
+        );
+        assert_eq!(store.recover(&local, 96).unwrap(), Some(64));
+        assert!(matches!(
+            store.recover(&local, 112),
+            Err(StateError::Inconsistent { found: 112, .. })
+        ));
+        // The next publication clears it.
+        store.record(Intent {
+            cursor_before: 64,
+            cursor_after: 80,
+            local_before: 96,
+            local_after: 128,
+        });
+        assert!(!store.saved().unwrap().unwrap().writer_gone);
+        drop(store);
+        Segment::remove(&StateStore::segment_name(&local)).unwrap();
+    }
+}
