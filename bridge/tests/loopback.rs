@@ -1035,3 +1035,63 @@ fn restarted_bridges_keep_a_copy_whose_writer_is_gone_without_a_writer() {
     drop((rx, copy_seg));
     cleanup(&[&src, &copy]);
 }
+
+/// A bridge of protocol version 1 (before `Lifecycle` frames) is refused at its hello, with a
+/// reason that names both versions, sent to it and logged.
+#[test]
+fn a_bridge_of_another_protocol_version_is_refused_saying_why() {
+    use std::io::Read;
+    let port = free_port();
+    let (a, _) = configs(&unique("old-version"), "unused", port);
+    let mut bridge = Bridge::new(&Config::parse(&a, Path::new("./t.toml")).unwrap()).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let old = wire::Hello {
+        version: 1,
+        name: "host-b".into(),
+        imports: vec![],
+    };
+    let mut f = Vec::new();
+    wire::encode(
+        &mut f,
+        wire::FrameType::Hello,
+        0,
+        0,
+        0,
+        &old.encode().unwrap(),
+    )
+    .unwrap();
+    s.write_all(&f).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let reason = loop {
+        bridge.poll();
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed without a reason: {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        if let Ok(header) = wire::decode_header(&got) {
+            let len = wire::frame_len(&header);
+            if got.len() >= len {
+                let frame = wire::decode(&got[..len]).unwrap();
+                assert_eq!(frame.header.kind, wire::FrameType::Close);
+                break wire::Reason::decode(frame.payload).unwrap().text;
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "no answer to the old hello");
+        thread::sleep(Duration::from_millis(1));
+    };
+    let expected = format!(
+        "protocol version 1 is not spoken here (this bridge speaks {})",
+        wire::PROTOCOL_VERSION
+    );
+    assert!(reason.contains(&expected), "{reason}");
+    assert!(reason.contains("same shmesh-bridge version"), "{reason}");
+    let logged = bridge.take_events().iter().any(|e| {
+        matches!(e, shmesh_bridge::Event::Disconnected { reason, .. } if reason.contains(&expected))
+    });
+    assert!(logged, "the refusal is logged");
+}
