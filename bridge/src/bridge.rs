@@ -24,6 +24,33 @@
 //!    back; the importer applies a version only when all of it arrived, in one write scope, so
 //!    its copy only ever shows whole versions, in increasing order.
 //! 5. Both sides ping; a connection silent for `liveness_timeout` is dropped and dialed again.
+//! 6. SPSC rings: the ends' lifecycle (`Lifecycle` frames, see [`FrameType::Lifecycle`]). The
+//!    exporter watches the ring's writer, the importer the copy's reader (their liveness
+//!    tokens, every 50 ms), and each tells the other, so that a program on either host sees
+//!    its peer come and go as on a local ring (a rank of `shmesh::world` sees `PeerGone`):
+//!    - *Writer gone* (detached or died): once every record it committed was sent and
+//!      acknowledged, the exporter reports it gone, at the cursor after its last record. The
+//!      importer, once everything before that is in the copy, marks it in the delivery state
+//!      and drops its producer of the copy: local readers read everything, then get
+//!      `PeerGone`. A new writer on the ring (a takeover) is reported before its first record
+//!      goes out; the importer attaches to the copy again (checking that nothing else wrote
+//!      it meanwhile) and mirroring goes on.
+//!    - *Reader gone*: the importer reports it; the exporter rewinds its held reads (those
+//!      records stay in the ring) and drops its consumer, so the local writer's claim on a
+//!      full ring returns `PeerGone`. A reader attaching to the copy is reported; the
+//!      exporter attaches again and offers the stream again, so the importer's `Ready` says
+//!      where delivery stands: what the importer delivered meanwhile is not sent twice, what
+//!      it had queued is sent again.
+//!    - Reports are numbered and repeated until the peer echoes them; a side applies only a
+//!      report numbered above the last one it applied on the connection, and reports its end
+//!      afresh after every `Ready`. Nothing is passed on while the link is down (the writer
+//!      does not see its far reader gone, nor the reader its far writer, until it is back).
+//!    - Restarts: a restarted importer finds the writer-gone mark in the copy's delivery
+//!      state ([`crate::state`]) and stays detached until the exporter reports a writer. A
+//!      restarted exporter attaches to the ring, as at any start (its writer sees a reader
+//!      again), until the importer reports the copy's reader still gone, moments later. An
+//!      importing bridge that dies drops the copy's producer with it: the copy's readers see
+//!      their writer gone until it is back.
 
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpListener};
@@ -35,8 +62,8 @@ use shmesh_ring::broadcast::{
 };
 use shmesh_ring::region::{ChangesError, Reader as RegionReader, Writer as RegionWriter};
 use shmesh_ring::{
-    Consumer, Producer, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory, ShmRegion,
-    TryReadError,
+    Consumer, PeerState, Producer, Segment, SegmentBuilder, SegmentError, SegmentKind, ShmMemory,
+    ShmRegion, TryReadError,
 };
 
 use crate::config::Config;
@@ -44,7 +71,7 @@ use crate::link::{Link, LinkError};
 use crate::state::{Intent, StateStore};
 use crate::tcp::{Security, StreamLink};
 use crate::tls::TlsIdentity;
-use crate::wire::{self, FrameType};
+use crate::wire::{self, FrameType, LifecyclePayload, RingEnd};
 
 /// How long an exporter waits for an acknowledgement before sending again what is
 /// unacknowledged; doubled after each resend without progress (up to 32 times as long), so
@@ -70,6 +97,10 @@ const MAX_CONTROL_QUEUE: usize = 4096;
 const CONTROL_BACKLOG: usize = 64;
 /// Largest region a bridge mirrors (a version is buffered whole on the importing side).
 const MAX_REGION: u64 = 1 << 30;
+/// How often the ends of a mirrored SPSC ring are looked at: the exported ring's writer, the
+/// copy's reader (a system call each, on their liveness token). Bounds how late a death is
+/// passed on, with the link's latency.
+const LIFECYCLE_CHECK: Duration = Duration::from_millis(50);
 
 /// Why a bridge cannot start.
 #[derive(Debug, thiserror::Error)]
@@ -132,6 +163,27 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// An end of a mirrored SPSC ring went away or came back, and the bridges passed it on.
+    /// The exported ring's writer gone: once every record it committed is in the copy, the
+    /// importer detaches from the copy, whose readers read everything and then get
+    /// `PeerGone`. The copy's reader gone: the exporter leaves the records it holds in the
+    /// exported ring and detaches from it, so its writer gets `PeerGone` when the ring is
+    /// full. A new writer or reader: the bridge attaches again and mirroring goes on.
+    Lifecycle {
+        /// The peer.
+        peer: String,
+        /// The segment's name on the exporting side.
+        name: String,
+        /// `"export"` or `"import"`: which side of the stream this bridge is.
+        direction: &'static str,
+        /// Which end: the exported ring's writer or the copy's reader.
+        end: RingEnd,
+        /// Whether it went (else it came back).
+        gone: bool,
+        /// The stream cursor: for a writer gone, where its last record ends; for a reader
+        /// gone on the exporting side, where the records left in the ring start.
+        cursor: u64,
+    },
 }
 
 impl std::fmt::Display for Event {
@@ -161,6 +213,56 @@ impl std::fmt::Display for Event {
             }
             Event::FrameRejected { peer, reason } => {
                 write!(f, "frame from {peer} rejected: {reason}")
+            }
+            Event::Lifecycle {
+                peer,
+                name,
+                direction,
+                end,
+                gone,
+                cursor,
+            } => {
+                write!(f, "{direction} '{name}' with {peer}: ")?;
+                match (*direction == "export", end, gone) {
+                    (true, RingEnd::Writer, true) => write!(
+                        f,
+                        "the writer is gone and everything it wrote was delivered (through \
+                         {cursor}): the importer detaches from its copy"
+                    ),
+                    (false, RingEnd::Writer, true) => write!(
+                        f,
+                        "the writer is gone: detached from the copy after delivering through \
+                         {cursor}; its readers get PeerGone once they read everything"
+                    ),
+                    (true, RingEnd::Writer, false) => {
+                        write!(
+                            f,
+                            "a writer is back (at {cursor}): the importer attaches again"
+                        )
+                    }
+                    (false, RingEnd::Writer, false) => write!(
+                        f,
+                        "a writer is back: attached to the copy again (at {cursor})"
+                    ),
+                    (true, RingEnd::Reader, true) => write!(
+                        f,
+                        "the copy's reader is gone: detached from the ring, leaving the records \
+                         from {cursor} on in it; its writer gets PeerGone when the ring is full"
+                    ),
+                    (false, RingEnd::Reader, true) => write!(
+                        f,
+                        "the copy's reader is gone (delivered through {cursor}): the exporter \
+                         detaches from the ring"
+                    ),
+                    (true, RingEnd::Reader, false) => write!(
+                        f,
+                        "a reader of the copy is back: attaching to the ring again"
+                    ),
+                    (false, RingEnd::Reader, false) => write!(
+                        f,
+                        "a reader of the copy is back (at {cursor}): the exporter attaches again"
+                    ),
+                }
             }
         }
     }
@@ -192,9 +294,15 @@ struct ExportSource {
     config: crate::config::ExportConfig,
     segment: Option<Segment>,
     next_open: Instant,
-    /// SPSC rings: the consumer, held for the bridge's lifetime (so the local writer never
-    /// sees its reader gone while a link is down), with held reads.
+    /// SPSC rings: the consumer, with held reads. Held while the copy has a reader (or had
+    /// none yet), across dropped links, so the local writer never sees its reader gone while a
+    /// link is down; dropped when the importer reports the copy's reader gone.
     consumer: Option<Consumer<ShmMemory>>,
+    /// SPSC rings: the importer reported the copy's reader gone; the consumer is dropped until
+    /// it reports a reader again.
+    reader_gone: bool,
+    /// SPSC rings: when to try attaching again (a local reader may hold the ring).
+    next_attach: Instant,
     /// Which peer streams this SPSC ring now (one at a time).
     streaming_to: Option<(String, u64)>,
     /// Broadcast rings: one reader per peer, kept across connections.
@@ -244,6 +352,17 @@ impl BroadcastFeed {
 /// A region version being received: (version, base, parts as (offset, bytes)).
 type PendingVersion = (u64, u64, Vec<(u64, Vec<u8>)>);
 
+/// A lifecycle report a bridge made on a stream (see [`FrameType::Lifecycle`]): repeated
+/// until the peer confirms it.
+#[derive(Debug, Clone, Copy)]
+struct Report {
+    number: u64,
+    attached: bool,
+    cursor: u64,
+    confirmed: bool,
+    sent: Instant,
+}
+
 /// A ring record accepted by an importer, not yet written: the frame it came in (kept whole,
 /// so the record is copied once, from the frame into the ring).
 struct Queued {
@@ -290,6 +409,20 @@ struct ImportSink {
     /// The connection that made it ready; frames from any other are ignored.
     owner: Option<u64>,
     ready: bool,
+    /// SPSC: the last report of the copy's reader this bridge made on the connection.
+    reader_report: Option<Report>,
+    /// SPSC: the number of the last writer report applied on the connection.
+    writer_seen: u64,
+    /// SPSC: the exporter reported the writer gone, its records ending here: detach from the
+    /// copy once everything before is in it.
+    writer_gone_at: Option<u64>,
+    /// SPSC: the producer was dropped because the writer is gone (kept in the delivery state
+    /// across restarts); attached again when the exporter reports a writer.
+    writer_detached: bool,
+    /// SPSC: the copy's reader as last seen.
+    reader: PeerState,
+    /// SPSC: when to look at the copy's reader again.
+    next_check: Instant,
 }
 
 /// An export being streamed on one connection.
@@ -311,6 +444,12 @@ struct ExportStream {
     in_flight: Option<u64>,
     /// Region: frames of the version in flight not yet taken by the link.
     region_frames: VecDeque<Vec<u8>>,
+    /// SPSC: the last report of the ring's writer made on this stream.
+    writer_report: Option<Report>,
+    /// SPSC: the number of the last reader report applied.
+    reader_seen: u64,
+    /// SPSC: when to look at the ring's writer again.
+    next_check: Instant,
 }
 
 impl ExportStream {
@@ -408,6 +547,8 @@ pub struct Bridge {
     events: Vec<Event>,
     stats: Stats,
     wrap: Option<LinkWrapper>,
+    /// The number of the last lifecycle report made (they increase across connections).
+    reports: u64,
 }
 
 /// Wraps every new link of a bridge (see [`Bridge::wrap_links`]).
@@ -478,6 +619,8 @@ impl Bridge {
                     segment: None,
                     next_open: now,
                     consumer: None,
+                    reader_gone: false,
+                    next_attach: now,
                     streaming_to: None,
                     feeds: Vec::new(),
                 })
@@ -505,11 +648,18 @@ impl Bridge {
                     refused: false,
                     owner: None,
                     ready: false,
+                    reader_report: None,
+                    writer_seen: 0,
+                    writer_gone_at: None,
+                    writer_detached: false,
+                    reader: PeerState::NotYet,
+                    next_check: now,
                 })
                 .collect(),
             events,
             stats: Stats::default(),
             wrap: None,
+            reports: 0,
         })
     }
 
@@ -845,6 +995,11 @@ impl Bridge {
             sink.asked_resend = None;
             sink.ack_due = false;
             sink.refused = false;
+            // Lifecycle reports start over on the next connection (the exporter reports the
+            // writer again; a writer gone is applied then).
+            sink.reader_report = None;
+            sink.writer_seen = 0;
+            sink.writer_gone_at = None;
         }
     }
 
@@ -926,7 +1081,7 @@ impl Bridge {
                 conn.last_ping = now;
                 conn.queue_control(FrameType::Ping, 0, 0, 0, &[]);
             }
-            work += self.pump_imports(conn);
+            work += self.pump_imports(conn, now);
             work += self.pump_exports(conn, now).map_err(|e| e.to_string())?;
         }
         conn.flush_control().map_err(|e| e.to_string())?;
@@ -1058,6 +1213,16 @@ impl Bridge {
                 Ok(())
             }
             FrameType::Pong => Ok(()),
+            FrameType::Lifecycle => match LifecyclePayload::decode(frame.payload) {
+                Ok(report) => {
+                    self.on_lifecycle(conn, stream, to_export, h.seq, report, now);
+                    Ok(())
+                }
+                Err(e) => {
+                    self.stats.damaged += 1;
+                    Err(format!("bad lifecycle frame: {e}"))
+                }
+            },
             FrameType::Close => Err(format!(
                 "the peer closed the connection: {}",
                 wire::Reason::decode(frame.payload)
@@ -1166,6 +1331,9 @@ impl Bridge {
             far_version: NOT_OFFERED,
             in_flight: None,
             region_frames: VecDeque::new(),
+            writer_report: None,
+            reader_seen: 0,
+            next_check: Instant::now(),
         });
         // Offered by `pump_exports` once the segment is open.
     }
@@ -1327,9 +1495,15 @@ impl Bridge {
         match result {
             Ok(cursor) => {
                 let sink = &mut self.imports[i];
+                if sink.owner != Some(conn.id) {
+                    sink.writer_seen = 0;
+                }
                 sink.ready = true;
                 sink.owner = Some(conn.id);
                 sink.cursor = cursor;
+                // The copy's reader is reported afresh after each `Ready`.
+                sink.reader_report = None;
+                sink.next_check = Instant::now();
                 // An offer again (ours or its answer was lost): the exporter starts over
                 // from our cursor.
                 sink.queue.clear();
@@ -1453,6 +1627,16 @@ impl Bridge {
         let local_now = match kind {
             SegmentKind::SpscRing => {
                 if sink.producer.is_none() {
+                    let state = sink.state.as_ref().expect("open");
+                    let saved = state.saved().map_err(|e| e.to_string())?;
+                    if sink.writer_detached || saved.is_some_and(|s| s.writer_gone) {
+                        // The source's writer is gone: this bridge detached from the copy (maybe
+                        // before it restarted), so that its readers see their writer gone. It
+                        // stays detached until the exporter reports a writer again; delivery
+                        // stands where it detached (the copy is checked when it attaches).
+                        sink.writer_detached = true;
+                        return Ok(saved.map(|s| s.intent.cursor_after));
+                    }
                     sink.producer = Some(segment.producer().map_err(attach)?);
                 }
                 sink.producer.as_ref().expect("attached").position()
@@ -1493,7 +1677,13 @@ impl Bridge {
         let name = source.name.clone();
         export.progressed(now);
         export.sent_ends.clear();
+        // The writer is reported afresh after each `Ready`.
+        export.writer_report = None;
+        export.next_check = now;
         let refusal = match export.kind {
+            // Detached from the ring (the copy's reader is gone): nothing to send until the
+            // importer reports a reader; it is offered again then.
+            SegmentKind::SpscRing if source.consumer.is_none() => None,
             SegmentKind::SpscRing => {
                 let consumer = source
                     .consumer
@@ -1566,13 +1756,7 @@ impl Bridge {
         }
         // Tell a ring's importer where the stream starts (it accepts only the frame there).
         let start = match export.kind {
-            SegmentKind::SpscRing => Some(
-                source
-                    .consumer
-                    .as_ref()
-                    .expect("consumer")
-                    .released_position(),
-            ),
+            SegmentKind::SpscRing => source.consumer.as_ref().map(Consumer::released_position),
             SegmentKind::BroadcastRing => source
                 .feeds
                 .iter()
@@ -1644,9 +1828,11 @@ impl Bridge {
         };
         let window = self.window as usize;
         let sink = &mut self.imports[i];
+        // While detached because the writer was gone, records of a new writer are queued
+        // (they are written once the exporter's report of it arrives).
         if !sink.ready
             || sink.owner != Some(conn.id)
-            || (sink.producer.is_none() && sink.broadcast.is_none())
+            || (sink.producer.is_none() && sink.broadcast.is_none() && !sink.writer_detached)
         {
             return Ok(());
         }
@@ -1708,14 +1894,15 @@ impl Bridge {
                 }
             }
             SegmentKind::SpscRing => {
+                // Detached (the copy's reader is gone): what the importer has is settled when
+                // it is offered again.
+                let Some(consumer) = self.exports[export.source].consumer.as_mut() else {
+                    return;
+                };
                 let Some(k) = export.sent_ends.iter().position(|&end| end == cursor) else {
                     return; // an old or repeated acknowledgement
                 };
                 export.sent_ends.drain(..=k);
-                let consumer = self.exports[export.source]
-                    .consumer
-                    .as_mut()
-                    .expect("consumer");
                 if consumer.release_to(cursor).is_ok() {
                     export.progressed(now);
                 }
@@ -1757,10 +1944,9 @@ impl Bridge {
                 }
             }
             SegmentKind::SpscRing => {
-                let consumer = self.exports[export.source]
-                    .consumer
-                    .as_mut()
-                    .expect("consumer");
+                let Some(consumer) = self.exports[export.source].consumer.as_mut() else {
+                    return;
+                };
                 let sent = export.sent_ends.iter().position(|&end| end == cursor);
                 if (cursor == consumer.released_position() || sent.is_some())
                     && consumer.rewind_to(cursor).is_ok()
@@ -1900,7 +2086,7 @@ impl Bridge {
     }
 
     /// Writes accepted records into the local rings and acknowledges.
-    fn pump_imports(&mut self, conn: &mut Conn) -> usize {
+    fn pump_imports(&mut self, conn: &mut Conn, now: Instant) -> usize {
         let mut work = 0;
         for k in 0..conn.import_ids.len() {
             let (stream, i) = conn.import_ids[k];
@@ -1984,8 +2170,376 @@ impl Bridge {
                 }
                 sink.ack_due = false;
             }
+            work += self.import_lifecycle(conn, stream, i, now);
         }
         work
+    }
+}
+
+/// Queues a lifecycle frame about `end`: a report of ours, or the echo of the peer's.
+fn send_lifecycle(conn: &mut Conn, stream: u32, end: RingEnd, report: &Report) {
+    let payload = LifecyclePayload {
+        end,
+        attached: report.attached,
+        report: report.number,
+    };
+    conn.queue_control(
+        FrameType::Lifecycle,
+        stream,
+        report.cursor,
+        0,
+        &payload.encode(),
+    );
+}
+
+/// Lifecycle of SPSC streams: the ends of the mirrored ring (see [`FrameType::Lifecycle`]).
+impl Bridge {
+    fn new_report(&mut self, attached: bool, cursor: u64, now: Instant) -> Report {
+        self.reports += 1;
+        Report {
+            number: self.reports,
+            attached,
+            cursor,
+            confirmed: false,
+            sent: now,
+        }
+    }
+
+    /// A lifecycle frame: a report of the end the peer watches (applied if newer than the
+    /// last one, and echoed), or the echo of ours (confirming it).
+    fn on_lifecycle(
+        &mut self,
+        conn: &mut Conn,
+        stream: u32,
+        to_export: bool,
+        cursor: u64,
+        frame: LifecyclePayload,
+        now: Instant,
+    ) {
+        let peer = Self::peer_of(conn);
+        let echo = Report {
+            number: frame.report,
+            attached: frame.attached,
+            cursor,
+            confirmed: true,
+            sent: now,
+        };
+        if to_export {
+            let Some(e) = Self::export_index(conn, stream) else {
+                return;
+            };
+            let export = &mut conn.exports[e];
+            let source = &mut self.exports[export.source];
+            if !export.ready
+                || export.kind != SegmentKind::SpscRing
+                || source.streaming_to.as_ref().is_none_or(|s| s.1 != conn.id)
+            {
+                return; // not (yet) this connection's stream: the importer repeats it
+            }
+            match frame.end {
+                RingEnd::Writer => {
+                    if let Some(report) = &mut export.writer_report {
+                        if report.number == frame.report {
+                            report.confirmed = true;
+                        }
+                    }
+                }
+                RingEnd::Reader => {
+                    let fresh = frame.report > export.reader_seen;
+                    if fresh {
+                        export.reader_seen = frame.report;
+                    }
+                    let mut change = None;
+                    if fresh && !frame.attached && !source.reader_gone {
+                        // The copy's reader is gone: leave the records held (sent, not
+                        // acknowledged) in the ring and detach, so the writer sees its reader
+                        // gone. What the importer has is settled when it is offered again.
+                        source.reader_gone = true;
+                        let at = match source.consumer.take() {
+                            Some(mut consumer) => {
+                                consumer.rewind();
+                                consumer.released_position()
+                            }
+                            None => cursor,
+                        };
+                        export.sent_ends.clear();
+                        change = Some((true, at));
+                    } else if fresh && frame.attached && source.reader_gone {
+                        // A reader again: attach (in `export_lifecycle`) and offer again.
+                        source.reader_gone = false;
+                        source.next_attach = now;
+                        change = Some((false, cursor));
+                    }
+                    if let Some((gone, cursor)) = change {
+                        self.events.push(Event::Lifecycle {
+                            peer,
+                            name: source.name.clone(),
+                            direction: "export",
+                            end: RingEnd::Reader,
+                            gone,
+                            cursor,
+                        });
+                    }
+                    send_lifecycle(conn, stream, RingEnd::Reader, &echo);
+                }
+            }
+            return;
+        }
+        let Some(i) = Self::import_index(conn, stream) else {
+            return;
+        };
+        let sink = &mut self.imports[i];
+        let spsc = sink
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.kind() == SegmentKind::SpscRing);
+        if !sink.ready || sink.owner != Some(conn.id) || !spsc {
+            return; // not (yet) ready: the exporter repeats it
+        }
+        match frame.end {
+            RingEnd::Reader => {
+                if let Some(report) = &mut sink.reader_report {
+                    if report.number == frame.report {
+                        report.confirmed = true;
+                    }
+                }
+            }
+            RingEnd::Writer => {
+                send_lifecycle(conn, stream | FROM_IMPORTER, RingEnd::Writer, &echo);
+                if frame.report <= sink.writer_seen {
+                    return; // repeated or overtaken
+                }
+                sink.writer_seen = frame.report;
+                if frame.attached {
+                    sink.writer_gone_at = None;
+                    if sink.writer_detached {
+                        self.attach_writer_again(conn, stream, i);
+                    }
+                } else if !sink.writer_detached {
+                    // Detached in `import_lifecycle` once everything before it is in the copy.
+                    sink.writer_gone_at = Some(cursor);
+                    if sink.cursor.is_none() && sink.start.is_none() && sink.queue.is_empty() {
+                        // Nothing delivered yet, and the exporter's word on where the stream
+                        // starts was lost: everything before `cursor` was acknowledged, so
+                        // the stream starts there.
+                        sink.start = Some(cursor);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The exporter reports a writer again: attach to the copy again, checking that nothing
+    /// else wrote it meanwhile (else the stream is refused, as a copy that does not match).
+    fn attach_writer_again(&mut self, conn: &mut Conn, stream: u32, i: usize) {
+        let peer = Self::peer_of(conn);
+        let sink = &mut self.imports[i];
+        let (Some(segment), Some(state)) = (&sink.segment, &mut sink.state) else {
+            return;
+        };
+        let local = &sink.local;
+        let attached = segment
+            .producer()
+            .map_err(|e| format!("cannot write the local copy '{local}' again: {e}"))
+            .and_then(|producer| {
+                let position = producer.position();
+                match state.recover(local, position) {
+                    Ok(Some(cursor)) if Some(cursor) == sink.cursor => Ok((producer, cursor)),
+                    Ok(_) => Err(format!(
+                        "the local copy '{local}' is not where this bridge left it when its \
+                         writer went: remove it and its .bridge-state to mirror it afresh"
+                    )),
+                    Err(e) => Err(e.to_string()),
+                }
+            });
+        match attached {
+            Ok((producer, cursor)) => {
+                let position = producer.position();
+                // Delivery goes on from here; the writer-gone mark is cleared.
+                state.record(Intent {
+                    cursor_before: cursor,
+                    cursor_after: cursor,
+                    local_before: position,
+                    local_after: position,
+                });
+                sink.producer = Some(producer);
+                sink.writer_detached = false;
+                self.events.push(Event::Lifecycle {
+                    peer,
+                    name: sink.name.clone(),
+                    direction: "import",
+                    end: RingEnd::Writer,
+                    gone: false,
+                    cursor,
+                });
+            }
+            Err(reason) => {
+                sink.ready = false;
+                sink.refused = true;
+                let name = sink.name.clone();
+                self.refuse(conn, &peer, stream | FROM_IMPORTER, &name, reason);
+            }
+        }
+    }
+
+    /// An imported SPSC stream's ends: detaches from the copy once a writer reported gone
+    /// has all its records in it, reports the copy's reader, repeats an unconfirmed report.
+    fn import_lifecycle(&mut self, conn: &mut Conn, stream: u32, i: usize, now: Instant) -> usize {
+        let sink = &mut self.imports[i];
+        let spsc = sink
+            .segment
+            .as_ref()
+            .is_some_and(|s| s.kind() == SegmentKind::SpscRing);
+        if !sink.ready || sink.owner != Some(conn.id) || !spsc {
+            return 0;
+        }
+        let mut work = 0;
+        if let Some(at) = sink.writer_gone_at {
+            let delivered = sink.cursor.or(sink.start);
+            if sink.queue.is_empty() && delivered == Some(at) {
+                if let (Some(producer), Some(state)) = (sink.producer.take(), &mut sink.state) {
+                    // Marked first: a restart must not attach again (a crash between the two
+                    // releases the producer's token anyway).
+                    state.record_writer_gone(at, producer.position());
+                    // Dropping it marks the copy's writer gone: readers read everything, then
+                    // get PeerGone, as when a local writer leaves.
+                    drop(producer);
+                    sink.writer_detached = true;
+                    sink.cursor = Some(at);
+                    work += 1;
+                    self.events.push(Event::Lifecycle {
+                        peer: Self::peer_of(conn),
+                        name: sink.name.clone(),
+                        direction: "import",
+                        end: RingEnd::Writer,
+                        gone: true,
+                        cursor: at,
+                    });
+                }
+                sink.writer_gone_at = None;
+            } else if delivered.is_some_and(|d| before(at, d)) {
+                sink.writer_gone_at = None; // overtaken: a new writer wrote after it
+            }
+        }
+        if now >= sink.next_check {
+            sink.next_check = now + LIFECYCLE_CHECK;
+            sink.reader = match (&sink.producer, &sink.segment) {
+                (Some(producer), _) => producer.peer(),
+                // Detached (the writer is gone): the consumer slot says only alive or not.
+                (None, Some(segment)) if segment.live_endpoints(1..2) > 0 => PeerState::Alive,
+                (None, _) if sink.reader == PeerState::Alive => PeerState::Gone,
+                (None, _) => sink.reader,
+            };
+            let attached = sink.reader != PeerState::Gone;
+            let previous = sink.reader_report;
+            if previous.is_none_or(|r| r.attached != attached) {
+                let cursor = sink.cursor.or(sink.start).unwrap_or(0);
+                let name = sink.name.clone();
+                let report = self.new_report(attached, cursor, now);
+                self.imports[i].reader_report = Some(report);
+                send_lifecycle(conn, stream | FROM_IMPORTER, RingEnd::Reader, &report);
+                work += 1;
+                if !attached || previous.is_some() {
+                    self.events.push(Event::Lifecycle {
+                        peer: Self::peer_of(conn),
+                        name,
+                        direction: "import",
+                        end: RingEnd::Reader,
+                        gone: !attached,
+                        cursor,
+                    });
+                }
+                return work;
+            }
+        }
+        let sink = &mut self.imports[i];
+        if let Some(report) = &mut sink.reader_report {
+            if !report.confirmed && now.duration_since(report.sent) > RESEND_TIMEOUT {
+                report.sent = now;
+                let report = *report;
+                send_lifecycle(conn, stream | FROM_IMPORTER, RingEnd::Reader, &report);
+            }
+        }
+        work
+    }
+
+    /// An exported SPSC stream's ends: attaches to the ring again once the copy has a reader
+    /// again (`None`: attached, the stream must be offered again), reports the writer's
+    /// comings and goings, repeats an unconfirmed report.
+    fn export_lifecycle(&mut self, conn: &mut Conn, e: usize, now: Instant) -> Option<usize> {
+        let export = &mut conn.exports[e];
+        let stream = export.stream;
+        let source = &mut self.exports[export.source];
+        if source.streaming_to.as_ref().is_none_or(|s| s.1 != conn.id) {
+            return Some(0);
+        }
+        let mut change = None;
+        match &mut source.consumer {
+            None => {
+                if !source.reader_gone && now >= source.next_attach {
+                    source.next_attach = now + LIFECYCLE_CHECK;
+                    // A local reader may hold the ring meanwhile: then try again later.
+                    if let Some(Ok(mut consumer)) = source.segment.as_ref().map(Segment::consumer) {
+                        consumer.hold_reads(true);
+                        source.consumer = Some(consumer);
+                        export.sent_ends.clear();
+                        export.writer_report = None;
+                        return None;
+                    }
+                }
+            }
+            Some(consumer) => {
+                // A record after the writer was reported gone: a new writer; say so before the
+                // record goes out.
+                let reported_gone = export.writer_report.is_some_and(|r| !r.attached);
+                if now >= export.next_check || (reported_gone && consumer.check_record().is_ok()) {
+                    export.next_check = now + LIFECYCLE_CHECK;
+                    // Liveness first, then the ring: what a writer committed before it went is
+                    // visible once it is seen gone.
+                    let gone = consumer.peer() == PeerState::Gone
+                        && export.sent_ends.is_empty()
+                        && matches!(
+                            consumer.check_record(),
+                            Err(TryReadError::Empty | TryReadError::PeerGone)
+                        );
+                    let cursor = if gone {
+                        consumer.released_position()
+                    } else {
+                        consumer.read_position()
+                    };
+                    let previous = export.writer_report;
+                    if previous.is_none_or(|r| r.attached == gone || (gone && r.cursor != cursor)) {
+                        change = Some((gone, cursor, previous));
+                    }
+                }
+            }
+        }
+        if let Some((gone, cursor, previous)) = change {
+            let name = self.exports[conn.exports[e].source].name.clone();
+            let report = self.new_report(!gone, cursor, now);
+            conn.exports[e].writer_report = Some(report);
+            send_lifecycle(conn, stream, RingEnd::Writer, &report);
+            if gone || previous.is_some_and(|r| !r.attached) {
+                self.events.push(Event::Lifecycle {
+                    peer: Self::peer_of(conn),
+                    name,
+                    direction: "export",
+                    end: RingEnd::Writer,
+                    gone,
+                    cursor,
+                });
+            }
+            return Some(1);
+        }
+        let export = &mut conn.exports[e];
+        if let Some(report) = &mut export.writer_report {
+            if !report.confirmed && now.duration_since(report.sent) > RESEND_TIMEOUT {
+                report.sent = now;
+                let report = *report;
+                send_lifecycle(conn, stream, RingEnd::Writer, &report);
+            }
+        }
+        Some(0)
     }
 }
 
@@ -2022,6 +2576,24 @@ impl Bridge {
                 e += 1;
                 continue;
             }
+            if conn.exports[e].kind == SegmentKind::SpscRing {
+                match self.export_lifecycle(conn, e, now) {
+                    Some(w) => work += w,
+                    None => {
+                        // Attached to the ring again (the copy has a reader again): offer the
+                        // stream again, so that the importer's `Ready` says where it stands.
+                        conn.exports[e].ready = false;
+                        conn.exports[e].backoff = 0;
+                        if !self.offer(conn, e) {
+                            conn.exports.remove(e);
+                            continue;
+                        }
+                        work += 1;
+                        e += 1;
+                        continue;
+                    }
+                }
+            }
             // Control frames (acknowledgements to the peer's data) go first.
             if !conn.flush_control()? {
                 break;
@@ -2046,10 +2618,9 @@ impl Bridge {
     fn pump_ring(&mut self, conn: &mut Conn, e: usize, now: Instant) -> Result<usize, LinkError> {
         let window = self.window;
         let export = &mut conn.exports[e];
-        let consumer = self.exports[export.source]
-            .consumer
-            .as_mut()
-            .expect("SPSC export has a consumer");
+        let Some(consumer) = self.exports[export.source].consumer.as_mut() else {
+            return Ok(0); // detached: the copy's reader is gone
+        };
         if !export.sent_ends.is_empty()
             && now.duration_since(export.last_progress) > resend_timeout(export.backoff)
         {

@@ -10,7 +10,9 @@
 //!
 //! - SPSC rings: record by record, in order, nothing lost and nothing twice across dropped
 //!   connections and restarts of either bridge (held reads on the exporting side, a delivery
-//!   state beside the copy: [`state`]).
+//!   state beside the copy: [`state`]). The ends' lifecycle is mirrored too: when the writer
+//!   goes, the copy's readers read everything and then see it gone; when the copy's reader
+//!   goes, the writer sees it gone once its ring is full; new ones resume mirroring.
 //! - Broadcast rings: the same, from the records the exporting bridge's own reader saw.
 //! - Regions: by changed chunks, with their version; the copy only ever shows whole versions,
 //!   in increasing order.

@@ -14,6 +14,15 @@
 //!
 //! The state lives in a small region segment named `<local name>.bridge-state`, which
 //! persists (its name is kept when the bridge exits) until removed with `shmesh gc` or by hand.
+//!
+//! It also says whether the bridge detached from an SPSC copy because the source ring's
+//! writer is gone ([`StateStore::record_writer_gone`]): a restarted bridge then stays detached
+//! (the copy's readers keep seeing their writer gone) until the exporter reports a writer
+//! again.
+//!
+//! Layout (64 bytes, little-endian u64 words): magic, layout (1), `cursor_before`,
+//! `cursor_after`, `local_before`, `local_after`, flags (bit 0: writer gone; 0 in states
+//! written before the flag existed), reserved (0).
 
 use shmesh_ring::region::Writer;
 use shmesh_ring::{Segment, SegmentBuilder, SegmentKind, ShmRegion};
@@ -21,6 +30,9 @@ use shmesh_ring::{Segment, SegmentBuilder, SegmentKind, ShmRegion};
 const MAGIC: u64 = u64::from_le_bytes(*b"SHMBSTAT");
 const LAYOUT: u64 = 1;
 const SIZE: usize = 64;
+/// Flags word bit: the copy's producer was detached because the source's writer is gone,
+/// after everything through `cursor_after` was delivered.
+const WRITER_GONE: u64 = 1;
 
 /// Why the delivery state cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +82,16 @@ pub struct Intent {
     pub local_before: u64,
     /// The local copy's position after.
     pub local_after: u64,
+}
+
+/// What the delivery state holds (see [`StateStore::saved`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Saved {
+    /// The last publication's intent.
+    pub intent: Intent,
+    /// The bridge detached from the copy because the source's writer is gone: nothing was
+    /// published since, and `intent.cursor_after` is where delivery stands.
+    pub writer_gone: bool,
 }
 
 /// The delivery state of one imported stream.
@@ -133,13 +155,12 @@ impl StateStore {
         })
     }
 
-    /// The cursor to resume from, given where the local copy is now: `None` for a stream never
-    /// delivered before.
+    /// What the state holds: `None` for a stream never delivered before.
     ///
     /// # Errors
     ///
-    /// [`StateError::Inconsistent`] (see the module docs), `Foreign`, `Segment`.
-    pub fn recover(&self, local: &str, local_now: u64) -> Result<Option<u64>, StateError> {
+    /// [`StateError::Foreign`], `Segment`.
+    pub fn saved(&self) -> Result<Option<Saved>, StateError> {
         let reader = self
             .segment
             .region_reader()
@@ -158,16 +179,31 @@ impl StateStore {
             return Ok(None);
         }
         let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8"));
-        if word(0) != MAGIC || word(1) != LAYOUT {
+        if word(0) != MAGIC || word(1) != LAYOUT || word(6) & !WRITER_GONE != 0 {
             return Err(StateError::Foreign {
                 name: self.name.clone(),
             });
         }
-        let intent = Intent {
-            cursor_before: word(2),
-            cursor_after: word(3),
-            local_before: word(4),
-            local_after: word(5),
+        Ok(Some(Saved {
+            intent: Intent {
+                cursor_before: word(2),
+                cursor_after: word(3),
+                local_before: word(4),
+                local_after: word(5),
+            },
+            writer_gone: word(6) & WRITER_GONE != 0,
+        }))
+    }
+
+    /// The cursor to resume from, given where the local copy is now: `None` for a stream never
+    /// delivered before.
+    ///
+    /// # Errors
+    ///
+    /// [`StateError::Inconsistent`] (see the module docs), `Foreign`, `Segment`.
+    pub fn recover(&self, local: &str, local_now: u64) -> Result<Option<u64>, StateError> {
+        let Some(Saved { intent, .. }) = self.saved()? else {
+            return Ok(None);
         };
         if local_now == intent.local_after {
             Ok(Some(intent.cursor_after))
@@ -183,8 +219,26 @@ impl StateStore {
         }
     }
 
-    /// Records what is about to be published. Call it before publishing, every time.
+    /// Records what is about to be published. Call it before publishing, every time. Clears
+    /// the writer-gone mark.
     pub fn record(&mut self, intent: Intent) {
+        self.write(intent, 0);
+    }
+
+    /// Records that the bridge detaches from the copy because the source's writer is gone,
+    /// with everything through `cursor` delivered and the copy at `local` (its producer's
+    /// position). Call it before dropping the producer.
+    pub fn record_writer_gone(&mut self, cursor: u64, local: u64) {
+        let intent = Intent {
+            cursor_before: cursor,
+            cursor_after: cursor,
+            local_before: local,
+            local_after: local,
+        };
+        self.write(intent, WRITER_GONE);
+    }
+
+    fn write(&mut self, intent: Intent, flags: u64) {
         let words = [
             MAGIC,
             LAYOUT,
@@ -192,6 +246,8 @@ impl StateStore {
             intent.cursor_after,
             intent.local_before,
             intent.local_after,
+            flags,
+            0,
         ];
         for (i, w) in words.iter().enumerate() {
             self.scratch[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
@@ -199,5 +255,57 @@ impl StateStore {
         let mut scope = self.writer.write();
         scope.write_at(0, &self.scratch);
         scope.publish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_writer_gone_mark_is_kept_and_cleared() {
+        let local = format!("bridge-state-test.{}", std::process::id());
+        let _ = Segment::remove(&StateStore::segment_name(&local));
+        let mut store = StateStore::open(&local).unwrap();
+        assert_eq!(store.saved().unwrap(), None);
+        let intent = Intent {
+            cursor_before: 16,
+            cursor_after: 64,
+            local_before: 32,
+            local_after: 96,
+        };
+        store.record(intent);
+        assert_eq!(
+            store.saved().unwrap(),
+            Some(Saved {
+                intent,
+                writer_gone: false
+            })
+        );
+        store.record_writer_gone(64, 96);
+        // A restarted bridge reads it back.
+        drop(store);
+        let mut store = StateStore::open(&local).unwrap();
+        let saved = store.saved().unwrap().unwrap();
+        assert!(saved.writer_gone);
+        assert_eq!(
+            (saved.intent.cursor_before, saved.intent.cursor_after),
+            (64, 64)
+        );
+        assert_eq!(store.recover(&local, 96).unwrap(), Some(64));
+        assert!(matches!(
+            store.recover(&local, 112),
+            Err(StateError::Inconsistent { found: 112, .. })
+        ));
+        // The next publication clears it.
+        store.record(Intent {
+            cursor_before: 64,
+            cursor_after: 80,
+            local_before: 96,
+            local_after: 128,
+        });
+        assert!(!store.saved().unwrap().unwrap().writer_gone);
+        drop(store);
+        Segment::remove(&StateStore::segment_name(&local)).unwrap();
     }
 }

@@ -9,7 +9,7 @@
 //! ```text
 //!  offset  size  field     (all integers little-endian)
 //!   0      4     magic     0x424D4853 (b"SHMB" read as a LE u32)
-//!   4      1     type      FrameType code, 1..=12
+//!   4      1     type      FrameType code, 1..=13
 //!   5      1     flags     0 in this version
 //!   6      2     reserved  0
 //!   8      4     stream    stream id; 0 for connection-level frames
@@ -25,8 +25,15 @@
 //! Encoding enforces the same rules decoding does, so every frame this module writes decodes.
 //!
 //! What each [`FrameType`] means, and the typed views of their payloads ([`Hello`], [`Offer`],
-//! [`Reason`], [`DataPayload`], [`RegionPartPayload`], [`RegionEndPayload`]) are documented on
-//! the types; [`Frame::body`] decodes a checked frame into one [`Body`].
+//! [`Reason`], [`DataPayload`], [`RegionPartPayload`], [`RegionEndPayload`],
+//! [`LifecyclePayload`]) are documented on the types; [`Frame::body`] decodes a checked frame
+//! into one [`Body`].
+//!
+//! # Versions
+//!
+//! [`PROTOCOL_VERSION`] 2 added [`FrameType::Lifecycle`] (an SPSC ring's writer or reader
+//! went or came back). Bridges of different versions refuse each other at the hello, with an
+//! error naming both versions.
 //!
 //! # Examples
 //!
@@ -59,7 +66,7 @@ pub const TRAILER_LEN: usize = 4;
 /// Largest payload a frame may carry: 64 MiB.
 pub const MAX_PAYLOAD: u32 = 64 << 20;
 /// The protocol version this module speaks, sent in [`Hello`].
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Most imports one [`Hello`] may request.
 pub const MAX_IMPORTS: usize = 4096;
 /// Longest string (in UTF-8 bytes) a payload can carry: its length is a u16.
@@ -112,6 +119,19 @@ pub enum FrameType {
     Pong = 11,
     /// Stream 0. The sender ends the connection: payload is a [`Reason`].
     Close = 12,
+    /// SPSC ring streams only: an end of the mirrored ring went away or came (back). `seq` =
+    /// a stream cursor, `aux` = 0; payload is a [`LifecyclePayload`].
+    ///
+    /// The exporter watches the source ring's writer (its producer), the importer the copy's
+    /// reader (its consumer). A frame about the end the sender watches is a *report*: a writer
+    /// is reported gone once every record it committed was delivered and acknowledged, with
+    /// `seq` the cursor after its last record (the importer detaches from the copy once it
+    /// delivered through there); otherwise `seq` is where the sender is. A frame about the
+    /// end the receiver watches echoes that side's report back, confirming it. Reports are
+    /// numbered; a sender repeats its latest report until it is confirmed, and a receiver
+    /// applies only a report numbered above the last one it applied on the connection, so
+    /// lost, repeated and reordered frames change nothing.
+    Lifecycle = 13,
 }
 
 impl FrameType {
@@ -135,6 +155,7 @@ impl FrameType {
             10 => FrameType::Ping,
             11 => FrameType::Pong,
             12 => FrameType::Close,
+            13 => FrameType::Lifecycle,
             _ => return None,
         })
     }
@@ -408,13 +429,20 @@ fn check_rules(kind: FrameType, stream: u32, len: u32, aux: u64) -> Result<(), W
             expected: "0 or 1",
         });
     }
+    if kind == FrameType::Lifecycle && aux != 0 {
+        return Err(WireError::BadValue {
+            field: "Lifecycle aux",
+            value: aux,
+            expected: "0",
+        });
+    }
     Ok(())
 }
 
 /// Decodes and checks the header at the start of `bytes` (the rest of the frame need not have
 /// arrived): magic, type, flags, reserved field, payload length, and the per-type rules
 /// (connection-level types on stream 0 and the others not, no payload where the type has
-/// none, Ready's `aux` 0 or 1). The frame is [`frame_len`] bytes long.
+/// none, Ready's `aux` 0 or 1, Lifecycle's 0). The frame is [`frame_len`] bytes long.
 ///
 /// # Errors
 ///
@@ -1148,6 +1176,102 @@ impl RegionEndPayload {
     }
 }
 
+/// Which end of a mirrored SPSC ring a [`FrameType::Lifecycle`] frame is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RingEnd {
+    /// The source ring's writer (its producer), on the exporting host (code 0).
+    Writer,
+    /// The copy's reader (its consumer), on the importing host (code 1).
+    Reader,
+}
+
+/// Payload of a [`FrameType::Lifecycle`]: `u8 end` (0 writer, 1 reader), `u8 attached` (0
+/// gone, 1 attached or not attached yet), `u64 report` (the report's number, from 1): 10
+/// bytes.
+///
+/// # Examples
+///
+/// ```
+/// use shmesh_bridge::wire::{LifecyclePayload, RingEnd};
+///
+/// let gone = LifecyclePayload { end: RingEnd::Writer, attached: false, report: 3 };
+/// assert_eq!(LifecyclePayload::decode(&gone.encode())?, gone);
+/// # Ok::<(), shmesh_bridge::wire::WireError>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LifecyclePayload {
+    /// The end it is about.
+    pub end: RingEnd,
+    /// Whether that end is attached (or was never attached yet); `false`: it detached or its
+    /// process died.
+    pub attached: bool,
+    /// The report's number: increases with each report a bridge makes, never 0.
+    pub report: u64,
+}
+
+impl LifecyclePayload {
+    /// Encodes the payload.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(10);
+        out.push(match self.end {
+            RingEnd::Writer => 0,
+            RingEnd::Reader => 1,
+        });
+        out.push(u8::from(self.attached));
+        out.extend_from_slice(&self.report.to_le_bytes());
+        out
+    }
+
+    /// Decodes and checks a payload.
+    ///
+    /// # Errors
+    ///
+    /// [`WireError::BadValue`] for an end or attached byte other than 0/1 or a report number
+    /// 0; [`WireError::ShortPayload`], [`WireError::TrailingBytes`]: it must be exactly 10
+    /// bytes.
+    pub fn decode(payload: &[u8]) -> Result<LifecyclePayload, WireError> {
+        let mut r = Reader::new(payload);
+        let end = r.u8("lifecycle end")?;
+        let attached = r.u8("lifecycle attached")?;
+        let report = r.u64("lifecycle report")?;
+        r.finish("lifecycle")?;
+        let end = match end {
+            0 => RingEnd::Writer,
+            1 => RingEnd::Reader,
+            e => {
+                return Err(WireError::BadValue {
+                    field: "lifecycle end",
+                    value: e.into(),
+                    expected: "0 writer or 1 reader",
+                })
+            }
+        };
+        let attached = match attached {
+            0 => false,
+            1 => true,
+            a => {
+                return Err(WireError::BadValue {
+                    field: "lifecycle attached",
+                    value: a.into(),
+                    expected: "0 gone or 1 attached",
+                })
+            }
+        };
+        if report == 0 {
+            return Err(WireError::BadValue {
+                field: "lifecycle report",
+                value: 0,
+                expected: "a report number from 1",
+            });
+        }
+        Ok(LifecyclePayload {
+            end,
+            attached,
+            report,
+        })
+    }
+}
+
 /// A frame's meaning: its type with the header fields and payload decoded into what they are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body<'a> {
@@ -1211,6 +1335,13 @@ pub enum Body<'a> {
     },
     /// See [`FrameType::Close`].
     Close(Reason),
+    /// See [`FrameType::Lifecycle`].
+    Lifecycle {
+        /// The stream cursor (`seq`).
+        cursor: u64,
+        /// Which end, and what became of it.
+        payload: LifecyclePayload,
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -1249,6 +1380,10 @@ impl<'a> Frame<'a> {
             FrameType::Ping => Body::Ping { nonce: seq },
             FrameType::Pong => Body::Pong { nonce: seq },
             FrameType::Close => Body::Close(Reason::decode(p)?),
+            FrameType::Lifecycle => Body::Lifecycle {
+                cursor: seq,
+                payload: LifecyclePayload::decode(p)?,
+            },
         })
     }
 }
@@ -1292,7 +1427,7 @@ mod tests {
         let cases: [Case; 6] = [
             (0, 0x00, |e| matches!(e, WireError::BadMagic { .. })),
             (4, 0x00, |e| matches!(e, WireError::UnknownType(0))),
-            (4, 13, |e| matches!(e, WireError::UnknownType(13))),
+            (4, 14, |e| matches!(e, WireError::UnknownType(14))),
             (5, 0x01, |e| matches!(e, WireError::BadFlags(1))),
             (6, 0x01, |e| matches!(e, WireError::BadReserved(1))),
             (4, FrameType::Ping.code(), |e| {
@@ -1430,12 +1565,19 @@ mod tests {
             Hello::decode(&bad),
             Err(WireError::BadValue { value: 7, .. })
         ));
-        let mut bad = good.clone();
-        bad[0] = 2;
-        assert_eq!(
-            Hello::decode(&bad),
-            Err(WireError::UnsupportedVersion { found: 2 })
-        );
+        for old_or_new in [1, PROTOCOL_VERSION + 1] {
+            let mut bad = good.clone();
+            bad[..2].copy_from_slice(&old_or_new.to_le_bytes());
+            let err = Hello::decode(&bad).unwrap_err();
+            assert_eq!(err, WireError::UnsupportedVersion { found: old_or_new });
+            // The message names both versions.
+            let text = err.to_string();
+            assert!(text.contains(&format!("version {old_or_new}")), "{text}");
+            assert!(
+                text.contains(&format!("speaks {PROTOCOL_VERSION}")),
+                "{text}"
+            );
+        }
         let mut bad = good.clone();
         bad.push(0);
         assert!(matches!(
@@ -1520,6 +1662,62 @@ mod tests {
             Offer::decode(&bad),
             Err(WireError::BadValue { value: 3, .. })
         ));
+    }
+
+    #[test]
+    fn lifecycle_frames_are_checked() {
+        let report = LifecyclePayload {
+            end: RingEnd::Reader,
+            attached: false,
+            report: 9,
+        };
+        let enc = report.encode();
+        assert_eq!(enc, [1, 0, 9, 0, 0, 0, 0, 0, 0, 0]);
+        let f = frame(FrameType::Lifecycle, 3, 4096, 0, &enc);
+        assert_eq!(
+            decode(&f).unwrap().body().unwrap(),
+            Body::Lifecycle {
+                cursor: 4096,
+                payload: report
+            }
+        );
+        type Case = (usize, u8, &'static str);
+        let cases: [Case; 4] = [
+            (0, 2, "lifecycle end"),
+            (1, 2, "lifecycle attached"),
+            (1, 0xff, "lifecycle attached"),
+            (2, 0, "lifecycle report"),
+        ];
+        for (at, value, field) in cases {
+            let mut bad = enc.clone();
+            bad[at] = value;
+            match LifecyclePayload::decode(&bad) {
+                Err(WireError::BadValue { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("byte {at} = {value}: {other:?}"),
+            }
+        }
+        let mut long = enc.clone();
+        long.push(0);
+        assert!(matches!(
+            LifecyclePayload::decode(&long),
+            Err(WireError::TrailingBytes { extra: 1, .. })
+        ));
+        for len in 0..enc.len() {
+            assert!(matches!(
+                LifecyclePayload::decode(&enc[..len]),
+                Err(WireError::ShortPayload { .. })
+            ));
+        }
+        // The header rules: a stream frame, aux 0.
+        let mut out = Vec::new();
+        let e = encode(&mut out, FrameType::Lifecycle, 0, 0, 0, &enc).unwrap_err();
+        assert!(matches!(e, WireError::WrongStream { .. }));
+        let e = encode(&mut out, FrameType::Lifecycle, 1, 0, 1, &enc).unwrap_err();
+        assert!(matches!(e, WireError::BadValue { value: 1, .. }));
+        let mut f = frame(FrameType::Lifecycle, 3, 0, 0, &enc);
+        f[24] = 1;
+        reseal(&mut f);
+        assert!(matches!(decode(&f), Err(WireError::BadValue { .. })));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Two bridges in one process on loopback, driven by `poll` from two threads: the mirroring
 //! protocol end to end over real TCP (plaintext here; TLS in `tls_mirror.rs`), without
 //! namespaces. The local copies get other names (`local_name`), since both "hosts" share
-//! /dev/shm here.
+//! /dev/shm here. Writers and readers that are killed run as child processes (this binary
+//! again, see `shmesh_testkit`).
 
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -14,7 +15,10 @@ use std::time::{Duration, Instant};
 use shmesh_bridge::config::Config;
 use shmesh_bridge::fault::{FaultPlan, FaultyLink};
 use shmesh_bridge::{wire, Bridge};
-use shmesh_ring::{Segment, SegmentBuilder, SegmentKind};
+use shmesh_ring::{
+    ClaimError, Consumer, Producer, ReadError, Segment, SegmentBuilder, SegmentKind, ShmMemory,
+};
+use shmesh_testkit::{child_role, say, wait_for_parent, Proc};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
@@ -671,4 +675,423 @@ name = "{src}"
     );
     cleanup(&[&src, &copy]);
     assert!(ok, "the live connection's import stalled");
+}
+
+// ---- the lifecycle of a mirrored SPSC ring's ends ----
+
+#[test]
+fn child_entry() {
+    let Some((role, args)) = child_role() else {
+        return;
+    };
+    match role.as_str() {
+        // `writer <ring> <from> <to>`: writes records `from..to`, says `wrote <to>`, and holds
+        // the producer until killed.
+        "writer" => {
+            let seg = SegmentBuilder::new(args.s(0))
+                .open()
+                .expect("open the ring");
+            let mut tx = seg.producer().expect("producer");
+            write_range(&mut tx, args.get(1)..args.get(2)).expect("write");
+            say("wrote", args.s(2));
+            wait_for_parent();
+        }
+        // `reader <copy> <from> <to>`: reads records `from..to` from the copy, says
+        // `read <to>`, and holds the consumer until killed.
+        "reader" => {
+            let seg = open_when_there(args.s(0));
+            let mut rx = seg.consumer().expect("consumer");
+            read_range(&mut rx, args.get(1)..args.get(2));
+            say("read", args.s(2));
+            wait_for_parent();
+        }
+        other => panic!("unknown child role {other}"),
+    }
+}
+
+fn record_len(i: u32) -> usize {
+    4 + (i as usize * 7) % 300
+}
+
+/// Writes records `range` (each starts with its number) into `tx`; stops at the first record
+/// it cannot write, returning its number and why.
+fn write_range(
+    tx: &mut Producer<ShmMemory>,
+    range: std::ops::Range<u32>,
+) -> Result<(), (u32, ClaimError)> {
+    for i in range {
+        let len = record_len(i);
+        let mut grant = tx.claim_timeout(len, DEADLINE).map_err(|e| (i, e))?;
+        grant[..4].copy_from_slice(&i.to_le_bytes());
+        grant.commit(len);
+    }
+    Ok(())
+}
+
+/// Reads records `range` from `rx`: each once, in order.
+fn read_range(rx: &mut Consumer<ShmMemory>, range: std::ops::Range<u32>) {
+    for i in range {
+        let record = rx.read_timeout(DEADLINE).expect("record");
+        assert_eq!(record.len(), record_len(i), "record {i}");
+        assert_eq!(u32::from_le_bytes(record[..4].try_into().unwrap()), i);
+    }
+}
+
+/// The copy's reader reads everything, then learns that the writer is gone.
+fn expect_writer_gone(rx: &mut Consumer<ShmMemory>) {
+    match rx.read_timeout(DEADLINE) {
+        Err(ReadError::PeerGone) => {}
+        Ok(record) => panic!(
+            "a record the writer did not write: record {}",
+            u32::from_le_bytes(record[..4].try_into().unwrap())
+        ),
+        Err(e) => panic!("the copy's reader should see its writer gone: {e}"),
+    }
+}
+
+/// Waits until the exporting bridge is (or is not) the ring's consumer.
+fn wait_consumer_attached(seg: &Segment, attached: bool) {
+    let start = Instant::now();
+    while (seg.live_endpoints(1..2) == 1) != attached {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the exporting bridge did not {} the ring",
+            if attached { "attach to" } else { "detach from" }
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// How many producers have attached to the ring `name` so far.
+fn producer_attachments(name: &str) -> u64 {
+    let snapshot = shmesh_ring::inspect::SegmentFile::open(name)
+        .and_then(|file| file.snapshot())
+        .expect("inspect");
+    snapshot.decode().endpoints[0].attach_count
+}
+
+/// Waits until the importing bridge is the copy's producer again: until then its reader
+/// sees the writer gone, as a local reader does until a new writer takes over.
+fn wait_producer_attached(copy: &Segment) {
+    let start = Instant::now();
+    while copy.live_endpoints(0..1) == 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the importing bridge did not attach to the copy again"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Faults on every link, lifecycle frames included: lost, repeated, reordered, damaged.
+fn lifecycle_faults(seed: u64) -> Option<(FaultPlan, &'static Path)> {
+    let plan = FaultPlan {
+        drop: 0.03,
+        duplicate: 0.03,
+        reorder: 0.03,
+        corrupt: 0.02,
+        truncate: 0.02,
+        delay: None,
+        seed,
+    };
+    Some((plan, Path::new(".")))
+}
+
+/// A writer that detaches, then one that takes over and detaches too: the copy's reader reads
+/// every record once, in order, and sees its writer gone each time, as with a local ring.
+#[test]
+fn a_writer_that_detaches_is_mirrored_and_a_new_writer_resumes() {
+    writer_detaches_then_a_new_one_resumes("writer-detach", None);
+}
+
+#[test]
+fn a_writer_that_detaches_is_mirrored_through_faulty_links() {
+    writer_detaches_then_a_new_one_resumes("writer-detach-faults", lifecycle_faults(11));
+}
+
+fn writer_detaches_then_a_new_one_resumes(test: &str, faults: Option<(FaultPlan, &Path)>) {
+    let src = unique(test);
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    // Small rings: the writer outruns the link, so records are still in flight when it goes.
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start_with(&a, &b, faults);
+    const FIRST: u32 = 1_000;
+    const SECOND: u32 = 1_500;
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || {
+        write_range(&mut tx, 0..FIRST).expect("write");
+        // Dropped: detached (a clean exit of the writer).
+    });
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-a]", &src, "the writer is gone"]);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+
+    // A new writer takes the ring over: mirroring goes on, into the same reader.
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, FIRST..SECOND).expect("write"));
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "a writer is back"]);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(SECOND));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// A writer process killed with SIGKILL, with every record it wrote still on the exporting
+/// side: the copy's reader reads them all, then sees its writer gone; a new writer resumes.
+#[test]
+fn a_killed_writer_process_is_mirrored_after_its_last_record() {
+    let src = unique("writer-kill");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    // Large enough for all the killed writer's records: it is killed before any is read.
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 17)
+        .create()
+        .unwrap();
+    const FIRST: u32 = 600;
+    const SECOND: u32 = 900;
+    let mut child = Proc::spawn("writer", &[&src, &0, &FIRST]);
+    child.expect("wrote");
+    child.kill();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+
+    let mut tx = seg.producer().unwrap();
+    write_range(&mut tx, FIRST..SECOND).expect("write");
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    // The new writer is alive: nothing more, but no PeerGone either.
+    assert!(matches!(
+        rx.read_timeout(Duration::from_millis(300)),
+        Err(ReadError::Timeout)
+    ));
+    drop(tx);
+    expect_writer_gone(&mut rx);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(SECOND));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// The copy's reader goes (killed, then detached): each time the writer on the exporting side
+/// gets PeerGone once its ring is full; a new reader resumes where the last one stopped, and
+/// every record is read once, in order.
+#[test]
+fn a_reader_that_goes_makes_the_far_writer_see_it_and_a_new_reader_resumes() {
+    reader_goes_then_a_new_one_resumes("reader-gone", None);
+}
+
+#[test]
+fn a_reader_that_goes_is_mirrored_through_faulty_links() {
+    reader_goes_then_a_new_one_resumes("reader-gone-faults", lifecycle_faults(13));
+}
+
+fn reader_goes_then_a_new_one_resumes(test: &str, faults: Option<(FaultPlan, &Path)>) {
+    use std::sync::mpsc;
+    let src = unique(test);
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start_with(&a, &b, faults);
+    const N: u32 = 3_000;
+    const K1: u32 = 400;
+    const K2: u32 = 1_200;
+    // The writer: on PeerGone it says where it stopped and waits for a go.
+    let (gone_tx, gone_rx) = mpsc::channel::<u32>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || {
+        let mut from = 0;
+        loop {
+            match write_range(&mut tx, from..N) {
+                Ok(()) => return tx,
+                Err((i, ClaimError::PeerGone)) => {
+                    gone_tx.send(i).unwrap();
+                    go_rx.recv_timeout(DEADLINE).expect("a go");
+                    from = i;
+                }
+                Err((i, e)) => panic!("record {i}: {e}"),
+            }
+        }
+    });
+
+    // A reader process reads the first records, and is killed.
+    let mut child = Proc::spawn("reader", &[&copy, &0, &K1]);
+    child.expect("read");
+    child.kill();
+    let stopped = gone_rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer sees PeerGone");
+    assert!(stopped > K1, "the writer stopped at {stopped}");
+    pair.wait_logged(&["[host-b]", &src, "the copy's reader is gone"]);
+    pair.wait_logged(&["[host-a]", &src, "detached from the ring"]);
+    wait_consumer_attached(&seg, false);
+
+    // A new reader: the exporting bridge attaches again, and the writer goes on.
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    wait_consumer_attached(&seg, true);
+    go_tx.send(()).unwrap();
+    read_range(&mut rx, K1..K2);
+    // This one detaches.
+    drop(rx);
+    let stopped = gone_rx
+        .recv_timeout(DEADLINE)
+        .expect("the writer sees PeerGone again");
+    assert!(stopped > K2, "the writer stopped at {stopped}");
+    wait_consumer_attached(&seg, false);
+
+    let mut rx = copy_seg.consumer().unwrap();
+    wait_consumer_attached(&seg, true);
+    go_tx.send(()).unwrap();
+    read_range(&mut rx, K2..N);
+    let _tx = writer.join().unwrap();
+    assert!(
+        rx.read_timeout(Duration::from_millis(300)).is_err(),
+        "a record arrived twice or from nowhere"
+    );
+    pair.wait_logged(&["[host-a]", &src, "a reader of the copy is back"]);
+    let bridges = pair.stop();
+    assert_eq!(bridges[1].stats().records_delivered, u64::from(N));
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// Both bridges restart while the writer is gone: the restarted importer does not attach to
+/// the copy again (its readers keep seeing their writer gone), and resumes from its delivery
+/// state when a new writer comes.
+#[test]
+fn restarted_bridges_keep_a_copy_whose_writer_is_gone_without_a_writer() {
+    let src = unique("writer-gone-restart");
+    let copy = format!("{src}.copy");
+    cleanup(&[&src, &copy]);
+    let seg = SegmentBuilder::new(&src)
+        .capacity(1 << 12)
+        .create()
+        .unwrap();
+    let (a, b) = configs(&src, &copy, free_port());
+    let pair = Pair::start(&a, &b);
+    const FIRST: u32 = 500;
+    const SECOND: u32 = 800;
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, 0..FIRST).expect("write"));
+    let copy_seg = open_when_there(&copy);
+    let mut rx = copy_seg.consumer().unwrap();
+    read_range(&mut rx, 0..FIRST);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    pair.wait_logged(&["[host-b]", &src, "detached from the copy"]);
+    drop(pair.stop());
+    assert_eq!(copy_seg.live_endpoints(0..1), 0);
+    let attached_before = producer_attachments(&copy);
+
+    let pair = Pair::start(&a, &b);
+    // The import resumed from its state (a copy is opened, and attached to unless its writer
+    // is known gone, before the stream is up)...
+    pair.wait_logged(&["[host-b]", &src, "mirroring (resumed at"]);
+    // ... and the exporter said the writer is still gone.
+    pair.wait_logged(&["[host-a]", &src, "the writer is gone"]);
+    assert_eq!(
+        producer_attachments(&copy),
+        attached_before,
+        "the restarted importer attached to a copy whose writer is gone"
+    );
+    expect_writer_gone(&mut rx);
+
+    let mut tx = seg.producer().unwrap();
+    let writer = thread::spawn(move || write_range(&mut tx, FIRST..SECOND).expect("write"));
+    wait_producer_attached(&copy_seg);
+    read_range(&mut rx, FIRST..SECOND);
+    writer.join().unwrap();
+    expect_writer_gone(&mut rx);
+    assert_eq!(producer_attachments(&copy), attached_before + 1);
+    let bridges = pair.stop();
+    assert_eq!(
+        bridges[1].stats().records_delivered,
+        u64::from(SECOND - FIRST)
+    );
+    drop((rx, copy_seg));
+    cleanup(&[&src, &copy]);
+}
+
+/// A bridge of protocol version 1 (before `Lifecycle` frames) is refused at its hello, with a
+/// reason that names both versions, sent to it and logged.
+#[test]
+fn a_bridge_of_another_protocol_version_is_refused_saying_why() {
+    use std::io::Read;
+    let port = free_port();
+    let (a, _) = configs(&unique("old-version"), "unused", port);
+    let mut bridge = Bridge::new(&Config::parse(&a, Path::new("./t.toml")).unwrap()).unwrap();
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let old = wire::Hello {
+        version: 1,
+        name: "host-b".into(),
+        imports: vec![],
+    };
+    let mut f = Vec::new();
+    wire::encode(
+        &mut f,
+        wire::FrameType::Hello,
+        0,
+        0,
+        0,
+        &old.encode().unwrap(),
+    )
+    .unwrap();
+    s.write_all(&f).unwrap();
+    s.set_nonblocking(true).unwrap();
+    let mut got = Vec::new();
+    let start = Instant::now();
+    let reason = loop {
+        bridge.poll();
+        let mut buf = [0u8; 4096];
+        match s.read(&mut buf) {
+            Ok(0) => panic!("closed without a reason: {got:?}"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("read: {e}"),
+        }
+        if let Ok(header) = wire::decode_header(&got) {
+            let len = wire::frame_len(&header);
+            if got.len() >= len {
+                let frame = wire::decode(&got[..len]).unwrap();
+                assert_eq!(frame.header.kind, wire::FrameType::Close);
+                break wire::Reason::decode(frame.payload).unwrap().text;
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "no answer to the old hello");
+        thread::sleep(Duration::from_millis(1));
+    };
+    let expected = format!(
+        "protocol version 1 is not spoken here (this bridge speaks {})",
+        wire::PROTOCOL_VERSION
+    );
+    assert!(reason.contains(&expected), "{reason}");
+    assert!(reason.contains("same shmesh-bridge version"), "{reason}");
+    let logged = bridge.take_events().iter().any(|e| {
+        matches!(e, shmesh_bridge::Event::Disconnected { reason, .. } if reason.contains(&expected))
+    });
+    assert!(logged, "the refusal is logged");
 }

@@ -5,12 +5,13 @@
 use proptest::collection::{btree_set, vec};
 use proptest::prelude::*;
 use shmesh_bridge::wire::{
-    self, Body, DataPayload, FrameType, Hello, ImportReq, Offer, OfferKind, Reason,
-    RegionEndPayload, RegionPartPayload, HEADER_LEN, PROTOCOL_VERSION, TRAILER_LEN,
+    self, Body, DataPayload, FrameType, Hello, ImportReq, LifecyclePayload, Offer, OfferKind,
+    Reason, RegionEndPayload, RegionPartPayload, RingEnd, WireError, HEADER_LEN, PROTOCOL_VERSION,
+    TRAILER_LEN,
 };
 use shmesh_ring::BroadcastPolicy;
 
-const ALL_TYPES: [FrameType; 12] = [
+const ALL_TYPES: [FrameType; 13] = [
     FrameType::Hello,
     FrameType::Offer,
     FrameType::Refuse,
@@ -23,6 +24,7 @@ const ALL_TYPES: [FrameType; 12] = [
     FrameType::Ping,
     FrameType::Pong,
     FrameType::Close,
+    FrameType::Lifecycle,
 ];
 
 /// The fields of a frame that obeys the header rules (its payload bytes are arbitrary: the
@@ -52,10 +54,10 @@ fn frame_spec() -> impl Strategy<Value = FrameSpec> {
                 stream
             },
             seq,
-            aux: if kind == FrameType::Ready {
-                aux & 1
-            } else {
-                aux
+            aux: match kind {
+                FrameType::Ready => aux & 1,
+                FrameType::Lifecycle => 0,
+                _ => aux,
             },
             payload: if kind.has_payload() {
                 payload
@@ -105,6 +107,9 @@ fn decode_everything(bytes: &[u8]) {
         assert_eq!(v.encode(), bytes);
     }
     if let Ok(v) = RegionEndPayload::decode(bytes) {
+        assert_eq!(v.encode(), bytes);
+    }
+    if let Ok(v) = LifecyclePayload::decode(bytes) {
         assert_eq!(v.encode(), bytes);
     }
 }
@@ -293,5 +298,46 @@ proptest! {
             .unwrap();
         let body = wire::decode(&out).unwrap().body().unwrap();
         prop_assert_eq!(body, Body::RegionEnd { version, base, payload: end });
+    }
+
+    #[test]
+    fn lifecycle_round_trips_and_rejects_every_other_byte_value(
+        stream in 1..=u32::MAX,
+        cursor in any::<u64>(),
+        reader in any::<bool>(),
+        attached in any::<bool>(),
+        report in 1..=u64::MAX,
+        (at, value) in (0..2usize, 2..=u8::MAX),
+        aux in 1..=u64::MAX,
+    ) {
+        let end = if reader { RingEnd::Reader } else { RingEnd::Writer };
+        let payload = LifecyclePayload { end, attached, report };
+        let encoded = payload.encode();
+        prop_assert_eq!(encoded.len(), 10);
+        prop_assert_eq!(LifecyclePayload::decode(&encoded).unwrap(), payload);
+        let mut out = Vec::new();
+        wire::encode(&mut out, FrameType::Lifecycle, stream, cursor, 0, &encoded).unwrap();
+        let body = wire::decode(&out).unwrap().body().unwrap();
+        prop_assert_eq!(body, Body::Lifecycle { cursor, payload });
+        // The end and attached bytes are 0 or 1, the report number is not 0, the length is
+        // exact, and the header's aux is 0.
+        let mut bad = encoded.clone();
+        bad[at] = value;
+        let is_bad_value = matches!(
+            LifecyclePayload::decode(&bad),
+            Err(WireError::BadValue { .. })
+        );
+        prop_assert!(is_bad_value);
+        let mut zero = encoded.clone();
+        zero[2..].fill(0);
+        prop_assert!(LifecyclePayload::decode(&zero).is_err());
+        for len in 0..encoded.len() {
+            prop_assert!(LifecyclePayload::decode(&encoded[..len]).is_err());
+        }
+        let mut longer = encoded.clone();
+        longer.push(0);
+        prop_assert!(LifecyclePayload::decode(&longer).is_err());
+        prop_assert!(wire::encode(&mut out, FrameType::Lifecycle, stream, cursor, aux, &encoded)
+            .is_err());
     }
 }

@@ -6,7 +6,8 @@
 #![no_main]
 
 use shmesh_bridge::wire::{
-    self, DataPayload, FrameType, Hello, Offer, Reason, RegionEndPayload, RegionPartPayload,
+    self, DataPayload, FrameType, Hello, LifecyclePayload, Offer, Reason, RegionEndPayload,
+    RegionPartPayload,
 };
 
 fn reencodes(data: &[u8]) {
@@ -36,6 +37,9 @@ fn reencodes(data: &[u8]) {
     if let Ok(v) = RegionEndPayload::decode(data) {
         assert_eq!(v.encode(), data);
     }
+    if let Ok(v) = LifecyclePayload::decode(data) {
+        assert_eq!(v.encode(), data);
+    }
 }
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
@@ -46,7 +50,8 @@ libfuzzer_sys::fuzz_target!(|data: &[u8]| {
 
     // The first byte picks a frame type; the rest is its payload inside a valid frame.
     if let Some((&code, payload)) = data.split_first() {
-        if let Some(kind) = FrameType::from_code(code % 13) {
+        // Codes 1..=13 are frame types (0 is none).
+        if let Some(kind) = FrameType::from_code(code % 14) {
             let stream = if kind.is_connection_level() { 0 } else { 1 };
             let mut frame = Vec::new();
             if wire::encode(&mut frame, kind, stream, 0, 0, payload).is_ok() {
