@@ -31,7 +31,7 @@ use crate::sync::{AtomicU32, Ordering};
 use crate::wait::{sleeper_fence, DEGRADED_PARK_SLICE};
 
 /// The most words one `futex_waitv` call takes (the kernel's `FUTEX_WAITV_MAX`). Beyond it,
-/// [`park`] sleeps in slices of at most [`DEGRADED_PARK_SLICE`] so the other ends are still
+/// [`park`] sleeps in slices of at most 1 ms so the other ends are still
 /// looked at often.
 pub const MAX_WAIT_WORDS: usize = 128;
 
