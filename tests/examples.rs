@@ -621,3 +621,52 @@ fn task_farm_hands_a_dead_workers_task_to_another_and_finishes() {
     }
     assert_eq!(world.rings_left(), Vec::<String>::new(), "{output}");
 }
+
+/// As the README shows them: `shmesh run -n 4 -- <example>` for both message-passing examples,
+/// the launcher's rank prefixes on the output, exit status 0, nothing left in /dev/shm.
+#[test]
+fn message_passing_examples_run_under_shmesh_run() {
+    let shmesh = env!("CARGO_BIN_EXE_shmesh");
+    for (name, want) in [
+        ("task_farm", PRIMES_LINE),
+        (
+            "allreduce",
+            "all_reduce of 300000 u64 over 4 ranks: correct",
+        ),
+    ] {
+        let path = example(name);
+        let job = format!("ex{}{name}", std::process::id()).replace('_', "-");
+        let running = start(
+            Path::new(shmesh),
+            &[
+                "run",
+                "-n",
+                "4",
+                "--job",
+                &job,
+                "--timeout",
+                "120s",
+                "--",
+                path.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let run = finish(running, Instant::now() + Duration::from_secs(180))
+            .unwrap_or_else(|| panic!("shmesh run -n 4 -- {name} did not end"));
+        let output = format!("stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
+        assert!(run.status.success(), "{name}: {}\n{output}", run.status);
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with("[0] ") && l.contains(want)),
+            "{name}: no line {want:?} from rank 0\n{output}"
+        );
+        let left: Vec<_> = std::fs::read_dir("/dev/shm")
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|f| f.contains(&format!("world.{job}.")))
+            .collect();
+        assert!(left.is_empty(), "{name} left {left:?}");
+    }
+}
