@@ -121,12 +121,13 @@ fn bridge_binary(args: &RunArgs) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("shmesh-bridge"))
 }
 
-/// Starts the job's bridges when its ranks span more than one host; `None` otherwise.
+/// Starts the job's bridges when its ranks span more than one host and every such host has a
+/// `bridge=` address; `None` otherwise (with a note on stderr when a host lacks one).
 ///
 /// # Errors
 ///
-/// [`RunError::Bridge`] when a host has no `bridge=` address, neither `--bridge-certs` nor
-/// `--bridge-insecure` was given, or a bridge does not start (the ones started are stopped).
+/// [`RunError::Bridge`] when neither `--bridge-certs` nor `--bridge-insecure` was given, or a
+/// bridge does not start (the ones started are stopped).
 pub(crate) fn start(
     plan: &Plan,
     job: &str,
@@ -139,15 +140,22 @@ pub(crate) fn start(
         host: host.to_owned(),
         problem,
     };
-    for (host, _) in &plan.hosts {
-        if host.bridge.is_none() {
-            return Err(fail(
-                &host.name,
-                "the ranks span several hosts, so each needs `bridge=ADDR:PORT` in the hosts \
-                 file: where its shmesh-bridge listens"
-                    .into(),
-            ));
-        }
+    let without: Vec<&str> = plan
+        .hosts
+        .iter()
+        .filter(|(h, _)| h.bridge.is_none())
+        .map(|(h, _)| h.name.as_str())
+        .collect();
+    if !without.is_empty() {
+        // Programs that do not talk across hosts still run; shmesh::world ranks would not
+        // meet their peers on other hosts, so say why here.
+        eprintln!(
+            "shmesh run: note: no bridges started, as {} {} no `bridge=ADDR:PORT` in the hosts \
+             file: ranks on different hosts cannot exchange messages",
+            without.join(", "),
+            if without.len() == 1 { "has" } else { "have" }
+        );
+        return Ok(None);
     }
     let certs =
         match (&args.bridge_certs, args.bridge_insecure) {
