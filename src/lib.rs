@@ -14,6 +14,9 @@
 //! - [`region`](mod@region): shared state in whole versions — one writer publishes, any number
 //!   of readers take consistent snapshots or wait for the next version; [`Region`] holds bytes,
 //!   [`TypedRegion<T>`] an rkyv-archived value; each version records the chunks it changed.
+//! - [`world`]: MPI-style message passing — ranks started by `shmesh run` (or `mpirun`,
+//!   `srun`), tagged point-to-point messages, non-blocking requests, and collectives
+//!   (barrier, broadcast, scatter, gather, all-gather, reduce, all-reduce).
 //! - [`bench`](mod@bench): `shmesh bench`, which measures shmesh against the cache-line limit,
 //!   Unix sockets, pipes, TCP (and, with the `peers` feature, iceoryx2 and ipc-channel) between
 //!   two real processes.
@@ -50,6 +53,7 @@ pub mod bench;
 pub mod channel;
 pub mod region;
 pub mod tools;
+pub mod world;
 
 pub use channel::service::{self, Client, Server};
 pub use channel::topic::{self, Publisher, Subscriber, Topic};

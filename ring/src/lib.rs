@@ -12,6 +12,8 @@
 //!   or let readers be lapped) and a history for late joiners.
 //! - [`region`]: versioned regions: one writer publishes whole versions, any number of
 //!   readers copy out consistent snapshots, and each version records which chunks it changed.
+//! - [`select`]: one sleep on several ring ends at once ([`select::park`]), for a reader of many
+//!   rings or a writer that keeps reading while it waits for space.
 //! - [`wait`]: how blocking calls wait ([`WaitStrategy`]: spin, yield, futex).
 //! - [`park`]: how async calls wait ([`Consumer::read_async`]): a helper thread sleeps on the
 //!   same futex and wakes the task.
@@ -55,6 +57,7 @@ pub mod probe;
 pub mod region;
 #[cfg(not(loom))]
 pub mod segment;
+pub mod select;
 pub mod spsc;
 mod sync;
 pub mod wait;

@@ -153,6 +153,11 @@ pub unsafe trait RingMemory {
     fn futex_wait(&self, word: &AtomicU32, expected: u32, timeout: Option<Duration>);
     /// Wakes every thread sleeping in [`futex_wait`](Self::futex_wait) on `word`.
     fn futex_wake(&self, word: &AtomicU32);
+    /// Whether the futex words of this memory are shared between processes (a shared
+    /// mapping: no `FUTEX_PRIVATE_FLAG`) rather than private to this one. Heap rings say no.
+    fn futex_shared(&self) -> bool {
+        true
+    }
     /// A `Send + 'static` handle through which another thread sleeps on this memory's futex
     /// words exactly as [`futex_wait`](Self::futex_wait) does, and which keeps the words
     /// mapped while it lives: what the async waits of [`crate::park`] hand to their helper
@@ -471,6 +476,10 @@ unsafe impl RingMemory for HeapMemory {
 
     fn futex_host(&self) -> Arc<dyn FutexHost> {
         Arc::new(HeapHost(self.clone()))
+    }
+
+    fn futex_shared(&self) -> bool {
+        false
     }
 
     #[cfg(loom)]

@@ -593,6 +593,26 @@ impl<M: RingMemory> Producer<M> {
         })
     }
 
+    /// The word this producer sleeps on, for [`crate::select::park`].
+    pub(crate) fn parked_word(&self) -> &AtomicU32 {
+        &self.mem.control().producer_parked.0
+    }
+
+    /// Publishes a pending batch before [`crate::select::park`] sleeps: the consumer may be
+    /// waiting for it.
+    pub(crate) fn flush_for_select(&mut self) {
+        self.publish();
+    }
+
+    /// Whether a claim of `len` bytes would not find the ring full (it may succeed, or fail
+    /// with an error the caller's next claim reports), for [`crate::select::park`].
+    pub(crate) fn ready_for_select(&mut self, len: usize) -> bool {
+        !matches!(
+            self.try_reserve(len as u64),
+            Err(TryClaimError::Full { .. })
+        )
+    }
+
     /// Makes the records committed since the last publication visible with one header store,
     /// and wakes a sleeping consumer.
     fn publish(&mut self) {
@@ -1332,6 +1352,23 @@ impl<M: RingMemory> Consumer<M> {
                 return Ok(next);
             }
         }
+    }
+
+    /// The word this consumer sleeps on, for [`crate::select::park`].
+    pub(crate) fn parked_word(&self) -> &AtomicU32 {
+        &self.mem.control().consumer_parked.0
+    }
+
+    /// Releases what was read before [`crate::select::park`] sleeps: the producer may be
+    /// waiting for that space.
+    pub(crate) fn flush_for_select(&mut self) {
+        self.release();
+    }
+
+    /// Whether a read would not find the ring empty (a record, or an error the caller's next
+    /// read reports), for [`crate::select::park`].
+    pub(crate) fn ready_for_select(&mut self) -> bool {
+        !matches!(self.poll(), Ok(None))
     }
 
     /// Stores the head if records were read since the last store, and wakes a sleeping

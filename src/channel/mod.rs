@@ -62,7 +62,7 @@ mod loan;
 mod schema;
 pub mod service;
 pub mod topic;
-mod writer;
+pub(crate) mod writer;
 
 use std::fmt;
 use std::marker::PhantomData;
