@@ -21,7 +21,8 @@
  * pingpong: the full round trip, as every `shmesh bench` ping-pong: rank 0 starts the clock,
  *   writes message i (its 8-byte sequence number, then the byte (i ^ 0x5a) in every other
  *   byte), MPI_Send of SIZE bytes (MPI_BYTE) to rank 1, MPI_Recv of SIZE bytes back, checks
- *   the sequence number and reads one word of every 64-byte line, stops the clock. Rank 1
+ *   its length and sequence number and reads one word of every 64-byte line, stops the
+ *   clock. Rank 1
  *   receives, checks the same way, writes message i whole and sends it back. No barrier
  *   between round trips.
  *
@@ -102,6 +103,18 @@ static void check(const unsigned char *buf, size_t size, uint64_t seq) {
     sink = sum;
 }
 
+/* Receives message `seq` of `size` bytes from `from` into `buf` and checks its length. */
+static void receive(unsigned char *buf, size_t size, int from, long long seq) {
+    MPI_Status status;
+    int count = -1;
+    check_mpi(MPI_Recv(buf, (int)size, MPI_BYTE, from, TAG, MPI_COMM_WORLD, &status), "MPI_Recv",
+              seq);
+    check_mpi(MPI_Get_count(&status, MPI_BYTE, &count), "MPI_Get_count", seq);
+    if (count != (int)size) {
+        fail("a message has the wrong length", seq);
+    }
+}
+
 static void pingpong(size_t size, long long warmup, long long iters, uint64_t *samples) {
     if (ranks != 2) {
         if (rank == 0) {
@@ -120,18 +133,14 @@ static void pingpong(size_t size, long long warmup, long long iters, uint64_t *s
             uint64_t t0 = now_ns();
             fill(buf, size, seq);
             check_mpi(MPI_Send(buf, (int)size, MPI_BYTE, 1, TAG, MPI_COMM_WORLD), "MPI_Send", i);
-            check_mpi(MPI_Recv(buf, (int)size, MPI_BYTE, 1, TAG, MPI_COMM_WORLD,
-                               MPI_STATUS_IGNORE),
-                      "MPI_Recv", i);
+            receive(buf, size, 1, i);
             check(buf, size, seq);
             uint64_t t1 = now_ns();
             if (i >= warmup) {
                 samples[i - warmup] = t1 - t0;
             }
         } else {
-            check_mpi(MPI_Recv(buf, (int)size, MPI_BYTE, 0, TAG, MPI_COMM_WORLD,
-                               MPI_STATUS_IGNORE),
-                      "MPI_Recv", i);
+            receive(buf, size, 0, i);
             check(buf, size, seq);
             fill(buf, size, seq);
             check_mpi(MPI_Send(buf, (int)size, MPI_BYTE, 0, TAG, MPI_COMM_WORLD), "MPI_Send", i);
