@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use shmesh::bench::bridge::BridgePeerArgs;
-use shmesh::bench::{self, BenchCommand, PeerArgs, SnapshotPeerArgs};
+use shmesh::bench::{self, BenchCommand, PeerArgs, SnapshotPeerArgs, WorldRankArgs};
 use shmesh::run::{self, RunArgs, RunCleanupArgs};
 use shmesh::tools::{self, GcArgs, InspectArgs, LsArgs, RmArgs, StatArgs};
 
@@ -20,8 +20,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Measure IPC between two processes: latency, throughput, region snapshots, and the
-    /// machine's references.
+    /// Measure IPC between two processes: latency, throughput, region snapshots, World
+    /// collectives against Open MPI, and the machine's references.
     #[command(subcommand)]
     Bench(BenchCommand),
     /// List every shmesh segment on this host: kind, message type, fill, endpoints, counters.
@@ -49,6 +49,10 @@ enum Command {
     /// A process of `shmesh bench bridge` in a test host (started by it; not for direct use).
     #[command(name = "__bench-bridge-peer", hide = true)]
     BenchBridgePeer(BridgePeerArgs),
+    /// A rank (or the probe) of `shmesh bench allreduce|world-pingpong` (started by it; not
+    /// for direct use).
+    #[command(name = "__world-bench-rank", hide = true)]
+    WorldBenchRank(WorldRankArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::BenchPeer(args) => bench::run_peer(&args).map_err(Into::into),
         Command::BenchSnapshotPeer(args) => bench::run_snapshot_peer(&args).map_err(Into::into),
         Command::BenchBridgePeer(args) => bench::bridge::run_peer(&args).map_err(Into::into),
+        Command::WorldBenchRank(args) => bench::world::run_rank(&args).map_err(Into::into),
         Command::Ls(args) => tools::ls(&args, out).map_err(Into::into),
         Command::Inspect(args) => tools::inspect(&args, out).map_err(Into::into),
         Command::Stat(args) => tools::stat(&args, out).map_err(Into::into),

@@ -22,15 +22,19 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// The shared-memory objects a `shmesh` process with this pid left behind: its segments are
-/// named `bench.<pid>.*` (objects `/dev/shm/shmesh.bench.<pid>.*`).
+/// named `bench.<pid>.*` (objects `/dev/shm/shmesh.bench.<pid>.*`), and the World jobs of
+/// `shmesh bench allreduce` `bench-<pid>-<n>` (objects `/dev/shm/shmesh.world.bench-<pid>-*`).
 fn segments_left_by(pid: u32) -> Vec<String> {
-    let prefix = format!("shmesh.bench.{pid}.");
+    let prefixes = [
+        format!("shmesh.bench.{pid}."),
+        format!("shmesh.world.bench-{pid}-"),
+    ];
     std::fs::read_dir("/dev/shm")
         .map(|entries| {
             entries
                 .flatten()
                 .filter_map(|e| e.file_name().into_string().ok())
-                .filter(|name| name.starts_with(&prefix))
+                .filter(|name| prefixes.iter().any(|p| name.starts_with(p)))
                 .collect()
         })
         .unwrap_or_default()
@@ -39,8 +43,14 @@ fn segments_left_by(pid: u32) -> Vec<String> {
 /// Runs `shmesh ARGS` with a deadline, and checks that it left nothing in /dev/shm, whether it
 /// succeeded or not.
 fn shmesh(args: &[&str]) -> Output {
+    shmesh_env(args, &[])
+}
+
+/// [`shmesh`] with these environment variables set.
+fn shmesh_env(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_shmesh"))
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1151,5 +1161,206 @@ fn bridge_bench_measures_the_bridge_and_tcp_between_two_hosts() {
             assert!(p50 <= p99 && p99 <= p999 && p999 <= max, "{p}");
         }
         assert_eq!(lines.len(), 4, "{lines:?}");
+    }
+}
+
+/// Whether Open MPI's `mpicc` and `mpirun` are on the PATH (then `shmesh bench allreduce`
+/// measures it too). CI installs them and sets `SHMESH_REQUIRE_MPI=1`, so that the openmpi
+/// rows cannot be skipped unnoticed there.
+fn have_mpi() -> bool {
+    let on_path = |name: &str| {
+        std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
+    };
+    let found = on_path("mpicc") && on_path("mpirun");
+    if !found {
+        assert_ne!(
+            std::env::var("SHMESH_REQUIRE_MPI").as_deref(),
+            Ok("1"),
+            "SHMESH_REQUIRE_MPI=1 but mpicc or mpirun is not on the PATH (install openmpi-bin \
+             and libopenmpi-dev)"
+        );
+        eprintln!("note: Open MPI is not installed: only the shmesh rows are checked");
+    }
+    found
+}
+
+/// Checks the rows of `shmesh bench allreduce` or `world-pingpong`: one per transport, in
+/// order, with exactly the documented keys and sane figures.
+fn check_world(
+    lines: &[Value],
+    bench: &str,
+    ranks: u64,
+    size: u64,
+    iters: u64,
+    transports: &[&str],
+) {
+    let expected: BTreeSet<&str> = [
+        "bench",
+        "transport",
+        "ranks",
+        "size",
+        "iters",
+        "cl_ns",
+        "p50_ns",
+        "p99_ns",
+        "p999_ns",
+        "max_ns",
+    ]
+    .into();
+    let seen: Vec<&str> = lines
+        .iter()
+        .map(|v| v["transport"].as_str().unwrap_or("?"))
+        .collect();
+    assert_eq!(
+        seen, transports,
+        "one line per transport, in order: {lines:?}"
+    );
+    for v in lines {
+        assert_eq!(keys(v), expected, "{v}");
+        assert_eq!(v["bench"], bench, "{v}");
+        assert_eq!(uint(v, "ranks"), ranks, "{v}");
+        assert_eq!(uint(v, "size"), size, "{v}");
+        assert_eq!(uint(v, "iters"), iters, "{v}");
+        positive(v, "cl_ns");
+        let p50 = positive(v, "p50_ns");
+        let p99 = positive(v, "p99_ns");
+        let p999 = positive(v, "p999_ns");
+        let max = positive(v, "max_ns");
+        assert!(
+            p50 <= p99 && p99 <= p999 && p999 <= max,
+            "percentiles out of order: {v}"
+        );
+    }
+}
+
+#[test]
+fn allreduce_and_world_pingpong_measure_shmesh_and_openmpi() {
+    let _serial = serial();
+    let transports: &[&str] = if have_mpi() {
+        &["shmesh", "openmpi"]
+    } else {
+        &["shmesh"]
+    };
+    let lines = json_lines(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "2",
+        "--size",
+        "8",
+        "--iters",
+        "50",
+        "--json",
+    ]);
+    check_world(&lines, "allreduce", 2, 8, 50, transports);
+    let lines = json_lines(&[
+        "bench",
+        "world-pingpong",
+        "--size",
+        "8",
+        "--iters",
+        "50",
+        "--json",
+    ]);
+    check_world(&lines, "world-pingpong", 2, 8, 50, transports);
+
+    // Three ranks (more than some machines' CPUs), a size that is not whole f64s: the row
+    // says the bytes reduced.
+    let lines = json_lines(&[
+        "bench",
+        "allreduce",
+        "--ranks",
+        "3",
+        "--size",
+        "20",
+        "--iters",
+        "20",
+        "--transport",
+        "shmesh",
+        "--json",
+    ]);
+    check_world(&lines, "allreduce", 3, 16, 20, &["shmesh"]);
+
+    // The table, with the ratio line when both were measured.
+    let out = shmesh(&["bench", "world-pingpong", "--size", "64", "--iters", "20"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("bench") && lines[0].contains("ranks"),
+        "{stdout}"
+    );
+    assert!(lines[1].starts_with("world-pingpong shmesh"), "{stdout}");
+    if transports.len() == 2 {
+        assert!(lines[2].starts_with("world-pingpong openmpi"), "{stdout}");
+        assert!(
+            lines[3].starts_with("  shmesh/openmpi, 2 ranks, 64 B: p50 "),
+            "{stdout}"
+        );
+        assert_eq!(lines.len(), 4, "{stdout}");
+    } else {
+        assert_eq!(lines.len(), 2, "{stdout}");
+    }
+}
+
+#[test]
+fn without_open_mpi_the_openmpi_rows_are_skipped_or_refused() {
+    let _serial = serial();
+    // A PATH without mpirun and mpicc (the ranks are this executable, found without PATH).
+    let no_mpi = [("PATH", "/nonexistent")];
+    let args = [
+        "bench",
+        "allreduce",
+        "--ranks",
+        "2",
+        "--size",
+        "8",
+        "--iters",
+        "10",
+        "--json",
+    ];
+    let out = shmesh_env(&args, &no_mpi);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("openmpi rows are skipped") && stderr.contains("openmpi-bin"),
+        "{stderr}"
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    check_world(&lines, "allreduce", 2, 8, 10, &["shmesh"]);
+
+    let out = shmesh_env(&[&args[..], &["--transport", "openmpi"]].concat(), &no_mpi);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--transport openmpi needs Open MPI's mpicc and mpirun")
+            && stderr.contains("apt-get install openmpi-bin libopenmpi-dev"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn bad_world_options_fail_with_a_message() {
+    for (args, needle) in [
+        (&["bench", "allreduce", "--ranks", "0"][..], "--ranks"),
+        (&["bench", "allreduce", "--ranks", "65"], "--ranks"),
+        (&["bench", "allreduce", "--transport", "mpich"], "mpich"),
+        (&["bench", "world-pingpong", "--ranks", "4"], "--ranks"),
+        (&["bench", "world-pingpong", "--size", "0"], "out of range"),
+    ] {
+        let out = shmesh(args);
+        assert!(!out.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
     }
 }

@@ -228,6 +228,68 @@ pub enum BenchError {
         /// The drawing library's error.
         detail: String,
     },
+    /// One measurement of `shmesh bench allreduce` or `world-pingpong` failed; the source
+    /// says why.
+    #[error(
+        "benchmark {bench} over {transport} with {ranks} ranks and {size}-byte messages failed"
+    )]
+    WorldMeasurement {
+        /// `allreduce` or `world-pingpong`.
+        bench: &'static str,
+        /// `shmesh` or `openmpi`.
+        transport: &'static str,
+        /// The ranks of the job.
+        ranks: usize,
+        /// The message size in bytes.
+        size: usize,
+        /// What went wrong.
+        #[source]
+        source: Box<BenchError>,
+    },
+    /// Ranks of a shmesh World job of `shmesh bench allreduce` or `world-pingpong` failed;
+    /// the other ranks were killed.
+    #[error("ranks of the shmesh job '{job}' failed (the other ranks were killed):\n{failures}")]
+    Ranks {
+        /// The job id (`SHMESH_JOB`).
+        job: String,
+        /// Each failed rank, with how it ended and what it printed on stderr.
+        failures: String,
+    },
+    /// A call of shmesh's World failed in a rank process.
+    #[error("World: {what} failed")]
+    World {
+        /// What was being done.
+        what: String,
+        /// World's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+    /// Compiling or running the Open MPI program of `shmesh bench allreduce` or
+    /// `world-pingpong` failed.
+    #[error("Open MPI: {what}{}", peer_output(.output))]
+    Mpi {
+        /// What was done (with the command line) and how it ended.
+        what: String,
+        /// What the command printed on stderr.
+        output: String,
+    },
+    /// `--transport openmpi` was asked for, and `mpirun` or `mpicc` is not on the PATH.
+    #[error(
+        "--transport openmpi needs Open MPI's {missing} on the PATH: install Open MPI (Debian \
+         and Ubuntu: apt-get install openmpi-bin libopenmpi-dev), or leave openmpi out of \
+         --transport"
+    )]
+    NoMpi {
+        /// `mpirun`, `mpicc`, or both.
+        missing: String,
+    },
+    /// A signal (SIGINT, SIGTERM, SIGHUP) stopped `shmesh bench allreduce` or
+    /// `world-pingpong`.
+    #[error(
+        "interrupted by a signal: the benchmark's processes were stopped and its segments \
+         removed"
+    )]
+    Interrupted,
     /// A bad combination of options (those clap cannot check by itself).
     #[error("{0}")]
     Usage(String),
@@ -269,6 +331,17 @@ impl BenchError {
         let what = what.into();
         move |source| BenchError::Library {
             library,
+            what,
+            source: Box::new(source),
+        }
+    }
+
+    /// A [`World`](Self::World) error maker for `map_err`.
+    pub(crate) fn world<E: std::error::Error + Send + Sync + 'static>(
+        what: impl Into<String>,
+    ) -> impl FnOnce(E) -> BenchError {
+        let what = what.into();
+        move |source| BenchError::World {
             what,
             source: Box::new(source),
         }

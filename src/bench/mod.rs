@@ -8,6 +8,8 @@
 //! - `shmesh bench snapshot`: how fast a reader copies a whole version out of a region, with
 //!   the writer process idle or publishing, against memcpy at the same size measured in the
 //!   same run ([`snapshot`]).
+//! - `shmesh bench allreduce` and `shmesh bench world-pingpong`: shmesh's World (all-reduce
+//!   across ranks, ping-pong between two) against Open MPI in the same run ([`world`]).
 //! - `shmesh bench plot`: an SVG chart of p50 latency against message size from the JSON
 //!   lines of `pingpong` runs ([`plot`]).
 //!
@@ -91,6 +93,7 @@ mod rings;
 pub mod snapshot;
 mod transport;
 mod typed;
+pub mod world;
 
 use std::collections::HashSet;
 use std::fmt;
@@ -105,9 +108,12 @@ use shmesh_ring::probe::ProbeError;
 use shmesh_ring::{BroadcastPolicy, CacheLineProbe, WaitStrategy};
 
 pub use error::BenchError;
-pub use report::{BusyWriter, Fan, MemcpyRow, PingPongRow, Row, SnapshotRow, Table, ThroughputRow};
+pub use report::{
+    BusyWriter, Fan, MemcpyRow, PingPongRow, Row, SnapshotRow, Table, ThroughputRow, WorldRow,
+};
 pub use snapshot::{run_peer as run_snapshot_peer, SnapshotArgs, SnapshotPeerArgs};
 pub use transport::Transport;
+pub use world::{AllreduceArgs, WorldPingpongArgs, WorldRankArgs};
 
 use process::{Peer, TempDir, Watchdog};
 use transport::{Endpoint, ParentSetup, Plan};
@@ -330,6 +336,23 @@ pub enum BenchCommand {
     /// connection between the same hosts (length-prefixed, TCP_NODELAY), every message's
     /// sequence number checked; JSON lines carry "transport":"bridge"|"tcp", "tls" and "idle".
     Bridge(bridge::BridgeArgs),
+    /// All-reduce latency of shmesh's World against Open MPI, per ranks and size.
+    ///
+    /// SIZE/8 f64s (at least one) summed in place on every rank. Each iteration: every rank
+    /// fills its buffer, a barrier, then the one all-reduce timed on every rank, then the
+    /// result checked (neither timed); an iteration's sample is the slowest rank's time. The
+    /// shmesh ranks are processes of this executable (SHMESH_JOB/RANK/SIZE); the Open MPI side
+    /// is a C program doing the same, compiled with mpicc -O2 and run with mpirun --bind-to
+    /// none in the same run, when mpicc and mpirun are on the PATH. Reports p50, p99, p99.9
+    /// and max in ns, cl_ns (measured right before), and shmesh/openmpi per ranks and size.
+    Allreduce(world::AllreduceArgs),
+    /// Round-trip latency between two ranks of shmesh's World against Open MPI, per size.
+    ///
+    /// Rank 0 writes a message of SIZE bytes, sends it to rank 1, which checks it, writes and
+    /// sends one of SIZE bytes back; one sample per full round trip (as `shmesh bench
+    /// pingpong`), after a 10% warm-up. The Open MPI side (MPI_Send/MPI_Recv of MPI_BYTE) runs
+    /// in the same run, as for `allreduce`.
+    WorldPingpong(world::WorldPingpongArgs),
 }
 
 /// Options of `shmesh bench pingpong` and `shmesh bench throughput`.
@@ -589,6 +612,8 @@ pub fn run(command: BenchCommand) -> Result<(), BenchError> {
         BenchCommand::Snapshot(args) => snapshot::run(&args),
         BenchCommand::Plot(args) => plot::run(&args),
         BenchCommand::Bridge(args) => bridge::run(&args),
+        BenchCommand::Allreduce(args) => world::run_allreduce(&args),
+        BenchCommand::WorldPingpong(args) => world::run_pingpong(&args),
     }
 }
 
@@ -641,6 +666,19 @@ impl Output {
             .map_err(BenchError::io("writing the results to stdout"))?;
         self.bar.inc(1);
         Ok(())
+    }
+
+    /// A line after the rows in the table (nothing with `--json`: stdout holds only rows).
+    fn note(&mut self, text: &str) -> Result<(), BenchError> {
+        if self.json {
+            return Ok(());
+        }
+        self.bar
+            .suspend(|| {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{text}").and_then(|()| out.flush())
+            })
+            .map_err(BenchError::io("writing the results to stdout"))
     }
 }
 

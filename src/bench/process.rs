@@ -44,6 +44,19 @@ pub(crate) fn pick_cpus() -> Result<Option<(usize, usize)>, BenchError> {
     })
 }
 
+/// Lets the calling process run on every CPU of `cpus` again (after [`pin`]), so that the
+/// processes it starts next inherit all of them.
+pub(crate) fn unpin(cpus: &[usize]) -> Result<(), BenchError> {
+    let mut set = CpuSet::new();
+    for &cpu in cpus {
+        set.set(cpu)
+            .map_err(BenchError::os(format!("selecting CPU {cpu}")))?;
+    }
+    sched_setaffinity(Pid::from_raw(0), &set).map_err(BenchError::os(format!(
+        "sched_setaffinity to CPUs {cpus:?}"
+    )))
+}
+
 /// Pins the calling process (its current and future threads) to `cpu`.
 pub(crate) fn pin(cpu: usize) -> Result<(), BenchError> {
     let mut set = CpuSet::new();
@@ -128,19 +141,24 @@ pub(crate) fn clean_up_on_signal(dir: PathBuf) -> Result<(), BenchError> {
 fn remove_segments(pid: u32) {
     #[cfg(feature = "peers")]
     super::iceoryx::remove_shm_files(&super::iceoryx::run_prefix(pid));
-    let prefix = format!("{}bench.{pid}.", shmesh_ring::segment::NAME_PREFIX);
-    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if let Some(file) = entry.file_name().to_str() {
-            if let Some(name) = file.strip_prefix(shmesh_ring::segment::NAME_PREFIX) {
-                if file.starts_with(&prefix) {
-                    let _ = shmesh_ring::Segment::remove(name);
-                }
-            }
-        }
+    for name in segments_named(&format!("bench.{pid}.")) {
+        let _ = shmesh_ring::Segment::remove(&name);
     }
+}
+
+/// The names (without `shmesh.`) of the segments in `/dev/shm` that start with `prefix`.
+pub(crate) fn segments_named(prefix: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/dev/shm") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let file = entry.file_name().into_string().ok()?;
+            let name = file.strip_prefix(shmesh_ring::segment::NAME_PREFIX)?;
+            name.starts_with(prefix).then(|| name.to_owned())
+        })
+        .collect()
 }
 
 /// The running peer process. Killed and reaped on drop if still running.
@@ -159,7 +177,7 @@ impl Peer {
     /// Starts this executable with `args`: no stdin, stdout discarded (it must not mix with
     /// ours), stderr captured for error reports.
     pub(crate) fn spawn(args: &[String]) -> Result<Peer, BenchError> {
-        Self::start(args, false)
+        Self::start(args, &[], false)
     }
 
     /// Like [`spawn`](Self::spawn), with a line protocol both ways: the parent writes commands
@@ -167,20 +185,49 @@ impl Peer {
     /// ([`expect_line`](Self::expect_line), [`last_line`](Self::last_line)). Used by the
     /// fanned-out throughput, whose peers report readiness and results this way.
     pub(crate) fn spawn_piped(args: &[String]) -> Result<Peer, BenchError> {
-        Self::start(args, true)
+        Self::start(args, &[], true)
     }
 
-    fn start(args: &[String], piped: bool) -> Result<Peer, BenchError> {
+    /// Like [`spawn_piped`](Self::spawn_piped), with these environment variables set (the
+    /// ranks of `shmesh bench allreduce`, which find their job in the environment).
+    pub(crate) fn spawn_piped_env(
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<Peer, BenchError> {
+        Self::start(args, env, true)
+    }
+
+    fn start(args: &[String], env: &[(&str, String)], piped: bool) -> Result<Peer, BenchError> {
         let exe = std::env::current_exe().map_err(BenchError::io(
             "finding the path of the running shmesh executable",
         ))?;
+        Self::start_program(&exe, args, env, piped)
+    }
+
+    /// Starts `program` (not this executable) with `args` and `env`, stdin and stdout piped,
+    /// stderr captured: `mpirun` for `shmesh bench allreduce`.
+    pub(crate) fn spawn_program(
+        program: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+    ) -> Result<Peer, BenchError> {
+        Self::start_program(program, args, env, true)
+    }
+
+    fn start_program(
+        exe: &Path,
+        args: &[String],
+        env: &[(&str, String)],
+        piped: bool,
+    ) -> Result<Peer, BenchError> {
         let (stdin, stdout) = if piped {
             (Stdio::piped(), Stdio::piped())
         } else {
             (Stdio::null(), Stdio::null())
         };
-        let mut child = Command::new(&exe)
+        let mut child = Command::new(exe)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(stdin)
             .stdout(stdout)
             .stderr(Stdio::piped())
@@ -282,6 +329,19 @@ impl Peer {
         last
     }
 
+    /// After the peer exited: every line it printed on stdout not taken yet.
+    pub(crate) fn remaining_lines(&mut self) -> Vec<String> {
+        let Some(lines) = self.lines.as_ref() else {
+            return Vec::new();
+        };
+        // The reader thread ends at the end of the output, which an exited peer has reached.
+        let mut out = Vec::new();
+        while let Ok(line) = lines.recv_timeout(EXIT_TIMEOUT) {
+            out.push(line);
+        }
+        out
+    }
+
     /// The peer's pid.
     pub(crate) fn pid(&self) -> Pid {
         Pid::from_raw(self.child.id() as i32)
@@ -323,6 +383,35 @@ impl Peer {
             (None, false) => format!("was killed ({status}) by another process or the kernel"),
         };
         BenchError::PeerFailed { status, stderr }
+    }
+
+    /// Whether the peer has exited: `None` while it runs, then `Ok` if it exited with
+    /// success, the error describing its failure otherwise.
+    pub(crate) fn poll_exit(&mut self) -> Result<Option<Result<(), BenchError>>, BenchError> {
+        Ok(self.try_wait()?.map(|status| {
+            if status.success() {
+                Ok(())
+            } else {
+                Err(self.failure(status))
+            }
+        }))
+    }
+
+    /// Stops the peer: SIGTERM, up to `grace` to exit, then SIGKILL; reaped either way. For
+    /// programs that clean up after their own children on SIGTERM (`mpirun`).
+    pub(crate) fn terminate(&mut self, grace: Duration) {
+        if self.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = kill(self.pid(), Signal::SIGTERM);
+        let start = Instant::now();
+        while start.elapsed() < grace {
+            if self.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.kill();
     }
 
     /// Fails if the peer has exited: while the parent waits for it, any exit is a failure.

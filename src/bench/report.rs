@@ -20,6 +20,10 @@
 //!   "min_reader_msgs_per_s":M,"lost":[..]`; `msgs_per_s` is the minimum reader rate (`M`),
 //!   `lost` the messages each reader lost to being lapped (always 0 under `block`).
 //! - broadcast pingpong: `"policy":"block"` (or `"lap"`) after the common keys.
+//! - `allreduce` and `world-pingpong` (module `world`): `{"bench":"allreduce","transport":
+//!   "shmesh","ranks":2,"size":8,"iters":5000,"cl_ns":46,"p50_ns":900,"p99_ns":2000,
+//!   "p999_ns":9000,"max_ns":30000}`, transport `shmesh` or `openmpi`; the bench
+//!   `world-pingpong` has the same keys (its `ranks` is always 2).
 //! - snapshot `region-busy`: the `region` keys, then `"interval_ns":I,"publishes_per_s":P,
 //!   "snapshots":N,"retries":R` (the busy writer's interval and rate; the snapshots timed and
 //!   the copies among them that the writer lapped and the reader retried).
@@ -222,6 +226,33 @@ pub struct BusyWriter {
     pub retries: u64,
 }
 
+/// One measurement of `shmesh bench allreduce` or `world-pingpong`: latency percentiles of
+/// one operation (all-reduce: the slowest rank's time of each iteration; ping-pong: the round
+/// trip at rank 0).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorldRow {
+    /// `allreduce` or `world-pingpong`.
+    pub bench: &'static str,
+    /// `shmesh` or `openmpi`.
+    pub transport: &'static str,
+    /// Ranks of the job.
+    pub ranks: usize,
+    /// Bytes reduced or sent each way per operation.
+    pub size: usize,
+    /// Operations timed (after the warm-up).
+    pub iters: u64,
+    /// The cache-line round trip measured right before, in ns (median).
+    pub cl_ns: u64,
+    /// Median, ns.
+    pub p50_ns: u64,
+    /// 99th percentile, ns.
+    pub p99_ns: u64,
+    /// 99.9th percentile, ns.
+    pub p999_ns: u64,
+    /// Slowest, ns.
+    pub max_ns: u64,
+}
+
 /// A ratio with three decimals (non-finite: 0).
 fn ratio(value: f64) -> String {
     if value.is_finite() && value > 0.0 {
@@ -242,6 +273,8 @@ pub enum Row {
     Memcpy(MemcpyRow),
     /// `shmesh bench snapshot`.
     Snapshot(SnapshotRow),
+    /// `shmesh bench allreduce` and `world-pingpong`.
+    World(WorldRow),
 }
 
 /// A JSON number for a rate: rounded to an integer (a rate is never NaN or infinite here, but
@@ -318,6 +351,21 @@ impl Row {
                 }
                 json + "}"
             }
+            Row::World(r) => format!(
+                "{{\"bench\":\"{}\",\"transport\":\"{}\",\"ranks\":{},\"size\":{},\
+                 \"iters\":{},\"cl_ns\":{},\"p50_ns\":{},\"p99_ns\":{},\"p999_ns\":{},\
+                 \"max_ns\":{}}}",
+                r.bench,
+                r.transport,
+                r.ranks,
+                r.size,
+                r.iters,
+                r.cl_ns,
+                r.p50_ns,
+                r.p99_ns,
+                r.p999_ns,
+                r.max_ns
+            ),
         }
     }
 
@@ -389,6 +437,22 @@ impl Row {
                 }
                 row
             }
+            Row::World(r) => {
+                let lat = |ns| with_ratio(ns, r.cl_ns);
+                format!(
+                    "{:<14} {:<9} {:>5} {:>8} {:>7} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                    r.bench,
+                    r.transport,
+                    r.ranks,
+                    format_size(r.size),
+                    r.iters,
+                    r.cl_ns,
+                    lat(r.p50_ns),
+                    lat(r.p99_ns),
+                    lat(r.p999_ns),
+                    lat(r.max_ns)
+                )
+            }
         }
     }
 }
@@ -404,6 +468,8 @@ pub enum Table {
     Memcpy,
     /// Snapshot bandwidth against memcpy.
     Snapshot,
+    /// All-reduce and World ping-pong latencies.
+    World,
 }
 
 impl Table {
@@ -431,6 +497,19 @@ impl Table {
             Table::Snapshot => format!(
                 "{:<11} {:>8} {:>6} {:>10} {:>9}",
                 "transport", "size", "cl_ns", "GB/s", "vs memcpy"
+            ),
+            Table::World => format!(
+                "{:<14} {:<9} {:>5} {:>8} {:>7} {:>6} {:>15} {:>15} {:>15} {:>16}",
+                "bench",
+                "transport",
+                "ranks",
+                "size",
+                "iters",
+                "cl_ns",
+                "p50 ns (x cl)",
+                "p99 ns (x cl)",
+                "p99.9 ns (x cl)",
+                "max ns (x cl)"
             ),
         }
     }
@@ -705,6 +784,52 @@ mod tests {
         let mut odd = snapshot_row(SnapshotTransport::Region);
         odd.vs_memcpy = Some(f64::NAN);
         assert!(Row::Snapshot(odd).to_json().ends_with(r#""vs_memcpy":0}"#));
+    }
+
+    fn world_row() -> WorldRow {
+        WorldRow {
+            bench: "allreduce",
+            transport: "openmpi",
+            ranks: 4,
+            size: 1 << 20,
+            iters: 256,
+            cl_ns: 300,
+            p50_ns: 1_500_000,
+            p99_ns: 1_600_000,
+            p999_ns: 1_700_000,
+            max_ns: 1_800_000,
+        }
+    }
+
+    #[test]
+    fn world_json_has_exactly_the_required_keys() {
+        let json = Row::World(world_row()).to_json();
+        assert_eq!(
+            json,
+            r#"{"bench":"allreduce","transport":"openmpi","ranks":4,"size":1048576,"iters":256,"cl_ns":300,"p50_ns":1500000,"p99_ns":1600000,"p999_ns":1700000,"max_ns":1800000}"#
+        );
+        let row = WorldRow {
+            bench: "world-pingpong",
+            transport: "shmesh",
+            ranks: 2,
+            size: 8,
+            ..world_row()
+        };
+        let json = Row::World(row).to_json();
+        assert!(
+            json.starts_with(
+                r#"{"bench":"world-pingpong","transport":"shmesh","ranks":2,"size":8,"#
+            ),
+            "{json}"
+        );
+        let table = Row::World(world_row()).to_table();
+        let header = Table::World.header();
+        assert_eq!(table.len(), header.len(), "\n{header}\n{table}");
+        assert!(
+            table.starts_with("allreduce      openmpi       4    1 MiB"),
+            "{table}"
+        );
+        assert!(table.contains("1500000 (5000x)"), "{table}");
     }
 
     #[test]
