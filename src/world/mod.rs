@@ -55,6 +55,7 @@ mod collective;
 pub mod element;
 pub mod env;
 mod error;
+pub mod frame;
 mod request;
 
 use std::collections::{HashMap, VecDeque};
@@ -82,20 +83,12 @@ use crate::channel::Message as Wire;
 pub use element::{Element, Op};
 pub use env::Identity;
 pub use error::WorldError;
+use frame::{
+    envelope, Assembled, Assembly, Frame, FrameError, ENVELOPE, KIND_ABORT, KIND_FIN, KIND_FIRST,
+    KIND_MORE, KIND_WHOLE,
+};
 pub use request::{Completion, OwnedMessage, Request};
 
-/// Bytes of the envelope in front of a message's payload: tag (u32), reserved (u32), total
-/// length (u64), little-endian. A multiple of 16, so an archive after it stays aligned.
-const ENVELOPE: usize = 16;
-/// Record kinds of the world's framing (any value but `u32::MAX` is the ring's user's).
-const KIND_WHOLE: u32 = 0x574c_0001;
-const KIND_FIRST: u32 = 0x574c_0002;
-const KIND_MORE: u32 = 0x574c_0003;
-/// The last record a rank writes to each ring when it leaves the world in order.
-const KIND_FIN: u32 = 0x574c_0004;
-/// A collective failed on the sender because a rank died: the envelope's length field names
-/// that rank. Makes every rank's collectives fail, not only those of the dead rank's partners.
-const KIND_ABORT: u32 = 0x574c_0005;
 /// Tags with this bit belong to the collectives.
 const COLLECTIVE: u32 = 1 << 31;
 /// The smallest fragment a sender cuts to use a partly free ring.
@@ -291,7 +284,7 @@ struct Peer {
     /// Non-blocking sends to it that did not fit yet, in order.
     outbox: VecDeque<Outgoing>,
     /// A message from it being assembled by the unexpected path.
-    partial: Option<Envelope>,
+    partial: Option<Assembly>,
     /// It left the world in order (its FIN record was read).
     finished: bool,
 }
@@ -317,8 +310,6 @@ pub(crate) struct Envelope {
     pub(crate) source: usize,
     pub(crate) tag: u32,
     pub(crate) bytes: AlignedVec,
-    /// The length announced by its first record (equal to `bytes.len()` once complete).
-    total: u64,
 }
 
 /// Receives posted with [`World::irecv`], waiting for a message.
@@ -531,27 +522,12 @@ where
     }
 }
 
-fn envelope(tag: u32, total: u64) -> [u8; ENVELOPE] {
-    let mut e = [0u8; ENVELOPE];
-    e[..4].copy_from_slice(&tag.to_le_bytes());
-    e[8..].copy_from_slice(&total.to_le_bytes());
-    e
-}
-
-/// Reads an envelope: `(tag, total length)`.
-fn read_envelope(bytes: &[u8], source: usize) -> Result<(u32, u64), WorldError> {
-    let Some(head) = bytes.get(..ENVELOPE) else {
-        return Err(WorldError::Protocol {
-            rank: source,
-            what: format!(
-                "a record of {} bytes is shorter than the envelope",
-                bytes.len()
-            ),
-        });
-    };
-    let tag = u32::from_le_bytes(head[..4].try_into().expect("4 bytes"));
-    let total = u64::from_le_bytes(head[8..].try_into().expect("8 bytes"));
-    Ok((tag, total))
+/// A framing error of rank `rank`'s ring as a world error.
+fn protocol(rank: usize, e: FrameError) -> WorldError {
+    WorldError::Protocol {
+        rank,
+        what: e.to_string(),
+    }
 }
 
 fn ring_error(source: usize, e: TryReadError) -> Option<WorldError> {
@@ -998,7 +974,6 @@ impl World {
             self.inbox.deliver(Envelope {
                 source: dest,
                 tag,
-                total: data.len() as u64,
                 bytes,
             });
             return Ok(());
@@ -1175,7 +1150,6 @@ impl World {
                 Envelope {
                     source: src,
                     tag,
-                    total: bytes.len() as u64,
                     bytes,
                 }
             }
@@ -1291,8 +1265,7 @@ impl World {
                 });
             }
         };
-        if record.kind() == KIND_WHOLE {
-            let (t, _) = read_envelope(&record, src)?;
+        if let Ok(Frame::Whole { tag: t, .. }) = frame::decode(record.kind(), &record) {
             if source.matches(src) && tag.matches(t) && !self.inbox.posted_wants(src, t) {
                 record.keep();
                 return Ok(Look::Match(t));
@@ -1318,8 +1291,9 @@ impl World {
                 })
             }
         };
-        if record.kind() == KIND_WHOLE || record.kind() == KIND_FIRST {
-            let (t, _) = read_envelope(&record, src)?;
+        if let Ok(Frame::Whole { tag: t, .. } | Frame::First { tag: t, .. }) =
+            frame::decode(record.kind(), &record)
+        {
             if source.matches(src) && tag.matches(t) && !self.inbox.posted_wants(src, t) {
                 record.keep();
                 return Ok(Look::Match(t));
@@ -1350,81 +1324,24 @@ impl World {
                 }
             }
         };
-        let kind = record.kind();
-        match (kind, peer.partial.as_mut()) {
-            (KIND_MORE, Some(partial)) => {
-                if partial.bytes.len() as u64 + record.len() as u64 > partial.total {
-                    return Err(WorldError::Protocol {
-                        rank: src,
-                        what: format!(
-                            "fragments add up to more than the {} bytes announced",
-                            partial.total
-                        ),
-                    });
-                }
-                partial.bytes.extend_from_slice(&record);
-                drop(record);
-                if partial.bytes.len() as u64 == partial.total {
-                    let env = peer.partial.take().expect("checked above");
-                    self.inbox.deliver(env);
-                }
-                Ok(true)
-            }
-            (KIND_WHOLE | KIND_FIRST, None) => {
-                let (tag, total) = read_envelope(&record, src)?;
-                let body = &record[ENVELOPE..];
-                if (kind == KIND_WHOLE) != (body.len() as u64 == total) || body.len() as u64 > total
-                {
-                    return Err(WorldError::Protocol {
-                        rank: src,
-                        what: format!(
-                            "a record of {} payload bytes announces a message of {total}",
-                            body.len()
-                        ),
-                    });
-                }
-                let mut bytes = AlignedVec::with_capacity(body.len());
-                bytes.extend_from_slice(body);
-                drop(record);
-                let env = Envelope {
-                    source: src,
-                    tag,
-                    bytes,
-                    total,
-                };
-                if kind == KIND_WHOLE {
-                    self.inbox.deliver(env);
-                } else {
-                    peer.partial = Some(env);
-                }
-                Ok(true)
-            }
-            (KIND_FIN, None) => {
-                drop(record);
-                peer.finished = true;
-                Ok(true)
-            }
-            (KIND_ABORT, _) => {
-                // (A message in fragments it interrupts was a broken collective's.)
-                let (_, dead) = read_envelope(&record, src)?;
-                drop(record);
-                peer.partial = None;
+        let assembled = frame::decode(record.kind(), &record)
+            .and_then(|frame| frame::assemble(&mut peer.partial, frame))
+            .map_err(|e| protocol(src, e));
+        drop(record);
+        match assembled? {
+            Assembled::Message(tag, bytes) => self.inbox.deliver(Envelope {
+                source: src,
+                tag,
+                bytes,
+            }),
+            Assembled::Partial => {}
+            Assembled::Fin => peer.finished = true,
+            Assembled::Abort(dead) => {
                 let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
                 self.broken.get_or_insert(dead);
-                Ok(true)
             }
-            (kind, partial) => Err(WorldError::Protocol {
-                rank: src,
-                what: format!(
-                    "record kind {kind:#x} {}",
-                    if partial.is_some() {
-                        "inside a message in fragments"
-                    } else {
-                        "where a message should start"
-                    }
-                ),
-            }),
         }
+        Ok(true)
     }
 
     /// Streams the message whose first record heads `src`'s ring (tag `tag`) into `sink`
@@ -1480,62 +1397,65 @@ impl World {
                 }
             }
         };
-        let kind = record.kind();
-        if flow.started && kind == KIND_ABORT {
-            // The sender's collective broke in the middle of this message.
-            let (_, dead) = read_envelope(&record, src)?;
-            drop(record);
-            let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
-            self.broken.get_or_insert(dead);
-            return Err(WorldError::PeerGone(dead));
-        }
-        if flow.started {
-            if kind != KIND_MORE || flow.got + record.len() as u64 > flow.total {
-                return Err(WorldError::Protocol {
-                    rank: src,
-                    what: format!(
-                        "record kind {kind:#x} of {} bytes after {} of a {}-byte message",
-                        record.len(),
-                        flow.got,
-                        flow.total
-                    ),
-                });
+        let decoded = frame::decode(record.kind(), &record).map_err(|e| protocol(src, e));
+        let frame = match decoded {
+            Ok(frame) => frame,
+            Err(e) => {
+                drop(record);
+                return Err(e);
             }
-            let (got, total) = (flow.got, flow.total);
-            flow.feed(sink, got, &record, total);
-            flow.got += record.len() as u64;
-            drop(record);
-            return if flow.got == flow.total {
-                flow.done()
-            } else {
-                Ok(Step::Progress)
-            };
-        }
-        if kind == KIND_ABORT {
-            // A collective failed on `src`: this one (and every later one) fails here too.
-            let (_, dead) = read_envelope(&record, src)?;
-            drop(record);
-            let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
-            self.broken.get_or_insert(dead);
-            if tag & COLLECTIVE != 0 {
-                return Err(WorldError::PeerGone(dead));
-            }
-            return Ok(Step::Progress);
-        }
-        if kind == KIND_WHOLE || kind == KIND_FIRST {
-            let (t, total) = read_envelope(&record, src)?;
-            let body = &record[ENVELOPE..];
-            if t == tag && !self.inbox.posted_wants(src, t) {
-                if (kind == KIND_WHOLE) != (body.len() as u64 == total) || body.len() as u64 > total
-                {
-                    return Err(WorldError::Protocol {
-                        rank: src,
-                        what: format!(
-                            "a record of {} payload bytes announces a message of {total}",
-                            body.len()
-                        ),
-                    });
+        };
+        match frame {
+            // A collective failed on `src` (maybe in the middle of this message): this one,
+            // and every later one, fails here too.
+            Frame::Abort { dead } => {
+                drop(record);
+                let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
+                self.broken.get_or_insert(dead);
+                if flow.started || tag & COLLECTIVE != 0 {
+                    return Err(WorldError::PeerGone(dead));
                 }
+                return Ok(Step::Progress);
+            }
+            Frame::More(body) if flow.started => {
+                let (got, total, n) = (flow.got, flow.total, body.len() as u64);
+                if got + n > total {
+                    drop(record);
+                    return Err(protocol(
+                        src,
+                        FrameError::Overrun {
+                            got: got + n,
+                            total,
+                        },
+                    ));
+                }
+                flow.feed(sink, got, body, total);
+                flow.got += n;
+                drop(record);
+                return if flow.got == flow.total {
+                    flow.done()
+                } else {
+                    Ok(Step::Progress)
+                };
+            }
+            _ if flow.started => {
+                let kind = record.kind();
+                drop(record);
+                return Err(protocol(
+                    src,
+                    FrameError::Kind {
+                        kind,
+                        context: "inside a message in fragments",
+                    },
+                ));
+            }
+            Frame::Whole { tag: t, body } | Frame::First { tag: t, body, .. }
+                if t == tag && !self.inbox.posted_wants(src, t) =>
+            {
+                let (whole, total) = match frame {
+                    Frame::First { total, .. } => (false, total),
+                    _ => (true, body.len() as u64),
+                };
                 *flow = Inflow {
                     started: true,
                     total,
@@ -1544,12 +1464,13 @@ impl World {
                 };
                 flow.feed(sink, 0, body, total);
                 drop(record);
-                return if kind == KIND_WHOLE {
+                return if whole {
                     flow.done()
                 } else {
                     Ok(Step::Progress)
                 };
             }
+            _ => {}
         }
         record.keep();
         self.drain_one(src)?;

@@ -176,7 +176,6 @@ impl World {
             self.inbox.deliver(Envelope {
                 source: dest,
                 tag,
-                total: data.len() as u64,
                 bytes,
             });
             return Ok(self.new_request(ReqState::Sent));
