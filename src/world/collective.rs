@@ -25,7 +25,7 @@
 use std::ops::Range;
 use std::time::Instant;
 
-use super::element::elements;
+use super::element::{elements, max, min};
 use super::{write_some, Element, Inflow, Needs, Op, Outflow, Sink, Spin, Step, World, WorldError};
 
 /// All-reduce buffers up to this many bytes use recursive doubling; larger ones the ring.
@@ -147,8 +147,39 @@ impl World {
         recv: Option<(usize, &mut Sink<'_>)>,
     ) -> Result<(), WorldError> {
         let mut out = Outflow::default();
-        let mut sent = send.is_none();
         let mut inflow = Inflow::default();
+        let src = recv.as_ref().map(|(src, _)| *src);
+        let result = self.exchange_steps(tag, send, recv, &mut out, &mut inflow);
+        if result.is_err() {
+            // Keep both rings framed for the point-to-point messages that go on: the rest of a
+            // half-sent message still goes out (queued, to nobody's request), and the rest of a
+            // half-received one is skipped when it comes.
+            if let Some((dest, data)) =
+                send.filter(|_| out.started && out.off < send.map_or(0, |s| s.1.len()))
+            {
+                self.peers[dest].outbox.push_front(super::Outgoing {
+                    request: super::NO_REQUEST,
+                    tag,
+                    data: data.to_vec(),
+                    flow: out,
+                });
+            }
+            if let Some(src) = src.filter(|_| inflow.started && inflow.got < inflow.total) {
+                self.peers[src].discard = true;
+            }
+        }
+        result
+    }
+
+    fn exchange_steps(
+        &mut self,
+        tag: u32,
+        send: Option<(usize, &[u8])>,
+        recv: Option<(usize, &mut Sink<'_>)>,
+        out: &mut Outflow,
+        inflow: &mut Inflow,
+    ) -> Result<(), WorldError> {
+        let mut sent = send.is_none();
         let (src, mut sink) = match recv {
             Some((src, sink)) => (Some(src), Some(sink)),
             None => (None, None),
@@ -165,12 +196,12 @@ impl World {
                     let before = (out.started, out.off);
                     let fragment = self.fragment;
                     let tx = self.peers[dest].tx.as_mut().expect("rings to other ranks");
-                    sent = write_some(tx, dest, tag, data, &mut out, fragment)?;
+                    sent = write_some(tx, dest, tag, data, out, fragment)?;
                     progressed |= before != (out.started, out.off);
                 }
             }
             if let (false, Some(src), Some(sink)) = (received, src, sink.as_mut()) {
-                match self.pull(src, tag, &mut inflow, *sink)? {
+                match self.pull(src, tag, inflow, *sink)? {
                     Step::Done => {
                         received = true;
                         progressed = true;
@@ -188,7 +219,7 @@ impl World {
             }
             let space = match send {
                 Some((dest, data)) if !sent => {
-                    Some((dest, super::space_needed(&out, data.len(), self.fragment)))
+                    Some((dest, super::space_needed(out, data.len(), self.fragment)))
                 }
                 _ => None,
             };
@@ -360,13 +391,14 @@ impl World {
     pub fn all_gather<E: Element>(&mut self, send: &[E], recv: &mut [E]) -> Result<(), WorldError> {
         let (n, r) = (self.id.size, self.id.rank);
         let len = send.len();
-        if recv.len() != n * len {
-            return Err(WorldError::Mismatch(format!(
-                "all_gather: the receive buffer has {} elements, not {n} ranks × {len}",
-                recv.len()
-            )));
-        }
         self.collective(|world, tag| {
+            // Checked inside, so that every rank's collective count stays in step.
+            if recv.len() != n * len {
+                return Err(WorldError::Mismatch(format!(
+                    "all_gather: the receive buffer has {} elements, not {n} ranks × {len}",
+                    recv.len()
+                )));
+            }
             recv[r * len..(r + 1) * len].copy_from_slice(send);
             let (right, left) = ((r + 1) % n, (r + n - 1) % n);
             for s in 0..n.saturating_sub(1) {
@@ -399,8 +431,8 @@ impl World {
         match op {
             Op::Sum => self.reduce_with(root, buf, E::add),
             Op::Product => self.reduce_with(root, buf, E::mul),
-            Op::Min => self.reduce_with(root, buf, |a, b| if b < a { b } else { a }),
-            Op::Max => self.reduce_with(root, buf, |a, b| if b > a { b } else { a }),
+            Op::Min => self.reduce_with(root, buf, min),
+            Op::Max => self.reduce_with(root, buf, max),
         }
     }
 
@@ -456,8 +488,8 @@ impl World {
         match op {
             Op::Sum => self.all_reduce_with(buf, E::add),
             Op::Product => self.all_reduce_with(buf, E::mul),
-            Op::Min => self.all_reduce_with(buf, |a, b| if b < a { b } else { a }),
-            Op::Max => self.all_reduce_with(buf, |a, b| if b > a { b } else { a }),
+            Op::Min => self.all_reduce_with(buf, min),
+            Op::Max => self.all_reduce_with(buf, max),
         }
     }
 

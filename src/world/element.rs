@@ -44,6 +44,28 @@ macro_rules! float_element {
 int_element!(i8, i16, i32, i64, i128, isize, u8, u16, u32, u64, u128, usize);
 float_element!(f32, f64);
 
+/// The smaller of two elements; a NaN loses to a number, whichever side it is on.
+#[inline]
+#[allow(clippy::eq_op)] // `a != a` is the NaN test, for any `PartialOrd` element
+pub(crate) fn min<E: Element>(a: E, b: E) -> E {
+    if b < a || a != a {
+        b
+    } else {
+        a
+    }
+}
+
+/// The larger of two elements; a NaN loses to a number, whichever side it is on.
+#[inline]
+#[allow(clippy::eq_op)]
+pub(crate) fn max<E: Element>(a: E, b: E) -> E {
+    if b > a || a != a {
+        b
+    } else {
+        a
+    }
+}
+
 /// A built-in reduction of [`World::reduce`](super::World::reduce) and
 /// [`World::all_reduce`](super::World::all_reduce), applied element by element.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,16 +88,8 @@ impl Op {
         match self {
             Op::Sum => a.iter_mut().zip(b).for_each(|(x, &y)| *x = E::add(*x, y)),
             Op::Product => a.iter_mut().zip(b).for_each(|(x, &y)| *x = E::mul(*x, y)),
-            Op::Min => a.iter_mut().zip(b).for_each(|(x, &y)| {
-                if y < *x {
-                    *x = y
-                }
-            }),
-            Op::Max => a.iter_mut().zip(b).for_each(|(x, &y)| {
-                if y > *x {
-                    *x = y
-                }
-            }),
+            Op::Min => a.iter_mut().zip(b).for_each(|(x, &y)| *x = min(*x, y)),
+            Op::Max => a.iter_mut().zip(b).for_each(|(x, &y)| *x = max(*x, y)),
         }
     }
 
@@ -120,6 +134,9 @@ mod tests {
         assert_eq!(a, [4, 1, -9]);
         Op::Product.combine(&mut a, &[2, 3, 0]);
         assert_eq!(a, [8, 3, 0]);
+        let mut f = [f64::NAN, 1.0];
+        Op::Min.combine(&mut f, &[2.0, f64::NAN]);
+        assert_eq!(f, [2.0, 1.0], "a NaN loses on either side");
         let mut w = [u8::MAX];
         Op::Sum.combine(&mut w, &[2]);
         assert_eq!(w, [1], "integers wrap");

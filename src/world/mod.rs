@@ -44,7 +44,8 @@
 //!   every 20 ms to check the ranks' liveness.
 //! - **Failures.** An operation that needs a rank whose process died returns
 //!   [`WorldError::PeerGone`] within about 20 ms of its death: a receive from it (once what it
-//!   sent is read), a send to it, and every collective (a collective needs every rank, so a
+//!   sent is read), a send to it that waits for ring space (a send that finds room is buffered
+//!   in the ring and returns `Ok`, as an MPI eager send does), and every collective (a collective needs every rank, so a
 //!   death anywhere fails it on every rank, and the collectives after it too). A receive from
 //!   any source reports each death once and otherwise goes on with the ranks alive.
 //!   Point-to-point messages between the ranks alive keep working.
@@ -91,6 +92,8 @@ pub use request::{Completion, OwnedMessage, Request};
 
 /// Tags with this bit belong to the collectives.
 const COLLECTIVE: u32 = 1 << 31;
+/// The smallest ring a world accepts: room for fragments of at least `MIN_FRAGMENT` bytes.
+const MIN_RING: u64 = 4 * MIN_FRAGMENT as u64;
 /// The smallest fragment a sender cuts to use a partly free ring.
 const MIN_FRAGMENT: usize = 4096;
 /// How long a sleeping wait lasts before it checks the ranks' liveness.
@@ -230,6 +233,12 @@ impl WorldBuilder {
                 source,
             }
         })?;
+        if self.ring_capacity < MIN_RING {
+            return Err(WorldError::Environment(format!(
+                "a world ring of {} bytes is too small: use at least {MIN_RING} bytes",
+                self.ring_capacity
+            )));
+        }
         let max_fragment = shmesh_ring::spsc::max_payload(self.ring_capacity) as usize - ENVELOPE;
         let fragment = (self
             .fragment
@@ -287,7 +296,15 @@ struct Peer {
     partial: Option<Assembly>,
     /// It left the world in order (its FIN record was read).
     finished: bool,
+    /// It is gone and its ring was found empty: waits no longer sleep on its rings.
+    departed: bool,
+    /// A message from it was abandoned half-read (a collective failed): its remaining
+    /// fragments are skipped as they come.
+    discard: bool,
 }
+
+/// The request id of queued bytes no request waits for (the rest of an abandoned message).
+const NO_REQUEST: u64 = 0;
 
 /// A send in progress: how much of its payload is in the ring.
 #[derive(Debug, Default, Clone, Copy)]
@@ -1045,9 +1062,26 @@ impl World {
                         what: "a record seen vanished".into(),
                     })
                 })?;
-                let len = record.len() - ENVELOPE;
+                // Read again: the peer may have rewritten the record since `find` looked.
+                let len = match frame::decode(record.kind(), &record) {
+                    Ok(Frame::Whole { tag: t, body }) if t == tag => body.len(),
+                    Ok(_) => {
+                        return Err(WorldError::Protocol {
+                            rank: src,
+                            what: "a record changed while it was being read".into(),
+                        })
+                    }
+                    Err(e) => return Err(protocol(src, e)),
+                };
                 let view = record
-                    .map(|bytes| rkyv::access::<Archived<T>, rancor::Error>(&bytes[ENVELOPE..]))
+                    .map(|bytes| {
+                        let body = bytes.get(ENVELOPE..).ok_or_else(|| {
+                            <rancor::Error as rancor::Source>::new(std::io::Error::other(
+                                "record shorter than its envelope",
+                            ))
+                        })?;
+                        rkyv::access::<Archived<T>, rancor::Error>(body)
+                    })
                     .map_err(|cause| WorldError::Invalid {
                         rank: src,
                         tag,
@@ -1324,6 +1358,13 @@ impl World {
                 }
             }
         };
+        if peer.discard {
+            if record.kind() == KIND_MORE && peer.partial.is_none() {
+                // The rest of a message abandoned half-read.
+                return Ok(true);
+            }
+            peer.discard = false;
+        }
         let assembled = frame::decode(record.kind(), &record)
             .and_then(|frame| frame::assemble(&mut peer.partial, frame))
             .map_err(|e| protocol(src, e));
@@ -1335,7 +1376,10 @@ impl World {
                 bytes,
             }),
             Assembled::Partial => {}
-            Assembled::Fin => peer.finished = true,
+            Assembled::Fin => {
+                peer.finished = true;
+                peer.departed = true;
+            }
             Assembled::Abort(dead) => {
                 let dead = usize::try_from(dead).unwrap_or(src).min(self.id.size - 1);
                 self.broken.get_or_insert(dead);
@@ -1355,13 +1399,26 @@ impl World {
     ) -> Result<(), WorldError> {
         let mut flow = Inflow::default();
         let mut spin = Spin::new();
-        loop {
-            match self.pull(src, tag, &mut flow, sink)? {
-                Step::Done => return Ok(()),
+        let result = loop {
+            let step = match self.pull(src, tag, &mut flow, sink) {
+                Ok(step) => step,
+                Err(e) => break Err(e),
+            };
+            match step {
+                Step::Done => break Ok(()),
                 Step::Progress => spin = Spin::new(),
-                Step::Idle => self.idle(&mut spin, needs, Some(src), None)?,
+                Step::Idle => {
+                    if let Err(e) = self.idle(&mut spin, needs, Some(src), None) {
+                        break Err(e);
+                    }
+                }
             }
+        };
+        if result.is_err() && flow.started && flow.got < flow.total {
+            // Skip the rest of the message when it comes: the next one starts framed.
+            self.peers[src].discard = true;
         }
+        result
     }
 
     /// One step of a streamed receive from `src` with `tag`: takes a held message, the
@@ -1542,6 +1599,11 @@ impl World {
                     .front()
                     .map(|o| space_needed(&o.flow, o.data.len(), *fragment)),
             };
+            // A rank seen gone (and drained) wakes nobody: its ring would only make every
+            // sleep return at once.
+            if peer.departed {
+                continue;
+            }
             if let (Some(len), Some(tx)) = (want, peer.tx.as_mut()) {
                 interests.push(Interest::Space(tx, len));
             }
@@ -1619,11 +1681,13 @@ impl World {
                     if !gone {
                         continue;
                     }
+                    // The rank this step streams from is judged by its ring (`from` above).
+                    if Some(r) == streaming {
+                        continue;
+                    }
                     // A rank that left in order finished every collective it was in: only a
                     // death breaks one (read up to its FIN record to know which it was).
-                    if Some(r) != streaming {
-                        while !self.peers[r].finished && self.drain_one(r)? {}
-                    }
+                    while !self.peers[r].finished && self.drain_one(r)? {}
                     if !self.peers[r].finished {
                         self.broken = Some(r);
                         return Err(WorldError::PeerGone(r));
@@ -1656,6 +1720,7 @@ impl World {
         while self.drain_one(r)? {
             drained = true;
         }
+        self.peers[r].departed |= !drained;
         Ok(!drained)
     }
 
@@ -1671,13 +1736,15 @@ impl World {
             let tx = peer.tx.as_mut().expect("rings to other ranks");
             match write_some(tx, dest, out.tag, &out.data, &mut out.flow, fragment) {
                 Ok(true) => {
-                    inbox.requests.insert(out.request, ReqState::Sent);
+                    if out.request != NO_REQUEST {
+                        inbox.requests.insert(out.request, ReqState::Sent);
+                    }
                     peer.outbox.pop_front();
                 }
                 Ok(false) => {
                     // Gone readers never make room: fail rather than wait forever.
                     if tx.peer() == PeerState::Gone {
-                        for out in peer.outbox.drain(..) {
+                        for out in peer.outbox.drain(..).filter(|o| o.request != NO_REQUEST) {
                             inbox
                                 .requests
                                 .insert(out.request, ReqState::Failed(WorldError::PeerGone(dest)));
@@ -1686,7 +1753,9 @@ impl World {
                     return;
                 }
                 Err(e) => {
-                    inbox.requests.insert(out.request, ReqState::Failed(e));
+                    if out.request != NO_REQUEST {
+                        inbox.requests.insert(out.request, ReqState::Failed(e));
+                    }
                     peer.outbox.pop_front();
                 }
             }
@@ -1780,16 +1849,23 @@ impl Drop for World {
     /// Leaves the job in order: a FIN record to every rank (waiting up to 100 ms for room),
     /// so the others tell this from a death; the rings this rank made are removed.
     fn drop(&mut self) {
-        let deadline = Instant::now() + Duration::from_millis(100);
         for dest in 0..self.id.size {
-            if !self.peers[dest].outbox.is_empty() {
-                // Queued sends go first, as far as there is room within the deadline.
-                while !self.peers[dest].outbox.is_empty() && Instant::now() < deadline {
-                    self.push_outbox(dest);
-                    if !self.peers[dest].outbox.is_empty() {
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
+            let deadline = Instant::now() + Duration::from_millis(100);
+            // Queued sends go first, as far as there is room within the deadline.
+            while !self.peers[dest].outbox.is_empty() && Instant::now() < deadline {
+                self.push_outbox(dest);
+                if !self.peers[dest].outbox.is_empty() {
+                    std::thread::sleep(Duration::from_micros(200));
                 }
+            }
+            // A FIN inside a half-sent message would garble it: the reader then sees this
+            // rank go without one (as a death), which is what it is for that message.
+            if self.peers[dest]
+                .outbox
+                .front()
+                .is_some_and(|o| o.flow.started)
+            {
+                continue;
             }
             let Some(tx) = self.peers[dest].tx.as_mut() else {
                 continue;

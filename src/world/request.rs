@@ -291,6 +291,14 @@ impl World {
         }
     }
 
+    /// Forgets request `id`: a posted receive is withdrawn (a queued send still goes out).
+    fn cancel(&mut self, id: u64) {
+        if let Some(i) = self.inbox.posted.iter().position(|p| p.request == id) {
+            self.inbox.posted.remove(i);
+        }
+        self.inbox.requests.remove(&id);
+    }
+
     /// Takes the result of a finished request.
     fn finish(&mut self, id: u64) -> Option<Result<Completion, WorldError>> {
         match self.inbox.requests.get(&id)? {
@@ -328,8 +336,17 @@ impl World {
         while !pending.is_empty() {
             let mut list: Vec<Request> =
                 pending.iter().map(|(_, r)| Request { id: r.id }).collect();
-            let result = self.wait_any_inner(&mut list)?;
-            let (i, outcome) = result;
+            let (i, outcome) = match self.wait_any_inner(&mut list) {
+                Ok(done) => done,
+                Err(e) => {
+                    // None is left pending: a posted receive nobody waits for would take a
+                    // message a later receive asks for.
+                    for (_, r) in &pending {
+                        self.cancel(r.id);
+                    }
+                    return Err(e);
+                }
+            };
             let (slot, _) = pending.remove(i);
             done[slot] = Some(outcome);
         }
