@@ -89,7 +89,7 @@ pub(crate) fn config(plan: &Plan, me: usize, job: &str, certs: Option<&Path>) ->
             if ha == hb {
                 continue;
             }
-            let ring = quoted(&format!("world.{job}.{a}.{b}"));
+            let ring = quoted(&crate::world::ring_name(job, a, b));
             if ha == me {
                 let _ = writeln!(
                     out,

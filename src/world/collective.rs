@@ -154,8 +154,7 @@ impl World {
             // Keep both rings framed for the point-to-point messages that go on: the rest of a
             // half-sent message still goes out (queued, to nobody's request), and the rest of a
             // half-received one is skipped when it comes.
-            if let Some((dest, data)) =
-                send.filter(|_| out.started && out.off < send.map_or(0, |s| s.1.len()))
+            if let Some((dest, data)) = send.filter(|(_, data)| out.started && out.off < data.len())
             {
                 self.peers[dest].outbox.push_front(super::Outgoing {
                     request: super::NO_REQUEST,

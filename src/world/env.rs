@@ -3,8 +3,7 @@
 
 use super::WorldError;
 
-/// The longest job id; longer ids from launchers are shortened with a hash.
-pub const MAX_JOB_LEN: usize = 48;
+pub use crate::run::MAX_JOB_LEN;
 
 /// This process's place in a job, as read from the environment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -211,22 +210,13 @@ fn parent_id() -> String {
     format!("{ppid}-{start}")
 }
 
-/// Checks an explicit job id: 1..=48 characters of `[A-Za-z0-9_-]`.
+/// Checks an explicit job id (the launcher's rule, [`crate::run::check_job_id`]).
 ///
 /// # Errors
 ///
-/// [`WorldError::Environment`] saying what is wrong with it.
+/// [`WorldError::Environment`] naming the variable and what is wrong with it.
 pub fn check_job(job: &str, var: &str) -> Result<String, WorldError> {
-    if job.is_empty()
-        || job.len() > MAX_JOB_LEN
-        || !job
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    {
-        return Err(WorldError::Environment(format!(
-            "{var}={job:?} is not a job id (1..={MAX_JOB_LEN} characters of A-Z a-z 0-9 _ -)"
-        )));
-    }
+    crate::run::check_job_id(job).map_err(|e| WorldError::Environment(format!("{var}: {e}")))?;
     Ok(job.to_owned())
 }
 

@@ -278,7 +278,7 @@ impl WorldBuilder {
 
 /// The name of the ring from rank `from` to rank `to` of `job`.
 pub fn ring_name(job: &str, from: usize, to: usize) -> String {
-    format!("world.{job}.{from}.{to}")
+    format!("{}{from}.{to}", crate::run::job_segment_prefix(job))
 }
 
 /// One other rank, as this rank sees it.
@@ -1222,7 +1222,7 @@ impl World {
             }
             let mut progressed = false;
             for src in self.sources(source) {
-                match self.look(src, source, tag)? {
+                match self.look(src, source, tag, false)? {
                     Look::Match(tag) => {
                         self.next_any = src + 1;
                         return Ok(Found::Ring(src, tag));
@@ -1255,7 +1255,7 @@ impl World {
             }
             let mut progressed = false;
             for src in self.sources(source) {
-                match self.look_stream(src, source, tag)? {
+                match self.look(src, source, tag, true)? {
                     Look::Match(tag) => {
                         self.next_any = src + 1;
                         return Ok(Err((src, tag)));
@@ -1283,8 +1283,16 @@ impl World {
             .filter(move |&r| r != me && only.is_none_or(|o| o == r))
     }
 
-    /// Looks at the head record of `src`'s ring for a receive of a whole message in place.
-    fn look(&mut self, src: usize, source: Source, tag: Tag) -> Result<Look, WorldError> {
+    /// Looks at the head record of `src`'s ring for a receive: `Match` leaves a whole message
+    /// that matches (or, with `first_too`, the first fragment of one) in the ring for the
+    /// caller; anything else goes to the unexpected path.
+    fn look(
+        &mut self,
+        src: usize,
+        source: Source,
+        tag: Tag,
+        first_too: bool,
+    ) -> Result<Look, WorldError> {
         if self.peers[src].partial.is_some() {
             return self.drain_one(src).map(Look::from_drained);
         }
@@ -1299,41 +1307,17 @@ impl World {
                 });
             }
         };
-        if let Ok(Frame::Whole { tag: t, .. }) = frame::decode(record.kind(), &record) {
-            if source.matches(src) && tag.matches(t) && !self.inbox.posted_wants(src, t) {
-                record.keep();
-                return Ok(Look::Match(t));
-            }
-        }
-        record.keep();
-        self.drain_one(src).map(Look::from_drained)
-    }
-
-    /// Looks at the head record of `src`'s ring for a streamed receive: a whole message or
-    /// the first fragment of one that matches.
-    fn look_stream(&mut self, src: usize, source: Source, tag: Tag) -> Result<Look, WorldError> {
-        if self.peers[src].partial.is_some() {
-            return self.drain_one(src).map(Look::from_drained);
-        }
-        let rx = self.peers[src].rx.as_mut().expect("rings from other ranks");
-        let record = match rx.try_read() {
-            Ok(record) => record,
-            Err(e) => {
-                return ring_error(src, e).map_or(Ok(Look::Empty), |e| match e {
-                    WorldError::PeerGone(_) => Ok(Look::Empty),
-                    e => Err(e),
-                })
-            }
+        let head = match frame::decode(record.kind(), &record) {
+            Ok(Frame::Whole { tag, .. }) => Some(tag),
+            Ok(Frame::First { tag, .. }) if first_too => Some(tag),
+            _ => None,
         };
-        if let Ok(Frame::Whole { tag: t, .. } | Frame::First { tag: t, .. }) =
-            frame::decode(record.kind(), &record)
-        {
+        record.keep();
+        if let Some(t) = head {
             if source.matches(src) && tag.matches(t) && !self.inbox.posted_wants(src, t) {
-                record.keep();
                 return Ok(Look::Match(t));
             }
         }
-        record.keep();
         self.drain_one(src).map(Look::from_drained)
     }
 
@@ -1566,24 +1550,19 @@ impl World {
         // About to sleep: move queued sends on, and take in what others sent, so that no rank
         // waits for this one to read.
         self.push_all_outboxes();
-        let mut drained = false;
+        self.moved = false;
         for src in 0..self.id.size {
             if src != self.id.rank && Some(src) != streaming {
-                while self.drain_one(src)? {
-                    drained = true;
-                }
+                while self.drain_one(src)? {}
             }
         }
-        if drained {
-            // What was drained may be what the caller waits for: let it look before any
-            // liveness verdict (a rank that sent and left is gone only once nothing is left).
-            spin.iter = self.spins.saturating_sub(8);
-            return Ok(());
+        if !self.moved {
+            self.check_needs(needs, streaming)?;
         }
-        self.moved = false;
-        self.check_needs(needs, streaming)?;
         if self.moved {
-            // The check drained a gone rank's ring: the caller looks first.
+            // What was drained (here or by the liveness check) may be what the caller waits
+            // for: let it look before any verdict or sleep (a rank that sent and left is gone
+            // only once nothing of it is left).
             spin.iter = self.spins.saturating_sub(8);
             return Ok(());
         }
